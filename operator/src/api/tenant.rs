@@ -1,0 +1,539 @@
+//! `FranceTravailTenant`: one per France Travail service hosted on the cluster.
+//!
+//! Everything the API server can judge by itself is in the schema and its CEL rules, so a bad
+//! manifest is refused at `kubectl apply` with the field named. `crate::validate` repeats the
+//! checks that need the whole tenant, for the offline `plan` and as a guard in the reconciler.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::{
+    api::resource::Quantity,
+    apis::meta::v1::{Condition, LabelSelector, Time},
+};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::Country;
+
+/// Declares one France Travail service hosted on this cluster: its environments, where its data
+/// may live, which flows it may use, who may access it, and how it is shredded.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "hosting.francetravail.fr",
+    version = "v1alpha1",
+    kind = "FranceTravailTenant",
+    plural = "francetravailtenants",
+    singular = "francetravailtenant",
+    shortname = "ftt",
+    category = "francetravail",
+    doc = "A France Travail service hosted on this cluster, kept isolated, encrypted, EU-pinned and backed up by ft-operator.",
+    status = "TenantStatus",
+    printcolumn(name = "Environments", type_ = "string", json_path = ".spec.environments[*].name"),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Compliant", type_ = "string", json_path = ".status.conditions[?(@.type==\"Compliant\")].status"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = Rule::new("size(self.metadata.name) <= 42 && !self.metadata.name.contains('.')")
+        .message("metadata.name must be a DNS label of at most 42 characters: it prefixes every namespace of the tenant")
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new(
+    "self.network.ingress.all(f, f.environments.all(n, self.environments.exists(e, e.name == n))) && \
+     self.network.egress.all(f, f.environments.all(n, self.environments.exists(e, e.name == n)))"
+).message("every environment a flow names must be declared in spec.environments").field_path(".network"))]
+#[x_kube(validation = Rule::new(
+    "self.access.all(g, g.environments.all(n, self.environments.exists(e, e.name == n)))"
+).message("every environment an access grant names must be declared in spec.environments").field_path(".access"))]
+pub struct TenantSpec {
+    /// Human-readable name of the service.
+    #[schemars(length(min = 1, max = 128))]
+    pub display_name: String,
+
+    /// Sensitivity of the data the service handles (CLD-11, CLD-12); carried as a label on
+    /// every object of the tenant.
+    pub data_classification: DataClassification,
+
+    /// Who receives security incident notices for this service (CLD-61), an e-mail address.
+    #[schemars(length(min = 3, max = 254), regex(pattern = r"^[^@\s]+@[^@\s]+$"))]
+    pub security_contact: String,
+
+    /// The environments, each in its own namespace `<tenant>-<name>` (CLD-20, CLD-25).
+    #[schemars(length(min = 1, max = 8))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    pub environments: Vec<Environment>,
+
+    /// Where the tenant's data may be stored and processed (CLD-74).
+    #[serde(default)]
+    pub placement: Placement,
+
+    /// The authorised flow matrix (CLD-20, CLD-36). Everything not declared is denied.
+    #[serde(default)]
+    pub network: Network,
+
+    /// How the tenant's volumes are encrypted (CLD-21, CLD-40).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<Storage>,
+
+    /// Backups and restore tests (CLD-26).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<Backup>,
+
+    /// Personal, expiring access rights (CLD-14, CLD-16, CLD-17, general rules 2.4.a and 2.4.c).
+    #[serde(default)]
+    #[schemars(length(max = 256))]
+    pub access: Vec<AccessGrant>,
+
+    /// What happens when the tenant is deleted (CLD-47, CLD-73, CLD-76).
+    #[serde(default)]
+    pub deletion: Deletion,
+}
+
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DataClassification {
+    Public,
+    Internal,
+    Personal,
+    Sensitive,
+}
+
+impl DataClassification {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Public => "public",
+            Self::Internal => "internal",
+            Self::Personal => "personal",
+            Self::Sensitive => "sensitive",
+        }
+    }
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.kind != 'production' || has(self.nodePool)")
+    .message("a production environment must run on a dedicated node pool (CLD-25)")
+    .field_path(".nodePool")
+    .reason(Reason::FieldValueRequired))]
+pub struct Environment {
+    /// DNS label; the namespace is `<tenant>-<name>`.
+    #[schemars(length(min = 1, max = 20), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    pub name: String,
+
+    pub kind: EnvironmentKind,
+
+    /// Nodes this environment's pods must run on. Required for production, which must run
+    /// apart from development and test (CLD-25).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_pool: Option<NodePool>,
+
+    /// Ceiling on what the environment may consume, so one tenant cannot starve another (CLD-20).
+    #[serde(default)]
+    pub quota: Quota,
+
+    /// Requests and limits given to containers that declare none, so that quotas can apply.
+    #[serde(default)]
+    pub container_defaults: ContainerDefaults,
+}
+
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum EnvironmentKind {
+    Production,
+    Preproduction,
+    Development,
+    Test,
+}
+
+impl EnvironmentKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Production => "production",
+            Self::Preproduction => "preproduction",
+            Self::Development => "development",
+            Self::Test => "test",
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct NodePool {
+    /// Labels a node must carry to belong to the pool.
+    #[schemars(length(min = 1, max = 8))]
+    pub match_labels: BTreeMap<String, String>,
+}
+
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Quota {
+    /// Total CPU requests (and limits) of the environment.
+    #[serde(default = "default_quota_cpu")]
+    pub cpu: Quantity,
+    /// Total memory requests (and limits) of the environment.
+    #[serde(default = "default_quota_memory")]
+    pub memory: Quantity,
+    /// Total storage requested by the environment's volumes.
+    #[serde(default = "default_quota_storage")]
+    pub storage: Quantity,
+    #[serde(default = "default_quota_pods")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub pods: i32,
+    #[serde(default = "default_quota_pvcs")]
+    #[schemars(range(min = 0, max = 10000))]
+    pub persistent_volume_claims: i32,
+}
+
+fn default_quota_cpu() -> Quantity {
+    Quantity("4".into())
+}
+fn default_quota_memory() -> Quantity {
+    Quantity("8Gi".into())
+}
+fn default_quota_storage() -> Quantity {
+    Quantity("100Gi".into())
+}
+fn default_quota_pods() -> i32 {
+    50
+}
+fn default_quota_pvcs() -> i32 {
+    10
+}
+
+impl Default for Quota {
+    fn default() -> Self {
+        Self {
+            cpu: default_quota_cpu(),
+            memory: default_quota_memory(),
+            storage: default_quota_storage(),
+            pods: default_quota_pods(),
+            persistent_volume_claims: default_quota_pvcs(),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerDefaults {
+    #[serde(default = "default_request_cpu")]
+    pub request_cpu: Quantity,
+    #[serde(default = "default_request_memory")]
+    pub request_memory: Quantity,
+    #[serde(default = "default_limit_cpu")]
+    pub limit_cpu: Quantity,
+    #[serde(default = "default_limit_memory")]
+    pub limit_memory: Quantity,
+}
+
+fn default_request_cpu() -> Quantity {
+    Quantity("100m".into())
+}
+fn default_request_memory() -> Quantity {
+    Quantity("128Mi".into())
+}
+fn default_limit_cpu() -> Quantity {
+    Quantity("500m".into())
+}
+fn default_limit_memory() -> Quantity {
+    Quantity("512Mi".into())
+}
+
+impl Default for ContainerDefaults {
+    fn default() -> Self {
+        Self {
+            request_cpu: default_request_cpu(),
+            request_memory: default_request_memory(),
+            limit_cpu: default_limit_cpu(),
+            limit_memory: default_limit_memory(),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Placement {
+    /// Countries where the tenant's pods, volumes and backups may be. Defaults to the 27 EU
+    /// member states; a country with an EU adequacy decision is allowed only when listed here.
+    #[serde(default = "Country::eu_members")]
+    #[schemars(length(min = 1, max = 64))]
+    pub allowed_countries: Vec<Country>,
+
+    /// Optional `topology.kubernetes.io/region` values narrowing the countries further.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub regions: Vec<String>,
+}
+
+impl Default for Placement {
+    fn default() -> Self {
+        Self {
+            allowed_countries: Country::eu_members(),
+            regions: Vec::new(),
+        }
+    }
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Network {
+    /// Flows allowed into the tenant's environments.
+    #[serde(default)]
+    #[schemars(length(max = 64))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    pub ingress: Vec<IngressFlow>,
+
+    /// Flows allowed out of the tenant's environments. DNS is always allowed.
+    #[serde(default)]
+    #[schemars(length(max = 64))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    pub egress: Vec<EgressFlow>,
+}
+
+/// What a flow carries, so production, administration and supervision flows stay apart (CLD-36).
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum FlowNature {
+    Production,
+    Administration,
+    Supervision,
+}
+
+impl FlowNature {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Production => "production",
+            Self::Administration => "administration",
+            Self::Supervision => "supervision",
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct IngressFlow {
+    /// DNS label naming the flow; its policy is `ft-ingress-<name>`.
+    #[schemars(length(min = 1, max = 40), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    pub name: String,
+    pub nature: FlowNature,
+    /// Environments the flow applies to; all of them when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    pub environments: Vec<String>,
+    /// Pods of the environment that receive the flow; all of them when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_selector: Option<LabelSelector>,
+    /// Where the flow comes from.
+    #[schemars(length(min = 1, max = 16))]
+    pub from: Vec<Peer>,
+    /// Ports it may reach; any port when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub ports: Vec<FlowPort>,
+}
+
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct EgressFlow {
+    /// DNS label naming the flow; its policy is `ft-egress-<name>`.
+    #[schemars(length(min = 1, max = 40), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    pub name: String,
+    pub nature: FlowNature,
+    /// Environments the flow applies to; all of them when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    pub environments: Vec<String>,
+    /// Pods of the environment that may send the flow; all of them when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_selector: Option<LabelSelector>,
+    /// Where the flow goes.
+    #[schemars(length(min = 1, max = 16))]
+    pub to: Vec<Peer>,
+    /// Ports it may reach; any port when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub ports: Vec<FlowPort>,
+}
+
+/// The other end of a flow: namespaces (and pods in them) of the cluster, or an address block.
+/// Namespaces of any tenant, this one included, are never matched: environments stay apart.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.cidr) != has(self.namespaceSelector)")
+    .message("a peer is either a namespaceSelector (optionally with a podSelector) or a cidr, not both and not neither"))]
+#[x_kube(validation = Rule::new("!has(self.podSelector) || has(self.namespaceSelector)")
+    .message("a podSelector needs a namespaceSelector: flows inside an environment are already allowed")
+    .field_path(".podSelector"))]
+#[x_kube(validation = Rule::new("!has(self.except) || has(self.cidr)")
+    .message("except only narrows a cidr")
+    .field_path(".except"))]
+pub struct Peer {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace_selector: Option<LabelSelector>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_selector: Option<LabelSelector>,
+    /// An IPv4 or IPv6 block, such as `10.20.0.0/16`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 43), regex(pattern = r"^([0-9]{1,3}(\.[0-9]{1,3}){3}/[0-9]{1,2}|[0-9a-fA-F:]+/[0-9]{1,3})$"))]
+    pub cidr: Option<String>,
+    /// Blocks inside `cidr` that are excluded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16))]
+    pub except: Option<Vec<String>>,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.endPort) || self.endPort >= self.port")
+    .message("endPort must not be below port")
+    .field_path(".endPort"))]
+pub struct FlowPort {
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+    /// Last port of a range starting at `port`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub end_port: Option<i32>,
+    #[serde(default)]
+    pub protocol: Protocol,
+}
+
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Protocol {
+    #[default]
+    #[serde(rename = "TCP")]
+    Tcp,
+    #[serde(rename = "UDP")]
+    Udp,
+    #[serde(rename = "SCTP")]
+    Sctp,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tcp => "TCP",
+            Self::Udp => "UDP",
+            Self::Sctp => "SCTP",
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Storage {
+    /// Encryption profile naming the CSI driver and how it references the tenant key.
+    #[schemars(length(min = 1, max = 63))]
+    pub profile: String,
+    /// Where the tenant key lives (CLD-40).
+    #[serde(default)]
+    pub key_store: KeyStoreKind,
+    /// Largest volume a single claim may request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_volume_size: Option<Quantity>,
+}
+
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KeyStoreKind {
+    /// A Secret in the operator's own namespace, which tenants cannot read.
+    #[default]
+    Kubernetes,
+    /// An external Vault or OpenBao transit engine.
+    Transit,
+}
+
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Backup {
+    /// Cron expression of the backup schedule.
+    #[schemars(length(min = 9, max = 100))]
+    pub schedule: String,
+    /// How long backups are kept, as a duration such as `720h`.
+    #[schemars(length(min = 2, max = 20))]
+    pub retention: String,
+    /// Name of the Velero BackupStorageLocation.
+    #[schemars(length(min = 1, max = 63))]
+    pub storage_location: String,
+    /// Cron expression of the restore tests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_test_schedule: Option<String>,
+}
+
+/// A personal right on some environments of the tenant, with an expiry.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AccessGrant {
+    pub subject: Subject,
+    pub role: Role,
+    /// Environments the right applies to.
+    #[schemars(length(min = 1, max = 8))]
+    pub environments: Vec<String>,
+    /// When the right ends, normally the contract end (general rule 2.4.c). Mandatory.
+    pub expires: Time,
+    /// When the right was last reviewed (CLD-17).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reviewed_at: Option<Time>,
+    /// A suspended right keeps its declaration but grants nothing (CLD-16).
+    #[serde(default)]
+    pub suspended: bool,
+}
+
+/// A named person or group of people: never a shared or technical identity (CLD-14).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!self.name.startsWith('system:') && !self.name.contains('*')")
+    .message("subjects must name a person or a group of people: system identities, service accounts and wildcards are refused (CLD-14)")
+    .field_path(".name")
+    .reason(Reason::FieldValueForbidden))]
+pub struct Subject {
+    pub kind: SubjectKind,
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SubjectKind {
+    User,
+    Group,
+}
+
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Admin,
+    Developer,
+    Viewer,
+}
+
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Deletion {
+    #[serde(default)]
+    pub policy: DeletionPolicy,
+    /// Export every environment before anything is destroyed (CLD-73).
+    #[serde(default)]
+    pub final_export: bool,
+}
+
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DeletionPolicy {
+    /// Destroy the tenant key, then everything the tenant owned (CLD-47, CLD-76).
+    #[default]
+    CryptoShred,
+    /// Leave the namespaces and their data; remove only the operator's own objects.
+    Retain,
+}
+
+/// What the operator last observed and did for the tenant.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantStatus {
+    /// The generation of the spec these conditions describe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`, `Degraded` and `Compliant`, per the Kubernetes API conventions.
+    #[serde(default)]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+    /// The tenant's namespaces, one per environment.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespaces: Vec<String>,
+}

@@ -1,0 +1,346 @@
+//! Apply: makes the cluster hold what `build` produced, and nothing else.
+//!
+//! Every child is written with server-side apply under one field manager, and only when what
+//! the reflector observed differs from what is desired, so an unchanged tenant costs no write.
+//! Children that carry the tenant's labels and this field manager but are no longer desired are
+//! pruned.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt::Debug;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::Mutex;
+
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::core::v1::{LimitRange, Namespace, ResourceQuota};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{DeleteParams, Patch, PatchParams, PartialObjectMeta};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::api::{FIELD_MANAGER, labels};
+use crate::build::Desired;
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+
+/// A kind of child the operator applies.
+pub trait Child:
+    Resource<DynamicType = ()> + Clone + Debug + Serialize + DeserializeOwned + Send + Sync + 'static
+{
+    fn api(client: Client, namespace: Option<&str>) -> Api<Self>;
+}
+
+impl Child for Namespace {
+    fn api(client: Client, _: Option<&str>) -> Api<Self> {
+        Api::all(client)
+    }
+}
+
+fn namespaced<K>(client: Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>,
+{
+    Api::namespaced(client, namespace.unwrap_or_default())
+}
+
+macro_rules! namespaced_child {
+    ($($kind:ty),*) => {$(
+        impl Child for $kind {
+            fn api(client: Client, namespace: Option<&str>) -> Api<Self> {
+                namespaced(client, namespace)
+            }
+        }
+    )*};
+}
+namespaced_child!(NetworkPolicy, ResourceQuota, LimitRange);
+
+/// What the reflectors observe of the operator's children. Namespaces are watched as metadata
+/// only: their labels are all the operator sets on them.
+#[derive(Clone)]
+pub struct Observed {
+    pub namespaces: Store<PartialObjectMeta<Namespace>>,
+    pub network_policies: Store<NetworkPolicy>,
+    pub resource_quotas: Store<ResourceQuota>,
+    pub limit_ranges: Store<LimitRange>,
+}
+
+/// What one pass of `apply` changed, for Events, metrics and logs.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ApplyReport {
+    pub created: Vec<String>,
+    /// Children that existed but differed: edited by hand, or an older version of the spec.
+    pub restored: Vec<String>,
+    pub pruned: Vec<String>,
+}
+
+impl ApplyReport {
+    pub fn is_empty(&self) -> bool {
+        self.created.is_empty() && self.restored.is_empty() && self.pruned.is_empty()
+    }
+}
+
+/// Remembers, per child, the hash of the last desired body applied and the resourceVersion the
+/// API server answered with. The server normalises some fields (quantities such as `0.5` become
+/// `500m`), so an object can differ textually from what is desired while being exactly what was
+/// applied; the memo recognises it and saves the write.
+#[derive(Default)]
+pub struct AppliedMemo(Mutex<HashMap<String, (u64, String)>>);
+
+impl AppliedMemo {
+    fn matches(&self, key: &str, hash: u64, resource_version: Option<&str>) -> bool {
+        let memo = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        matches!((memo.get(key), resource_version), (Some((h, rv)), Some(o)) if *h == hash && rv == o)
+    }
+
+    fn knows(&self, key: &str) -> bool {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).contains_key(key)
+    }
+
+    fn remember(&self, key: String, hash: u64, resource_version: Option<String>) {
+        let mut memo = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match resource_version {
+            Some(rv) => memo.insert(key, (hash, rv)),
+            None => memo.remove(&key),
+        };
+    }
+
+    fn forget(&self, key: &str) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
+    }
+
+    pub fn forget_tenant(&self, namespaces: &BTreeSet<String>) {
+        let mut memo = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        memo.retain(|key, _| !namespaces.iter().any(|ns| key_in_namespace(key, ns)));
+    }
+}
+
+fn key_in_namespace(key: &str, ns: &str) -> bool {
+    // Keys are `Kind/namespace/name` or `Kind/name` for a Namespace.
+    let mut parts = key.splitn(3, '/');
+    let (kind, second) = (parts.next(), parts.next());
+    second == Some(ns) && (kind == Some("Namespace") || parts.next().is_some())
+}
+
+pub struct Applier<'a> {
+    pub client: &'a Client,
+    pub observed: &'a Observed,
+    pub memo: &'a AppliedMemo,
+    pub metrics: &'a Metrics,
+    pub tenant: &'a str,
+}
+
+impl Applier<'_> {
+    /// Applies every desired child, then prunes what is no longer desired.
+    pub async fn apply(&self, desired: &Desired) -> Result<ApplyReport> {
+        let Desired {
+            namespaces,
+            network_policies,
+            resource_quotas,
+            limit_ranges,
+        } = desired;
+        let mut report = ApplyReport::default();
+
+        self.apply_kind(namespaces, &self.observed.namespaces, &mut report)
+            .await?;
+        for ns in namespaces {
+            let name = ns.name_any();
+            let terminating = self
+                .observed
+                .namespaces
+                .get(&ObjectRef::new(&name))
+                .is_some_and(|o| o.metadata.deletion_timestamp.is_some());
+            if terminating {
+                return Err(Error::NamespaceTerminating(name));
+            }
+        }
+        self.apply_kind(network_policies, &self.observed.network_policies, &mut report)
+            .await?;
+        self.apply_kind(resource_quotas, &self.observed.resource_quotas, &mut report)
+            .await?;
+        self.apply_kind(limit_ranges, &self.observed.limit_ranges, &mut report)
+            .await?;
+
+        // Namespaced children first: pruning a namespace takes its content with it anyway.
+        self.prune(network_policies, &self.observed.network_policies, &mut report)
+            .await?;
+        self.prune(resource_quotas, &self.observed.resource_quotas, &mut report)
+            .await?;
+        self.prune(limit_ranges, &self.observed.limit_ranges, &mut report)
+            .await?;
+        self.prune(namespaces, &self.observed.namespaces, &mut report)
+            .await?;
+        Ok(report)
+    }
+
+    async fn apply_kind<K, O>(
+        &self,
+        desired: &[K],
+        observed: &Store<O>,
+        report: &mut ApplyReport,
+    ) -> Result<()>
+    where
+        K: Child,
+        O: Resource<DynamicType = ()> + Serialize + Clone + Debug + Send + Sync + 'static,
+    {
+        for object in desired {
+            let key = object_key(object);
+            let body = serde_json::to_value(object).map_err(|source| Error::Serialize {
+                object: key.clone(),
+                source,
+            })?;
+            let hash = hash_value(&body);
+            let name = object.name_any();
+            let namespace = object.namespace();
+            let api = K::api(self.client.clone(), namespace.as_deref());
+
+            let mut found = observed
+                .get(&object_ref::<O>(&name, namespace.as_deref()))
+                .map(|o| (serde_json::to_value(&*o).ok(), o.resource_version()));
+            if found.is_none() && self.memo.knows(&key) {
+                // Written by a previous pass, not yet seen by the reflector: ask the server.
+                found = api
+                    .get_opt(&name)
+                    .await
+                    .map_err(|e| Error::kube("read", &key, e))?
+                    .map(|o| (serde_json::to_value(&o).ok(), o.resource_version()));
+            }
+            if let Some((Some(current), resource_version)) = &found
+                && (!differs(&body, current)
+                    || self.memo.matches(&key, hash, resource_version.as_deref()))
+            {
+                continue;
+            }
+
+            let params = PatchParams::apply(FIELD_MANAGER).force();
+            let applied = api
+                .patch(&name, &params, &Patch::Apply(&body))
+                .await
+                .map_err(|e| Error::kube("apply", &key, e))?;
+            self.metrics.write(K::kind(&()).as_ref(), "apply");
+            let new_version = applied.resource_version();
+            match found {
+                None => report.created.push(key.clone()),
+                Some((_, old_version)) if old_version != new_version => {
+                    report.restored.push(key.clone())
+                }
+                Some(_) => {}
+            }
+            self.memo.remember(key, hash, new_version);
+        }
+        Ok(())
+    }
+
+    async fn prune<K, O>(
+        &self,
+        desired: &[K],
+        observed: &Store<O>,
+        report: &mut ApplyReport,
+    ) -> Result<()>
+    where
+        K: Child,
+        O: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+    {
+        let wanted: BTreeSet<(Option<String>, String)> = desired
+            .iter()
+            .map(|d| (d.namespace(), d.name_any()))
+            .collect();
+        for stale in observed.state() {
+            let meta = stale.meta();
+            if !owned_by(meta, self.tenant) || meta.deletion_timestamp.is_some() {
+                continue;
+            }
+            let (namespace, name) = (stale.namespace(), stale.name_any());
+            if wanted.contains(&(namespace.clone(), name.clone())) {
+                continue;
+            }
+            let key = key_of(K::kind(&()).as_ref(), namespace.as_deref(), &name);
+            let api = K::api(self.client.clone(), namespace.as_deref());
+            match api.delete(&name, &DeleteParams::background()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => return Err(Error::kube("prune", &key, e)),
+            }
+            self.metrics.write(K::kind(&()).as_ref(), "delete");
+            self.memo.forget(&key);
+            report.pruned.push(key);
+        }
+        Ok(())
+    }
+}
+
+/// Whether the operator made this object for this tenant: its labels say so, and its field
+/// manager is among the object's managers (a look-alike made by hand is never pruned).
+pub fn owned_by(meta: &ObjectMeta, tenant: &str) -> bool {
+    let labels = meta.labels.as_ref();
+    let label = |key: &str| labels.and_then(|l| l.get(key)).map(String::as_str);
+    label(labels::TENANT) == Some(tenant)
+        && label(labels::MANAGED_BY) == Some(labels::MANAGED_BY_VALUE)
+        && meta
+            .managed_fields
+            .iter()
+            .flatten()
+            .any(|m| m.manager.as_deref() == Some(FIELD_MANAGER))
+}
+
+fn object_ref<O: Resource<DynamicType = ()>>(name: &str, namespace: Option<&str>) -> ObjectRef<O> {
+    let r = ObjectRef::new(name);
+    match namespace {
+        Some(ns) => r.within(ns),
+        None => r,
+    }
+}
+
+pub fn object_key<K: Resource<DynamicType = ()>>(object: &K) -> String {
+    key_of(
+        K::kind(&()).as_ref(),
+        object.meta().namespace.as_deref(),
+        object.meta().name.as_deref().unwrap_or_default(),
+    )
+}
+
+fn key_of(kind: &str, namespace: Option<&str>, name: &str) -> String {
+    match namespace {
+        Some(ns) => format!("{kind}/{ns}/{name}"),
+        None => format!("{kind}/{name}"),
+    }
+}
+
+fn hash_value(value: &Value) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    value.to_string().hash(&mut hasher);
+    hasher.finish()
+}
+
+/// Whether `observed` lacks something `desired` sets. Only what the operator sets is compared:
+/// metadata other than labels and annotations, status, and fields the server adds are ignored;
+/// lists must match element by element, so an extra rule added by hand is drift.
+pub fn differs(desired: &Value, observed: &Value) -> bool {
+    let (Value::Object(d), Value::Object(o)) = (desired, observed) else {
+        return true;
+    };
+    d.iter().any(|(key, want)| match key.as_str() {
+        "apiVersion" | "kind" | "status" => false,
+        "metadata" => ["name", "namespace", "labels", "annotations"]
+            .iter()
+            .any(|field| !contains(&want[*field], &observed[key][*field])),
+        _ => !contains(want, o.get(key).unwrap_or(&Value::Null)),
+    })
+}
+
+fn contains(want: &Value, have: &Value) -> bool {
+    match (want, have) {
+        (Value::Null, _) => true,
+        (Value::Object(w), Value::Null) => w.values().all(|v| contains(v, &Value::Null)),
+        (Value::Array(w), Value::Null) => w.is_empty(),
+        (Value::Object(w), Value::Object(h)) => w
+            .iter()
+            .all(|(k, v)| contains(v, h.get(k).unwrap_or(&Value::Null))),
+        (Value::Array(w), Value::Array(h)) => {
+            w.len() == h.len() && w.iter().zip(h).all(|(a, b)| contains(a, b))
+        }
+        (w, h) => w == h,
+    }
+}

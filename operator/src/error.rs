@@ -1,0 +1,72 @@
+//! The operator's errors. Each has a category: a stable, low-cardinality name used as a metric
+//! label and an Event reason, never the error text itself.
+
+use crate::validate::InvalidTenant;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The tenant cannot be reconciled as written; waits for a change of the spec.
+    #[error(transparent)]
+    InvalidTenant(#[from] InvalidTenant),
+
+    #[error("{operation} {object}: {source}")]
+    Kube {
+        operation: &'static str,
+        object: String,
+        #[source]
+        source: kube::Error,
+    },
+
+    #[error("namespace {0} is being deleted; its children are applied once it is gone")]
+    NamespaceTerminating(String),
+
+    #[error("deletion in progress: waiting for {0} to disappear")]
+    CleanupPending(String),
+
+    #[error("serialising {object}: {source}")]
+    Serialize {
+        object: String,
+        #[source]
+        source: serde_json::Error,
+    },
+
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+}
+
+impl Error {
+    pub fn kube(operation: &'static str, object: impl Into<String>, source: kube::Error) -> Self {
+        Error::Kube {
+            operation,
+            object: object.into(),
+            source,
+        }
+    }
+
+    pub fn category(&self) -> &'static str {
+        match self {
+            Error::InvalidTenant(_) => "invalid_spec",
+            Error::Kube { source, .. } => match source {
+                kube::Error::Api(status) if status.code == 403 => "forbidden",
+                kube::Error::Api(status) if status.code == 409 => "conflict",
+                kube::Error::Api(_) => "api",
+                _ => "transport",
+            },
+            Error::NamespaceTerminating(_) => "namespace_terminating",
+            Error::CleanupPending(_) => "cleanup_pending",
+            Error::Serialize { .. } => "serialize",
+            Error::Finalizer(inner) => match inner.as_ref() {
+                kube::runtime::finalizer::Error::ApplyFailed(e)
+                | kube::runtime::finalizer::Error::CleanupFailed(e) => e.category(),
+                _ => "finalizer",
+            },
+        }
+    }
+
+    /// Errors that are expected states rather than failures: no alert, no Degraded.
+    pub fn is_waiting(&self) -> bool {
+        matches!(self.category(), "cleanup_pending" | "namespace_terminating")
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

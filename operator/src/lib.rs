@@ -1,0 +1,20 @@
+//! ft-operator: enforces France Travail's hosting security rules (the `CLD-xx` controls) on a
+//! Kubernetes cluster, one `FranceTravailTenant` per hosted service.
+//!
+//! The pipeline per tenant: fetch (reflector stores) → [`validate`] → [`build`] (pure) →
+//! [`apply`] (server-side apply, prune) → [`status`], wired together in [`controller`].
+
+pub mod api;
+pub mod apply;
+pub mod build;
+pub mod controller;
+pub mod crd;
+pub mod error;
+pub mod metrics;
+pub mod plan;
+pub mod run;
+pub mod server;
+pub mod status;
+pub mod validate;
+
+pub use error::{Error, Result};

@@ -1,0 +1,203 @@
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use ft_operator::build::{BuildSettings, DnsEndpoint};
+use ft_operator::run::RunConfig;
+use ft_operator::{crd, plan};
+
+/// Enforces France Travail's hosting security rules on this cluster.
+#[derive(Parser)]
+#[command(name = "ft-operator", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the controller against the current kubeconfig or in-cluster configuration.
+    Run(RunArgs),
+    /// Print every CRD as multi-document YAML (the content of `crds/`).
+    Crd {
+        /// Write one file per CRD into this directory instead of printing.
+        #[arg(long)]
+        output_dir: Option<PathBuf>,
+    },
+    /// Render, with no cluster, every object the operator would create for a tenant.
+    Plan {
+        /// Tenant manifest (YAML, one or more documents); `-` reads standard input.
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+        #[command(flatten)]
+        dns: DnsArgs,
+    },
+    /// Print the version.
+    Version,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// The operator's own namespace: its Lease, key store and records.
+    #[arg(long, env = "FT_OPERATOR_NAMESPACE", default_value = "ft-system")]
+    namespace: String,
+    /// Address of `/healthz`, `/readyz` and `/metrics`.
+    #[arg(long, env = "FT_METRICS_ADDRESS", default_value = "0.0.0.0:8080")]
+    metrics_address: SocketAddr,
+    /// Name of the Lease used for leader election.
+    #[arg(long, env = "FT_LEASE_NAME", default_value = "ft-operator")]
+    lease_name: String,
+    /// This replica's identity in the Lease and in Events (the pod name in a cluster).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Log format.
+    #[arg(long, env = "FT_LOG_FORMAT", value_enum, default_value = "json")]
+    log_format: LogFormat,
+    #[command(flatten)]
+    dns: DnsArgs,
+}
+
+#[derive(clap::Args)]
+struct DnsArgs {
+    /// Namespace of the cluster DNS, which every environment may always reach.
+    #[arg(long, env = "FT_DNS_NAMESPACE", default_value = "kube-system")]
+    dns_namespace: String,
+    /// Labels of the cluster DNS pods, as `key=value[,key=value]`.
+    #[arg(long, env = "FT_DNS_POD_LABELS", default_value = "k8s-app=kube-dns", value_parser = parse_labels)]
+    dns_pod_labels: BTreeMap<String, String>,
+}
+
+impl DnsArgs {
+    fn settings(self) -> BuildSettings {
+        BuildSettings {
+            dns: DnsEndpoint {
+                namespace: self.dns_namespace,
+                pod_labels: self.dns_pod_labels,
+            },
+        }
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Json,
+    Text,
+}
+
+fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, String> {
+    s.split(',')
+        .map(|pair| {
+            pair.split_once('=')
+                .filter(|(k, v)| !k.is_empty() && !v.is_empty())
+                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                .ok_or_else(|| format!("{pair:?} is not key=value"))
+        })
+        .collect()
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Version => {
+            println!("ft-operator {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Command::Crd { output_dir } => print_crds(output_dir),
+        Command::Plan { file, dns } => run_plan(&file, dns.settings()),
+        Command::Run(args) => run(args),
+    }
+}
+
+fn print_crds(output_dir: Option<PathBuf>) -> ExitCode {
+    let result = match output_dir {
+        None => crd::render().map(|yaml| print!("{yaml}")).map_err(|e| e.to_string()),
+        Some(dir) => crd::crd_files().map_err(|e| e.to_string()).and_then(|files| {
+            files.into_iter().try_for_each(|(name, yaml)| {
+                std::fs::write(dir.join(&name), yaml).map_err(|e| format!("{name}: {e}"))
+            })
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_plan(file: &PathBuf, settings: BuildSettings) -> ExitCode {
+    let input = if file.as_os_str() == "-" {
+        let mut s = String::new();
+        std::io::stdin().read_to_string(&mut s).map(|_| s)
+    } else {
+        std::fs::read_to_string(file)
+    };
+    let input = match input {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {}: {e}", file.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    match plan::plan(&input, &settings) {
+        Ok(yaml) => {
+            print!("{yaml}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            let fields = e.field_errors();
+            if fields.is_empty() {
+                eprintln!("error: {}: {e}", file.display());
+            } else {
+                eprintln!("error: {}: the tenant is invalid:", file.display());
+                for f in fields {
+                    eprintln!("  {f}");
+                }
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: RunArgs) -> ExitCode {
+    init_tracing(args.log_format);
+    let identity = args.identity.unwrap_or_else(|| {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "ft-operator".into());
+        format!("{host}-{}", std::process::id())
+    });
+    let config = RunConfig {
+        namespace: args.namespace,
+        metrics_address: args.metrics_address,
+        lease_name: args.lease_name,
+        identity,
+        settings: args.dns.settings(),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(ft_operator::run::run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "operator stopped");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
+        LogFormat::Text => builder.init(),
+    }
+}

@@ -1,0 +1,114 @@
+//! Prometheus metrics, labelled by tenant and error category, never by error text.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TenantLabels {
+    pub tenant: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub category: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WriteLabels {
+    pub kind: String,
+    pub operation: String,
+}
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub reconciliations: Family<TenantLabels, Counter>,
+    pub errors: Family<ErrorLabels, Counter>,
+    pub duration: Histogram,
+    /// Every write the operator makes to the API server: at steady state this stays flat.
+    pub writes: Family<WriteLabels, Counter>,
+    pub drift_repairs: Family<TenantLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("ft");
+        let reconciliations = Family::<TenantLabels, Counter>::default();
+        let errors = Family::<ErrorLabels, Counter>::default();
+        let duration = Histogram::new(exponential_buckets(0.005, 2.0, 12));
+        let writes = Family::<WriteLabels, Counter>::default();
+        let drift_repairs = Family::<TenantLabels, Counter>::default();
+        registry.register(
+            "reconciliations",
+            "Reconciliations completed, by tenant",
+            reconciliations.clone(),
+        );
+        registry.register(
+            "reconcile_errors",
+            "Reconciliations that failed, by error category",
+            errors.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time spent reconciling one tenant",
+            duration.clone(),
+        );
+        registry.register(
+            "api_writes",
+            "Writes made to the API server, by kind and operation",
+            writes.clone(),
+        );
+        registry.register(
+            "drift_repairs",
+            "Children restored after being changed or deleted by hand, by tenant",
+            drift_repairs.clone(),
+        );
+        Self {
+            registry,
+            reconciliations,
+            errors,
+            duration,
+            writes,
+            drift_repairs,
+        }
+    }
+}
+
+impl Metrics {
+    pub fn write(&self, kind: &str, operation: &str) {
+        self.writes
+            .get_or_create(&WriteLabels {
+                kind: kind.into(),
+                operation: operation.into(),
+            })
+            .inc();
+    }
+
+    pub fn reconciled(&self, tenant: &str, took: Duration) {
+        self.reconciliations
+            .get_or_create(&TenantLabels {
+                tenant: tenant.into(),
+            })
+            .inc();
+        self.duration.observe(took.as_secs_f64());
+    }
+
+    pub fn failed(&self, category: &str) {
+        self.errors
+            .get_or_create(&ErrorLabels {
+                category: category.into(),
+            })
+            .inc();
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Encoding into a String cannot fail: fmt::Write for String is infallible.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

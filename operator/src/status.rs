@@ -1,0 +1,117 @@
+//! Status: computed purely from the tenant and the outcome of a pass, and written only when it
+//! changes. `lastTransitionTime` moves only when a condition flips, so an idle tenant's status
+//! is stable and its writes never retrigger the controller.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::ResourceExt;
+
+use crate::api::{FranceTravailTenant, TenantStatus};
+use crate::build::namespace_name;
+use crate::error::Error;
+
+pub const READY: &str = "Ready";
+pub const DEGRADED: &str = "Degraded";
+pub const COMPLIANT: &str = "Compliant";
+
+/// How a reconciliation pass ended.
+pub enum Outcome<'a> {
+    /// Every child is in place.
+    Applied,
+    Failed(&'a Error),
+}
+
+pub fn next_status(tenant: &FranceTravailTenant, outcome: Outcome<'_>, now: &Time) -> TenantStatus {
+    let generation = tenant.metadata.generation;
+    let previous = tenant
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    let condition = |type_: &str, status: &str, reason: &str, message: String| {
+        let mut c = Condition {
+            type_: type_.into(),
+            status: status.into(),
+            reason: reason.into(),
+            message,
+            observed_generation: generation,
+            last_transition_time: now.clone(),
+        };
+        if let Some(old) = previous.iter().find(|o| o.type_ == type_)
+            && old.status == c.status
+        {
+            c.last_transition_time = old.last_transition_time.clone();
+        }
+        c
+    };
+
+    let (ready, degraded) = match outcome {
+        Outcome::Applied => (
+            condition(
+                READY,
+                "True",
+                "Reconciled",
+                format!(
+                    "{} environment(s) isolated, with their network policies, quota and limits in place",
+                    tenant.spec.environments.len()
+                ),
+            ),
+            condition(DEGRADED, "False", "AsExpected", String::new()),
+        ),
+        Outcome::Failed(Error::InvalidTenant(invalid)) => {
+            let message = invalid
+                .errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ");
+            (
+                condition(READY, "False", "InvalidSpec", message.clone()),
+                condition(DEGRADED, "True", "InvalidSpec", message),
+            )
+        }
+        Outcome::Failed(error) => {
+            let reason = reason_for(error.category());
+            let degraded = if error.is_waiting() { "False" } else { "True" };
+            (
+                condition(READY, "False", &reason, error.to_string()),
+                condition(DEGRADED, degraded, &reason, error.to_string()),
+            )
+        }
+    };
+    let compliant = condition(
+        COMPLIANT,
+        "Unknown",
+        "NotEvaluated",
+        "control-by-control evaluation is not available in this version of the operator".into(),
+    );
+
+    TenantStatus {
+        observed_generation: generation,
+        conditions: vec![ready, degraded, compliant],
+        namespaces: tenant
+            .spec
+            .environments
+            .iter()
+            .map(|e| namespace_name(&tenant.name_any(), &e.name))
+            .collect(),
+    }
+}
+
+/// `namespace_terminating` becomes `NamespaceTerminating`: condition reasons are CamelCase.
+fn reason_for(category: &str) -> String {
+    category
+        .split('_')
+        .map(|word| {
+            let mut chars = word.chars();
+            chars
+                .next()
+                .map(|c| c.to_ascii_uppercase().to_string() + chars.as_str())
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+/// The condition of a type, if present.
+pub fn condition<'a>(status: Option<&'a TenantStatus>, type_: &str) -> Option<&'a Condition> {
+    status?.conditions.iter().find(|c| c.type_ == type_)
+}
