@@ -253,27 +253,20 @@ async fn journal(tenant: &FranceTravailTenant, report: &ApplyReport, ctx: &Conte
     }
 }
 
-/// An Event on each transition of a condition, not on each pass.
+/// An Event on each transition, not on each pass. Degraded only ever moves with Ready, so
+/// Ready alone is announced: one state change, one Event.
 async fn announce_transitions(tenant: &FranceTravailTenant, next: &TenantStatus, ctx: &Context) {
-    for type_ in [status::READY, status::DEGRADED] {
-        let before = status::condition(tenant.status.as_ref(), type_);
-        let Some(after) = status::condition(Some(next), type_) else {
-            continue;
-        };
-        if before.map(|b| (&b.status, &b.reason)) == Some((&after.status, &after.reason)) {
-            continue;
-        }
-        let healthy = (type_ == status::READY) == (after.status == "True");
-        let event_type = if healthy { EventType::Normal } else { EventType::Warning };
-        info!(tenant = %tenant.name_any(), condition = type_, status = %after.status, reason = %after.reason, "condition changed");
-        ctx.publish(
-            tenant,
-            event_type,
-            &after.reason,
-            format!("{type_} is {}: {}", after.status, after.message),
-        )
-        .await;
+    let before = status::condition(tenant.status.as_ref(), status::READY);
+    let Some(after) = status::condition(Some(next), status::READY) else {
+        return;
+    };
+    if before.map(|b| (&b.status, &b.reason)) == Some((&after.status, &after.reason)) {
+        return;
     }
+    let event_type = if after.status == "True" { EventType::Normal } else { EventType::Warning };
+    info!(tenant = %tenant.name_any(), ready = %after.status, reason = %after.reason, "tenant state changed");
+    ctx.publish(tenant, event_type, &after.reason, format!("Ready is {}: {}", after.status, after.message))
+        .await;
 }
 
 /// Runs while the tenant is being deleted; the finalizer stays until this returns Ok.

@@ -1,0 +1,60 @@
+//! The committed CRDs are exactly what the code generates.
+
+mod common;
+
+use common::repo_path;
+use ft_operator::crd;
+
+#[test]
+fn committed_crds_are_up_to_date() {
+    let files = crd::crd_files().unwrap();
+    assert!(!files.is_empty());
+    for (name, generated) in &files {
+        let path = repo_path("crds").join(name);
+        let committed = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            committed == *generated,
+            "{} is stale: run `cargo run -p ft-operator -- crd --output-dir crds`",
+            path.display()
+        );
+    }
+    let mut on_disk: Vec<String> = std::fs::read_dir(repo_path("crds"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    on_disk.sort();
+    let mut expected: Vec<String> = files.iter().map(|(n, _)| n.clone()).collect();
+    expected.sort();
+    assert_eq!(on_disk, expected, "crds/ holds exactly the generated files");
+}
+
+#[test]
+fn the_crd_command_prints_the_committed_files_concatenated() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_ft-operator"))
+        .arg("crd")
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let concatenated: String = crd::crd_files()
+        .unwrap()
+        .into_iter()
+        .map(|(name, _)| std::fs::read_to_string(repo_path("crds").join(name)).unwrap())
+        .collect();
+    assert_eq!(String::from_utf8(output.stdout).unwrap(), concatenated);
+}
+
+#[test]
+fn the_tenant_crd_is_cluster_scoped_with_status_and_columns() {
+    let crd = &crd::crds()[0];
+    assert_eq!(crd.spec.scope, "Cluster");
+    assert_eq!(crd.spec.names.short_names, Some(vec!["ftt".to_string()]));
+    let version = &crd.spec.versions[0];
+    assert!(version.subresources.as_ref().and_then(|s| s.status.as_ref()).is_some());
+    let columns: Vec<&str> = version
+        .additional_printer_columns
+        .iter()
+        .flatten()
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(columns, ["Environments", "Ready", "Compliant", "Age"]);
+}

@@ -1,0 +1,391 @@
+//! The reconciler against an in-process fake API server: the exact calls it makes for a new
+//! tenant, an unchanged one (none), drift, pruning, an invalid spec, and deletion.
+
+mod common;
+
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+
+use common::tenant;
+use ft_operator::api::{FINALIZER, FranceTravailTenant};
+use ft_operator::build::{BuildSettings, Desired, build};
+use ft_operator::controller::{Context, ObservedWriters, empty_stores, reconcile};
+use ft_operator::metrics::Metrics;
+use ft_operator::status::{Outcome, next_status};
+use http::{Request, Response};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, Time};
+use kube::Client;
+use kube::api::PartialObjectMetaExt;
+use kube::client::Body;
+use kube::runtime::controller::Action;
+use kube::runtime::events::Reporter;
+use kube::runtime::watcher::Event;
+use serde_json::{Value, json};
+
+#[derive(Clone, Debug)]
+struct Call {
+    method: String,
+    path: String,
+    content_type: String,
+    body: Value,
+}
+
+impl Call {
+    fn is_write(&self) -> bool {
+        self.method != "GET"
+    }
+}
+
+/// Answers like an API server that accepts everything: applies are echoed back with a new
+/// resourceVersion, reads of unknown objects are 404.
+#[derive(Clone, Default)]
+struct FakeApi {
+    calls: Arc<Mutex<Vec<Call>>>,
+    /// What the server holds for the tenant: answers to patches of the tenant and its status.
+    tenant: Arc<Mutex<Value>>,
+}
+
+impl FakeApi {
+    fn client(&self) -> Client {
+        let calls = self.calls.clone();
+        let tenant = self.tenant.clone();
+        let service = tower::service_fn(move |request: Request<Body>| {
+            let calls = calls.clone();
+            let tenant = tenant.lock().unwrap().clone();
+            async move {
+                let (parts, body) = request.into_parts();
+                let bytes = body.collect_bytes().await.unwrap_or_default();
+                let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+                let call = Call {
+                    method: parts.method.to_string(),
+                    path: parts.uri.path().to_string(),
+                    content_type: parts
+                        .headers
+                        .get("content-type")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_string(),
+                    body: body.clone(),
+                };
+                let n = {
+                    let mut calls = calls.lock().unwrap();
+                    calls.push(call.clone());
+                    calls.len()
+                };
+                let (status, answer) = match call.method.as_str() {
+                    "GET" => (404, json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404})),
+                    "DELETE" => (200, json!({"kind": "Status", "apiVersion": "v1", "status": "Success"})),
+                    _ if call.path.contains("/francetravailtenants/") => {
+                        let mut answer = tenant;
+                        if let Some(status) = call.body.get("status") {
+                            answer["status"] = status.clone();
+                        }
+                        (200, answer)
+                    }
+                    _ => {
+                        let mut answer = body;
+                        if answer.get("metadata").is_some() || call.path.contains("/events") {
+                            answer["metadata"]["resourceVersion"] = json!(format!("fake-{n}"));
+                        }
+                        (if call.method == "POST" { 201 } else { 200 }, answer)
+                    }
+                };
+                Ok::<_, Infallible>(
+                    Response::builder()
+                        .status(status)
+                        .header("content-type", "application/json")
+                        .body(Body::from(serde_json::to_vec(&answer).unwrap()))
+                        .unwrap(),
+                )
+            }
+        });
+        Client::new(service, "default")
+    }
+
+    fn calls(&self) -> Vec<Call> {
+        self.calls.lock().unwrap().clone()
+    }
+
+    fn writes(&self) -> Vec<Call> {
+        self.calls().into_iter().filter(Call::is_write).collect()
+    }
+}
+
+struct Harness {
+    api: FakeApi,
+    ctx: Arc<Context>,
+    writers: ObservedWriters,
+}
+
+fn harness() -> Harness {
+    let api = FakeApi::default();
+    let (observed, writers) = empty_stores();
+    let ctx = Arc::new(Context::new(
+        api.client(),
+        observed,
+        Arc::new(Metrics::default()),
+        BuildSettings::default(),
+        Reporter {
+            controller: "ft-operator".into(),
+            instance: Some("test".into()),
+        },
+    ));
+    Harness { api, ctx, writers }
+}
+
+fn ours() -> Option<Vec<ManagedFieldsEntry>> {
+    Some(vec![ManagedFieldsEntry {
+        manager: Some("ft-operator".into()),
+        operation: Some("Apply".into()),
+        ..Default::default()
+    }])
+}
+
+impl Harness {
+    fn reconcile(&self, t: FranceTravailTenant) -> impl std::future::Future<Output = ft_operator::Result<Action>> {
+        *self.api.tenant.lock().unwrap() = serde_json::to_value(&t).unwrap();
+        reconcile(Arc::new(t), self.ctx.clone())
+    }
+
+    /// Fills the stores as the reflectors would after listing the cluster.
+    fn observe(&mut self, desired: &Desired, tweak: impl Fn(&mut NetworkPolicy)) {
+        let w = &mut self.writers;
+        w.namespaces.apply_watcher_event(&Event::Init);
+        for ns in &desired.namespaces {
+            let mut meta = ns.metadata.clone();
+            meta.managed_fields = ours();
+            meta.resource_version = Some("1".into());
+            w.namespaces.apply_watcher_event(&Event::InitApply(meta.into_response_partial()));
+        }
+        w.namespaces.apply_watcher_event(&Event::InitDone);
+
+        w.network_policies.apply_watcher_event(&Event::Init);
+        for np in &desired.network_policies {
+            let mut np = np.clone();
+            np.metadata.managed_fields = ours();
+            np.metadata.resource_version = Some("1".into());
+            tweak(&mut np);
+            w.network_policies.apply_watcher_event(&Event::InitApply(np));
+        }
+        w.network_policies.apply_watcher_event(&Event::InitDone);
+
+        w.resource_quotas.apply_watcher_event(&Event::Init);
+        for q in &desired.resource_quotas {
+            let mut q = q.clone();
+            q.metadata.managed_fields = ours();
+            w.resource_quotas.apply_watcher_event(&Event::InitApply(q));
+        }
+        w.resource_quotas.apply_watcher_event(&Event::InitDone);
+
+        w.limit_ranges.apply_watcher_event(&Event::Init);
+        for l in &desired.limit_ranges {
+            let mut l = l.clone();
+            l.metadata.managed_fields = ours();
+            w.limit_ranges.apply_watcher_event(&Event::InitApply(l));
+        }
+        w.limit_ranges.apply_watcher_event(&Event::InitDone);
+    }
+
+    fn observe_nothing(&mut self) {
+        self.observe(&Desired::default(), |_| {});
+    }
+
+    fn observe_extra_policy(&mut self, np: NetworkPolicy) {
+        self.writers.network_policies.apply_watcher_event(&Event::Apply(np));
+    }
+}
+
+/// The example tenant, as stored: with its finalizer, and a generation.
+fn stored_tenant() -> FranceTravailTenant {
+    let mut t = tenant("examples/tenant.yaml");
+    t.metadata.finalizers = Some(vec![FINALIZER.into()]);
+    t.metadata.generation = Some(3);
+    t.metadata.uid = Some("uid-1".into());
+    t
+}
+
+fn settled(mut t: FranceTravailTenant) -> FranceTravailTenant {
+    let now = Time(jiff::Timestamp::from_second(1_700_000_000).unwrap());
+    t.status = Some(next_status(&t, Outcome::Applied, &now));
+    t
+}
+
+fn applies(calls: &[Call]) -> Vec<String> {
+    calls
+        .iter()
+        .filter(|c| c.method == "PATCH" && c.content_type.starts_with("application/apply-patch") && !c.path.ends_with("/status"))
+        .map(|c| c.path.clone())
+        .collect()
+}
+
+fn events(calls: &[Call]) -> Vec<String> {
+    calls
+        .iter()
+        .filter(|c| c.method == "POST" && c.path.contains("/events"))
+        .map(|c| c.body["reason"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+fn status_patches(calls: &[Call]) -> Vec<Value> {
+    calls
+        .iter()
+        .filter(|c| c.method == "PATCH" && c.path.ends_with("/status"))
+        .map(|c| c.body["status"].clone())
+        .collect()
+}
+
+fn condition(status: &Value, type_: &str) -> (String, String) {
+    let c = status["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == type_))
+        .unwrap_or_else(|| panic!("no {type_} condition in {status}"));
+    (c["status"].as_str().unwrap().into(), c["reason"].as_str().unwrap().into())
+}
+
+#[tokio::test]
+async fn a_new_tenant_first_gets_the_finalizer_and_nothing_else() {
+    let mut h = harness();
+    h.observe_nothing();
+    let mut t = stored_tenant();
+    t.metadata.finalizers = None;
+    h.reconcile(t).await.unwrap();
+
+    let writes = h.api.writes();
+    assert_eq!(writes.len(), 1, "{writes:?}");
+    assert_eq!(writes[0].method, "PATCH");
+    assert!(writes[0].path.ends_with("/francetravailtenants/offres-emploi"));
+    assert_eq!(writes[0].content_type, "application/json-patch+json");
+    assert!(writes[0].body.to_string().contains(FINALIZER));
+}
+
+#[tokio::test]
+async fn a_tenant_with_its_finalizer_gets_every_child_applied_then_its_status() {
+    let mut h = harness();
+    h.observe_nothing();
+    let t = stored_tenant();
+    let action = h.reconcile(t.clone()).await.unwrap();
+    assert_eq!(action, Action::requeue(ft_operator::controller::RESYNC));
+
+    let calls = h.api.writes();
+    let applied = applies(&calls);
+    let desired = build(&t, &BuildSettings::default());
+    assert_eq!(applied.len(), desired.to_values().unwrap().len());
+    assert_eq!(applied[0], "/api/v1/namespaces/offres-emploi-prod");
+    assert_eq!(applied[1], "/api/v1/namespaces/offres-emploi-dev");
+    assert!(applied.contains(&"/apis/networking.k8s.io/v1/namespaces/offres-emploi-prod/networkpolicies/ft-default-deny".to_string()));
+    assert!(applied.contains(&"/api/v1/namespaces/offres-emploi-dev/resourcequotas/ft-quota".to_string()));
+    assert!(applied.contains(&"/api/v1/namespaces/offres-emploi-dev/limitranges/ft-limits".to_string()));
+    // One field manager, forced, for every apply.
+    let first = h.api.calls().into_iter().find(|c| c.content_type.starts_with("application/apply-patch")).unwrap();
+    assert_eq!(first.body["metadata"]["labels"]["hosting.francetravail.fr/tenant"], "offres-emploi");
+
+    let statuses = status_patches(&calls);
+    assert_eq!(statuses.len(), 1);
+    assert_eq!(condition(&statuses[0], "Ready"), ("True".into(), "Reconciled".into()));
+    assert_eq!(condition(&statuses[0], "Degraded"), ("False".into(), "AsExpected".into()));
+    assert_eq!(statuses[0]["observedGeneration"], 3);
+    assert_eq!(statuses[0]["namespaces"], json!(["offres-emploi-prod", "offres-emploi-dev"]));
+    assert_eq!(events(&calls), ["Created", "Reconciled"]);
+}
+
+#[tokio::test]
+async fn an_unchanged_tenant_costs_no_write() {
+    let mut h = harness();
+    let t = settled(stored_tenant());
+    h.observe(&build(&t, &BuildSettings::default()), |_| {});
+    h.reconcile(t).await.unwrap();
+    assert_eq!(h.api.writes().len(), 0, "{:?}", h.api.writes());
+}
+
+#[tokio::test]
+async fn a_child_changed_by_hand_is_restored_and_reported() {
+    let mut h = harness();
+    let t = settled(stored_tenant());
+    h.observe(&build(&t, &BuildSettings::default()), |np| {
+        if np.metadata.name.as_deref() == Some("ft-default-deny") && np.metadata.namespace.as_deref() == Some("offres-emploi-prod") {
+            // Someone opened the default-deny policy to everything.
+            let spec = np.spec.as_mut().unwrap();
+            spec.ingress = Some(vec![Default::default()]);
+        }
+    });
+    h.reconcile(t).await.unwrap();
+    let calls = h.api.writes();
+    assert_eq!(
+        applies(&calls),
+        ["/apis/networking.k8s.io/v1/namespaces/offres-emploi-prod/networkpolicies/ft-default-deny"]
+    );
+    assert_eq!(events(&calls), ["DriftReverted"]);
+    assert!(status_patches(&calls).is_empty(), "status unchanged");
+}
+
+#[tokio::test]
+async fn children_no_longer_declared_are_pruned_but_look_alikes_are_not() {
+    let mut h = harness();
+    let t = settled(stored_tenant());
+    let desired = build(&t, &BuildSettings::default());
+    h.observe(&desired, |_| {});
+    let mut stale = desired.network_policies[0].clone();
+    stale.metadata.name = Some("ft-ingress-retired".into());
+    stale.metadata.managed_fields = ours();
+    h.observe_extra_policy(stale);
+    let mut look_alike = desired.network_policies[0].clone();
+    look_alike.metadata.name = Some("made-by-hand".into());
+    look_alike.metadata.managed_fields = Some(vec![ManagedFieldsEntry {
+        manager: Some("kubectl".into()),
+        ..Default::default()
+    }]);
+    h.observe_extra_policy(look_alike);
+
+    h.reconcile(t).await.unwrap();
+    let calls = h.api.writes();
+    let deletes: Vec<&str> = calls.iter().filter(|c| c.method == "DELETE").map(|c| c.path.as_str()).collect();
+    assert_eq!(deletes, ["/apis/networking.k8s.io/v1/namespaces/offres-emploi-prod/networkpolicies/ft-ingress-retired"]);
+    assert!(applies(&calls).is_empty());
+    assert_eq!(events(&calls), ["Pruned"]);
+}
+
+#[tokio::test]
+async fn an_invalid_tenant_gets_no_child_and_a_status_naming_the_field() {
+    let mut h = harness();
+    h.observe_nothing();
+    let mut t = stored_tenant();
+    // As if stored before the schema refused it.
+    t.spec.environments[0].node_pool = None;
+    let action = h.reconcile(t).await.unwrap();
+    assert_eq!(action, Action::await_change());
+
+    let calls = h.api.writes();
+    assert!(applies(&calls).is_empty());
+    let statuses = status_patches(&calls);
+    assert_eq!(statuses.len(), 1);
+    assert_eq!(condition(&statuses[0], "Ready"), ("False".into(), "InvalidSpec".into()));
+    assert!(statuses[0].to_string().contains("spec.environments[0].nodePool"));
+    assert_eq!(events(&calls), ["InvalidSpec"]);
+}
+
+#[tokio::test]
+async fn deletion_removes_the_namespaces_before_the_finalizer() {
+    let mut h = harness();
+    let mut t = settled(stored_tenant());
+    t.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::now()));
+    h.observe(&build(&t, &BuildSettings::default()), |_| {});
+
+    let pending = h.reconcile(t.clone()).await;
+    assert_eq!(pending.unwrap_err().category(), "cleanup_pending");
+    let calls = h.api.writes();
+    let mut deletes: Vec<&str> = calls.iter().filter(|c| c.method == "DELETE").map(|c| c.path.as_str()).collect();
+    deletes.sort();
+    assert_eq!(deletes, ["/api/v1/namespaces/offres-emploi-dev", "/api/v1/namespaces/offres-emploi-prod"]);
+    assert!(!calls.iter().any(|c| c.body.to_string().contains("/metadata/finalizers")), "finalizer kept");
+
+    // Once the namespaces are gone, the finalizer goes.
+    let mut h = harness();
+    h.observe_nothing();
+    h.reconcile(t).await.unwrap();
+    let calls = h.api.writes();
+    let last = calls.iter().rev().find(|c| c.method == "PATCH").unwrap();
+    assert_eq!(last.content_type, "application/json-patch+json");
+    assert!(last.body.to_string().contains("/metadata/finalizers/0"));
+    assert_eq!(events(&calls), ["Deleted"]);
+}
