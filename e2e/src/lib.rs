@@ -1,0 +1,227 @@
+//! Helpers for the end-to-end tests: a real API server from `KUBECONFIG`, the real
+//! `ft-operator` binary, and waits on conditions with timeouts (never bare sleeps).
+
+use std::future::Future;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use ft_operator::api::FranceTravailTenant;
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Why the e2e tests are ignored by a plain `cargo test`.
+pub const NEEDS_CLUSTER: &str = "e2e: needs a Kubernetes API server; set KUBECONFIG and run `cargo test -p ft-e2e -- --ignored --test-threads=1`";
+
+/// A client for the API server in `KUBECONFIG`, or an error that says so.
+pub async fn cluster() -> anyhow::Result<Client> {
+    let client = Client::try_default()
+        .await
+        .context("no Kubernetes API server configured: set KUBECONFIG")?;
+    let version = client
+        .apiserver_version()
+        .await
+        .context("the API server in KUBECONFIG is not reachable")?;
+    eprintln!("e2e: API server {}", version.git_version);
+    Ok(client)
+}
+
+/// A name no other test run uses.
+pub fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    format!("{prefix}-{:x}{:04x}", std::process::id() % 0xfff, nanos % 0xffff)
+}
+
+/// Polls `check` every 100 ms until it yields a value, or fails after `timeout` saying what
+/// was awaited.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<Option<T>>>,
+{
+    let started = Instant::now();
+    let mut last_error = None;
+    loop {
+        match check().await {
+            Ok(Some(value)) => return Ok(value),
+            Ok(None) => {}
+            Err(e) => last_error = Some(e),
+        }
+        if started.elapsed() > timeout {
+            bail!("timed out after {timeout:?} waiting for {what} (last error: {last_error:?})");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Installs (server-side applies) the operator's CRDs and waits until they are established.
+pub async fn install_crds(client: &Client) -> anyhow::Result<()> {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in ft_operator::crd::crds() {
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        api.patch(&name, &PatchParams::apply("ft-e2e").force(), &Patch::Apply(&crd))
+            .await
+            .with_context(|| format!("installing CRD {name}"))?;
+        wait_for(&format!("CRD {name} established"), Duration::from_secs(30), || {
+            let api = api.clone();
+            let name = name.clone();
+            async move {
+                let crd = api.get(&name).await?;
+                let established = crd
+                    .status
+                    .and_then(|s| s.conditions)
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True");
+                Ok(established.then_some(()))
+            }
+        })
+        .await?;
+    }
+    // The tenant API must be served, not only stored.
+    wait_for("the tenant API to be served", Duration::from_secs(30), || {
+        let api: Api<FranceTravailTenant> = Api::all(client.clone());
+        async move { Ok(api.list(&Default::default()).await.ok().map(|_| ())) }
+    })
+    .await
+}
+
+pub async fn ensure_namespace(client: &Client, name: &str) -> anyhow::Result<()> {
+    let api: Api<Namespace> = Api::all(client.clone());
+    if api.get_opt(name).await?.is_none() {
+        let ns: Namespace = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name}
+        }))?;
+        api.create(&PostParams::default(), &ns).await?;
+    }
+    Ok(())
+}
+
+/// The example tenant of the repository under another name.
+pub fn example_tenant(file: &str, name: &str) -> anyhow::Result<FranceTravailTenant> {
+    let path = workspace_root().join("examples").join(file);
+    let yaml = std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
+    let mut tenants = ft_operator::plan::parse_tenants(&yaml)?;
+    let mut tenant = tenants.remove(0);
+    tenant.metadata.name = Some(name.into());
+    Ok(tenant)
+}
+
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The `ft-operator` binary: `FT_OPERATOR_BIN`, or built from this workspace.
+pub fn operator_binary() -> anyhow::Result<PathBuf> {
+    if let Ok(path) = std::env::var("FT_OPERATOR_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "-p", "ft-operator", "--bin", "ft-operator"])
+        .current_dir(workspace_root())
+        .status()
+        .context("building ft-operator")?;
+    if !status.success() {
+        bail!("building ft-operator failed");
+    }
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| workspace_root().join("target"));
+    Ok(target.join("debug").join("ft-operator"))
+}
+
+/// A running `ft-operator run`, killed when dropped; its log is printed if a test fails.
+pub struct Operator {
+    child: Child,
+    pub metrics_port: u16,
+    log: PathBuf,
+}
+
+impl Operator {
+    pub fn start(namespace: &str, lease: &str) -> anyhow::Result<Operator> {
+        let binary = operator_binary()?;
+        let metrics_port = free_port()?;
+        let log = std::env::temp_dir().join(format!("ft-operator-e2e-{lease}-{metrics_port}.log"));
+        let log_file = std::fs::File::create(&log)?;
+        let child = Command::new(binary)
+            .args(["run", "--namespace", namespace, "--lease-name", lease])
+            .args(["--metrics-address", &format!("127.0.0.1:{metrics_port}")])
+            .env("RUST_LOG", "info,ft_operator=debug")
+            .stdout(Stdio::from(log_file.try_clone()?))
+            .stderr(Stdio::from(log_file))
+            .spawn()
+            .context("starting ft-operator")?;
+        Ok(Operator {
+            child,
+            metrics_port,
+            log,
+        })
+    }
+
+    /// Stops the process with SIGTERM, as the kubelet would, and waits for it.
+    pub fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status()?;
+        Ok(self.child.wait()?)
+    }
+
+    /// The value of a metric line such as `ft_leader` or `ft_reconciliations_total{tenant="x"}`,
+    /// or summed over every series of a family when `name` has no labels.
+    pub async fn metric(&self, name: &str) -> anyhow::Result<f64> {
+        let text = self.scrape().await?;
+        let exact = name.contains('{');
+        Ok(text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.rsplit_once(' '))
+            .filter(|(series, _)| {
+                if exact {
+                    *series == name
+                } else {
+                    *series == name || series.starts_with(&format!("{name}{{"))
+                }
+            })
+            .filter_map(|(_, value)| value.parse::<f64>().ok())
+            .sum())
+    }
+
+    pub async fn scrape(&self) -> anyhow::Result<String> {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.metrics_port)).await?;
+        stream
+            .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            .await?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await?;
+        Ok(response
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body.to_string())
+            .unwrap_or_default())
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("---- ft-operator log ({}) ----\n{}", self.log.display(), self.log());
+        }
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}

@@ -199,7 +199,9 @@ impl Applier<'_> {
             let mut found = observed
                 .get(&object_ref::<O>(&name, namespace.as_deref()))
                 .map(|o| (serde_json::to_value(&*o).ok(), o.resource_version()));
-            if found.is_none() && self.memo.knows(&key) {
+            // Applied before but gone from the cluster means deleted by hand, not new.
+            let applied_before = self.memo.knows(&key);
+            if found.is_none() && applied_before {
                 // Written by a previous pass, not yet seen by the reflector: ask the server.
                 found = api
                     .get_opt(&name)
@@ -222,6 +224,7 @@ impl Applier<'_> {
             self.metrics.write(K::kind(&()).as_ref(), "apply");
             let new_version = applied.resource_version();
             match found {
+                None if applied_before => report.restored.push(key.clone()),
                 None => report.created.push(key.clone()),
                 Some((_, old_version)) if old_version != new_version => {
                     report.restored.push(key.clone())

@@ -5,6 +5,7 @@ use std::time::Duration;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -32,6 +33,8 @@ pub struct Metrics {
     /// Every write the operator makes to the API server: at steady state this stays flat.
     pub writes: Family<WriteLabels, Counter>,
     pub drift_repairs: Family<TenantLabels, Counter>,
+    /// 1 while this replica holds the Lease and reconciles, 0 while it stands by.
+    pub leader: Gauge,
 }
 
 impl Default for Metrics {
@@ -42,6 +45,7 @@ impl Default for Metrics {
         let duration = Histogram::new(exponential_buckets(0.005, 2.0, 12));
         let writes = Family::<WriteLabels, Counter>::default();
         let drift_repairs = Family::<TenantLabels, Counter>::default();
+        let leader = Gauge::default();
         registry.register(
             "reconciliations",
             "Reconciliations completed, by tenant",
@@ -67,6 +71,11 @@ impl Default for Metrics {
             "Children restored after being changed or deleted by hand, by tenant",
             drift_repairs.clone(),
         );
+        registry.register(
+            "leader",
+            "Whether this replica holds the leader Lease",
+            leader.clone(),
+        );
         Self {
             registry,
             reconciliations,
@@ -74,6 +83,7 @@ impl Default for Metrics {
             duration,
             writes,
             drift_repairs,
+            leader,
         }
     }
 }

@@ -92,7 +92,9 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
             controller: "ft-operator".into(),
             instance: Some(config.identity.clone()),
         };
-        controller::run(client, metrics, config.settings, reporter, shutdown).await;
+        metrics.leader.set(1);
+        controller::run(client, metrics.clone(), config.settings, reporter, shutdown).await;
+        metrics.leader.set(0);
         lost_leadership = lost.now_or_never().is_some() && !*stop_tx.borrow();
     }
 

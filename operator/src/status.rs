@@ -88,6 +88,13 @@ pub fn next_status(tenant: &FranceTravailTenant, outcome: Outcome<'_>, now: &Tim
     TenantStatus {
         observed_generation: generation,
         conditions: vec![ready, degraded, compliant],
+        environments: tenant
+            .spec
+            .environments
+            .iter()
+            .map(|e| e.name.as_str())
+            .collect::<Vec<_>>()
+            .join(","),
         namespaces: tenant
             .spec
             .environments

@@ -29,7 +29,7 @@ use super::Country;
     category = "francetravail",
     doc = "A France Travail service hosted on this cluster, kept isolated, encrypted, EU-pinned and backed up by ft-operator.",
     status = "TenantStatus",
-    printcolumn(name = "Environments", type_ = "string", json_path = ".spec.environments[*].name"),
+    printcolumn(name = "Environments", type_ = "string", json_path = ".status.environments"),
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
     printcolumn(name = "Compliant", type_ = "string", json_path = ".status.conditions[?(@.type==\"Compliant\")].status"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
@@ -38,11 +38,12 @@ use super::Country;
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new(
-    "self.network.ingress.all(f, f.environments.all(n, self.environments.exists(e, e.name == n))) && \
-     self.network.egress.all(f, f.environments.all(n, self.environments.exists(e, e.name == n)))"
+    "!has(self.network) || \
+     ((!has(self.network.ingress) || self.network.ingress.all(f, !has(f.environments) || f.environments.all(n, self.environments.exists(e, e.name == n)))) && \
+      (!has(self.network.egress) || self.network.egress.all(f, !has(f.environments) || f.environments.all(n, self.environments.exists(e, e.name == n)))))"
 ).message("every environment a flow names must be declared in spec.environments").field_path(".network"))]
 #[x_kube(validation = Rule::new(
-    "self.access.all(g, g.environments.all(n, self.environments.exists(e, e.name == n)))"
+    "!has(self.access) || self.access.all(g, g.environments.all(n, self.environments.exists(e, e.name == n)))"
 ).message("every environment an access grant names must be declared in spec.environments").field_path(".access"))]
 pub struct TenantSpec {
     /// Human-readable name of the service.
@@ -533,6 +534,9 @@ pub struct TenantStatus {
     #[serde(default)]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
+    /// The environments' names, comma-separated, for `kubectl get ftt`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub environments: String,
     /// The tenant's namespaces, one per environment.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub namespaces: Vec<String>,
