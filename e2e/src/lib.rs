@@ -37,7 +37,11 @@ pub fn unique(prefix: &str) -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
         .unwrap_or_default();
-    format!("{prefix}-{:x}{:04x}", std::process::id() % 0xfff, nanos % 0xffff)
+    format!(
+        "{prefix}-{:x}{:04x}",
+        std::process::id() % 0xfff,
+        nanos % 0xffff
+    )
 }
 
 /// Polls `check` every 100 ms until it yields a value, or fails after `timeout` saying what
@@ -67,30 +71,42 @@ pub async fn install_crds(client: &Client) -> anyhow::Result<()> {
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     for crd in ft_operator::crd::crds() {
         let name = crd.metadata.name.clone().unwrap_or_default();
-        api.patch(&name, &PatchParams::apply("ft-e2e").force(), &Patch::Apply(&crd))
-            .await
-            .with_context(|| format!("installing CRD {name}"))?;
-        wait_for(&format!("CRD {name} established"), Duration::from_secs(30), || {
-            let api = api.clone();
-            let name = name.clone();
-            async move {
-                let crd = api.get(&name).await?;
-                let established = crd
-                    .status
-                    .and_then(|s| s.conditions)
-                    .unwrap_or_default()
-                    .iter()
-                    .any(|c| c.type_ == "Established" && c.status == "True");
-                Ok(established.then_some(()))
-            }
-        })
+        api.patch(
+            &name,
+            &PatchParams::apply("ft-e2e").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .with_context(|| format!("installing CRD {name}"))?;
+        wait_for(
+            &format!("CRD {name} established"),
+            Duration::from_secs(30),
+            || {
+                let api = api.clone();
+                let name = name.clone();
+                async move {
+                    let crd = api.get(&name).await?;
+                    let established = crd
+                        .status
+                        .and_then(|s| s.conditions)
+                        .unwrap_or_default()
+                        .iter()
+                        .any(|c| c.type_ == "Established" && c.status == "True");
+                    Ok(established.then_some(()))
+                }
+            },
+        )
         .await?;
     }
     // The tenant API must be served, not only stored.
-    wait_for("the tenant API to be served", Duration::from_secs(30), || {
-        let api: Api<FranceTravailTenant> = Api::all(client.clone());
-        async move { Ok(api.list(&Default::default()).await.ok().map(|_| ())) }
-    })
+    wait_for(
+        "the tenant API to be served",
+        Duration::from_secs(30),
+        || {
+            let api: Api<FranceTravailTenant> = Api::all(client.clone());
+            async move { Ok(api.list(&Default::default()).await.ok().map(|_| ())) }
+        },
+    )
     .await
 }
 
@@ -217,7 +233,11 @@ impl Drop for Operator {
         let _ = self.child.kill();
         let _ = self.child.wait();
         if std::thread::panicking() {
-            eprintln!("---- ft-operator log ({}) ----\n{}", self.log.display(), self.log());
+            eprintln!(
+                "---- ft-operator log ({}) ----\n{}",
+                self.log.display(),
+                self.log()
+            );
         }
     }
 }

@@ -32,7 +32,10 @@ fn ready(tenant: &FranceTravailTenant) -> bool {
     })
 }
 
-async fn wait_ready(api: &Api<FranceTravailTenant>, name: &str) -> anyhow::Result<FranceTravailTenant> {
+async fn wait_ready(
+    api: &Api<FranceTravailTenant>,
+    name: &str,
+) -> anyhow::Result<FranceTravailTenant> {
     wait_for(&format!("tenant {name} Ready"), SETTLE, || async {
         let t = api.get(name).await?;
         Ok(ready(&t).then_some(t))
@@ -42,13 +45,26 @@ async fn wait_ready(api: &Api<FranceTravailTenant>, name: &str) -> anyhow::Resul
 
 async fn policy_names(client: &Client, ns: &str) -> anyhow::Result<BTreeSet<String>> {
     let api: Api<NetworkPolicy> = Api::namespaced(client.clone(), ns);
-    Ok(api.list(&ListParams::default()).await?.into_iter().map(|p| p.name_any()).collect())
+    Ok(api
+        .list(&ListParams::default())
+        .await?
+        .into_iter()
+        .map(|p| p.name_any())
+        .collect())
 }
 
-async fn tenant_events(client: &Client, tenant: &str, reason: &str) -> anyhow::Result<Option<Event>> {
+async fn tenant_events(
+    client: &Client,
+    tenant: &str,
+    reason: &str,
+) -> anyhow::Result<Option<Event>> {
     let api: Api<Event> = Api::all(client.clone());
     let params = ListParams::default().fields(&format!("involvedObject.name={tenant}"));
-    Ok(api.list(&params).await?.into_iter().find(|e| e.reason.as_deref() == Some(reason)))
+    Ok(api
+        .list(&params)
+        .await?
+        .into_iter()
+        .find(|e| e.reason.as_deref() == Some(reason)))
 }
 
 #[tokio::test]
@@ -60,7 +76,11 @@ async fn a_tenant_is_isolated_kept_in_shape_and_deleted() -> anyhow::Result<()> 
     ensure_namespace(&client, OPERATOR_NAMESPACE).await?;
     let operator = Operator::start(OPERATOR_NAMESPACE, &unique("e2e-lease"))?;
     wait_for("the operator to lead", SETTLE, || async {
-        Ok(operator.metric("ft_leader").await.ok().filter(|v| *v == 1.0))
+        Ok(operator
+            .metric("ft_leader")
+            .await
+            .ok()
+            .filter(|v| *v == 1.0))
     })
     .await?;
 
@@ -77,7 +97,12 @@ async fn a_tenant_is_isolated_kept_in_shape_and_deleted() -> anyhow::Result<()> 
     let (prod, dev) = (format!("{name}-prod"), format!("{name}-dev"));
     assert_eq!(status.namespaces, [prod.clone(), dev.clone()]);
     assert_eq!(status.environments, "prod,dev");
-    assert!(stored.finalizers().iter().any(|f| f == ft_operator::api::FINALIZER));
+    assert!(
+        stored
+            .finalizers()
+            .iter()
+            .any(|f| f == ft_operator::api::FINALIZER)
+    );
     let desired = build(&tenant, &BuildSettings::default());
     let namespaces: Api<Namespace> = Api::all(client.clone());
     for (ns, env, kind) in [(&prod, "prod", "production"), (&dev, "dev", "development")] {
@@ -85,9 +110,15 @@ async fn a_tenant_is_isolated_kept_in_shape_and_deleted() -> anyhow::Result<()> 
         assert_eq!(labels["hosting.francetravail.fr/tenant"], name);
         assert_eq!(labels["hosting.francetravail.fr/environment"], env);
         assert_eq!(labels["hosting.francetravail.fr/environment-kind"], kind);
-        assert_eq!(labels["hosting.francetravail.fr/data-classification"], "personal");
+        assert_eq!(
+            labels["hosting.francetravail.fr/data-classification"],
+            "personal"
+        );
         for mode in ["enforce", "audit", "warn"] {
-            assert_eq!(labels[&format!("pod-security.kubernetes.io/{mode}")], "restricted");
+            assert_eq!(
+                labels[&format!("pod-security.kubernetes.io/{mode}")],
+                "restricted"
+            );
         }
         let expected: BTreeSet<String> = desired
             .network_policies
@@ -95,12 +126,27 @@ async fn a_tenant_is_isolated_kept_in_shape_and_deleted() -> anyhow::Result<()> 
             .filter(|p| p.namespace().as_deref() == Some(ns.as_str()))
             .map(|p| p.name_any())
             .collect();
-        assert_eq!(policy_names(&client, ns).await?, expected, "policies in {ns}");
-        let quota = Api::<ResourceQuota>::namespaced(client.clone(), ns).get("ft-quota").await?;
-        assert!(quota.spec.and_then(|s| s.hard).is_some_and(|h| h.contains_key("requests.cpu")));
-        Api::<LimitRange>::namespaced(client.clone(), ns).get("ft-limits").await?;
+        assert_eq!(
+            policy_names(&client, ns).await?,
+            expected,
+            "policies in {ns}"
+        );
+        let quota = Api::<ResourceQuota>::namespaced(client.clone(), ns)
+            .get("ft-quota")
+            .await?;
+        assert!(
+            quota
+                .spec
+                .and_then(|s| s.hard)
+                .is_some_and(|h| h.contains_key("requests.cpu"))
+        );
+        Api::<LimitRange>::namespaced(client.clone(), ns)
+            .get("ft-limits")
+            .await?;
     }
-    let deny = Api::<NetworkPolicy>::namespaced(client.clone(), &prod).get("ft-default-deny").await?;
+    let deny = Api::<NetworkPolicy>::namespaced(client.clone(), &prod)
+        .get("ft-default-deny")
+        .await?;
     assert_eq!(
         deny.spec.and_then(|s| s.policy_types),
         Some(vec!["Ingress".to_string(), "Egress".to_string()])
@@ -118,39 +164,78 @@ async fn a_tenant_is_isolated_kept_in_shape_and_deleted() -> anyhow::Result<()> 
     let writes_before = operator.metric("ft_api_writes_total").await?;
     let passes_before = operator.metric(&reconciliations).await?;
     namespaces
-        .patch(&dev, &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"e2e.example.org/poke": "1"}}})))
+        .patch(
+            &dev,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"e2e.example.org/poke": "1"}}})),
+        )
         .await?;
     wait_for("a reconciliation after the poke", SETTLE, || async {
         Ok((operator.metric(&reconciliations).await? > passes_before).then_some(()))
     })
     .await?;
-    assert_eq!(operator.metric("ft_api_writes_total").await?, writes_before, "an unchanged tenant made writes");
+    assert_eq!(
+        operator.metric("ft_api_writes_total").await?,
+        writes_before,
+        "an unchanged tenant made writes"
+    );
 
     // A NetworkPolicy deleted by hand comes back.
     let policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), &prod);
     let old_uid = policies.get("ft-default-deny").await?.uid();
-    policies.delete("ft-default-deny", &DeleteParams::default()).await?;
+    policies
+        .delete("ft-default-deny", &DeleteParams::default())
+        .await?;
     let deleted_at = Instant::now();
-    wait_for("ft-default-deny to be restored", Duration::from_secs(10), || async {
-        Ok(policies.get_opt("ft-default-deny").await?.filter(|p| p.uid() != old_uid))
-    })
+    wait_for(
+        "ft-default-deny to be restored",
+        Duration::from_secs(10),
+        || async {
+            Ok(policies
+                .get_opt("ft-default-deny")
+                .await?
+                .filter(|p| p.uid() != old_uid))
+        },
+    )
     .await?;
-    eprintln!("e2e: NetworkPolicy restored after {:?}", deleted_at.elapsed());
+    eprintln!(
+        "e2e: NetworkPolicy restored after {:?}",
+        deleted_at.elapsed()
+    );
 
     // A Namespace label removed by hand comes back.
     namespaces
-        .patch(&dev, &PatchParams::default(), &Patch::Json::<()>(serde_json::from_value(json!([
-            {"op": "remove", "path": "/metadata/labels/pod-security.kubernetes.io~1enforce"}
-        ]))?))
+        .patch(
+            &dev,
+            &PatchParams::default(),
+            &Patch::Json::<()>(serde_json::from_value(json!([
+                {"op": "remove", "path": "/metadata/labels/pod-security.kubernetes.io~1enforce"}
+            ]))?),
+        )
         .await?;
     let removed_at = Instant::now();
-    wait_for("the enforce label to be restored", Duration::from_secs(10), || async {
-        let ns = namespaces.get(&dev).await?;
-        Ok((ns.labels().get("pod-security.kubernetes.io/enforce").map(String::as_str) == Some("restricted")).then_some(()))
+    wait_for(
+        "the enforce label to be restored",
+        Duration::from_secs(10),
+        || async {
+            let ns = namespaces.get(&dev).await?;
+            Ok((ns
+                .labels()
+                .get("pod-security.kubernetes.io/enforce")
+                .map(String::as_str)
+                == Some("restricted"))
+            .then_some(()))
+        },
+    )
+    .await?;
+    eprintln!(
+        "e2e: Namespace label restored after {:?}",
+        removed_at.elapsed()
+    );
+    wait_for("a DriftReverted Event", SETTLE, || {
+        tenant_events(&client, &name, "DriftReverted")
     })
     .await?;
-    eprintln!("e2e: Namespace label restored after {:?}", removed_at.elapsed());
-    wait_for("a DriftReverted Event", SETTLE, || tenant_events(&client, &name, "DriftReverted")).await?;
 
     // A flow removed from the spec loses its policies.
     let web_only: Vec<Value> = serde_json::to_value(&tenant.spec.network.ingress)?
@@ -161,11 +246,19 @@ async fn a_tenant_is_isolated_kept_in_shape_and_deleted() -> anyhow::Result<()> 
         .cloned()
         .collect();
     tenants
-        .patch(&name, &PatchParams::default(), &Patch::Merge(json!({"spec": {"network": {"ingress": web_only}}})))
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"network": {"ingress": web_only}}})),
+        )
         .await?;
     wait_for("ft-ingress-metrics to be pruned", SETTLE, || async {
-        let prod_has = policy_names(&client, &prod).await?.contains("ft-ingress-metrics");
-        let dev_has = policy_names(&client, &dev).await?.contains("ft-ingress-metrics");
+        let prod_has = policy_names(&client, &prod)
+            .await?
+            .contains("ft-ingress-metrics");
+        let dev_has = policy_names(&client, &dev)
+            .await?
+            .contains("ft-ingress-metrics");
         Ok((!prod_has && !dev_has).then_some(()))
     })
     .await?;
@@ -173,15 +266,26 @@ async fn a_tenant_is_isolated_kept_in_shape_and_deleted() -> anyhow::Result<()> 
 
     // Deleting the tenant deletes its namespaces, then the tenant itself.
     tenants.delete(&name, &DeleteParams::default()).await?;
-    wait_for("the tenant and its namespaces to be gone", Duration::from_secs(120), || async {
-        let tenant_gone = tenants.get_opt(&name).await?.is_none();
-        let namespaces_gone = namespaces.get_opt(&prod).await?.is_none() && namespaces.get_opt(&dev).await?.is_none();
-        Ok((tenant_gone && namespaces_gone).then_some(()))
-    })
+    wait_for(
+        "the tenant and its namespaces to be gone",
+        Duration::from_secs(120),
+        || async {
+            let tenant_gone = tenants.get_opt(&name).await?.is_none();
+            let namespaces_gone = namespaces.get_opt(&prod).await?.is_none()
+                && namespaces.get_opt(&dev).await?.is_none();
+            Ok((tenant_gone && namespaces_gone).then_some(()))
+        },
+    )
     .await?;
-    ensure!(operator.log().contains("namespace deleted"), "deletion was journaled");
+    ensure!(
+        operator.log().contains("namespace deleted"),
+        "deletion was journaled"
+    );
     Ok(())
 }
+
+/// A change that makes a valid tenant invalid.
+type Edit = Box<dyn Fn(&mut Value)>;
 
 /// Sends a tenant as raw JSON (dry run), so shapes the Rust types cannot hold can be tried,
 /// and returns the API server's refusal.
@@ -216,24 +320,68 @@ async fn the_api_server_refuses_invalid_tenants_naming_the_field() -> anyhow::Re
         dry_run: true,
         ..Default::default()
     };
-    api.create(&dry_run, &serde_json::from_value(valid.clone())?).await?;
+    api.create(&dry_run, &serde_json::from_value(valid.clone())?)
+        .await?;
 
-    let cases: Vec<(&str, Box<dyn Fn(&mut Value)>, &[&str])> = vec![
-        ("environment name not a DNS label", Box::new(|t| t["spec"]["environments"][0]["name"] = json!("Prod_1")), &["spec.environments[0].name"]),
-        ("environment declared twice", Box::new(|t| t["spec"]["environments"][1]["name"] = json!("prod")), &["spec.environments[1]", "Duplicate value"]),
-        ("production without a node pool", Box::new(|t| { t["spec"]["environments"][0].as_object_mut().map(|e| e.remove("nodePool")); }), &["spec.environments[0].nodePool", "CLD-25"]),
-        ("unknown country", Box::new(|t| t["spec"]["placement"]["allowedCountries"] = json!(["FR", "CN"])), &["spec.placement.allowedCountries[1]", "CN"]),
-        ("grant without expiry", Box::new(|t| { t["spec"]["access"][0].as_object_mut().map(|g| g.remove("expires")); }), &["spec.access[0].expires", "Required"]),
-        ("shared identity", Box::new(|t| t["spec"]["access"][1]["subject"]["name"] = json!("system:masters")), &["spec.access[1].subject.name", "CLD-14"]),
-        ("flow naming an undeclared environment", Box::new(|t| t["spec"]["network"]["egress"][0]["environments"] = json!(["staging"])), &["spec.network"]),
-        ("tenant name too long for its namespaces", Box::new(|t| t["metadata"]["name"] = json!("a".repeat(50))), &["metadata.name"]),
+    let cases: Vec<(&str, Edit, &[&str])> = vec![
+        (
+            "environment name not a DNS label",
+            Box::new(|t| t["spec"]["environments"][0]["name"] = json!("Prod_1")),
+            &["spec.environments[0].name"],
+        ),
+        (
+            "environment declared twice",
+            Box::new(|t| t["spec"]["environments"][1]["name"] = json!("prod")),
+            &["spec.environments[1]", "Duplicate value"],
+        ),
+        (
+            "production without a node pool",
+            Box::new(|t| {
+                t["spec"]["environments"][0]
+                    .as_object_mut()
+                    .map(|e| e.remove("nodePool"));
+            }),
+            &["spec.environments[0].nodePool", "CLD-25"],
+        ),
+        (
+            "unknown country",
+            Box::new(|t| t["spec"]["placement"]["allowedCountries"] = json!(["FR", "CN"])),
+            &["spec.placement.allowedCountries[1]", "CN"],
+        ),
+        (
+            "grant without expiry",
+            Box::new(|t| {
+                t["spec"]["access"][0]
+                    .as_object_mut()
+                    .map(|g| g.remove("expires"));
+            }),
+            &["spec.access[0].expires", "Required"],
+        ),
+        (
+            "shared identity",
+            Box::new(|t| t["spec"]["access"][1]["subject"]["name"] = json!("system:masters")),
+            &["spec.access[1].subject.name", "CLD-14"],
+        ),
+        (
+            "flow naming an undeclared environment",
+            Box::new(|t| t["spec"]["network"]["egress"][0]["environments"] = json!(["staging"])),
+            &["spec.network"],
+        ),
+        (
+            "tenant name too long for its namespaces",
+            Box::new(|t| t["metadata"]["name"] = json!("a".repeat(50))),
+            &["metadata.name"],
+        ),
     ];
     for (case, edit, expected) in cases {
         let mut tenant = valid.clone();
         edit(&mut tenant);
         let message = refusal(&client, tenant).await;
         for part in expected {
-            assert!(message.contains(part), "{case}: {part:?} not in {message:?}");
+            assert!(
+                message.contains(part),
+                "{case}: {part:?} not in {message:?}"
+            );
         }
         eprintln!("e2e: refused ({case}): {message}");
     }
@@ -267,11 +415,16 @@ async fn two_replicas_share_one_lease_and_hand_over_on_shutdown() -> anyhow::Res
 
     // Stop the leader gracefully: it releases the Lease and the standby takes over.
     let status = replicas[leader].terminate()?;
-    assert!(status.success(), "graceful shutdown exits cleanly: {status}");
+    assert!(
+        status.success(),
+        "graceful shutdown exits cleanly: {status}"
+    );
     let standby = &replicas[1 - leader];
-    wait_for("the standby to take over", Duration::from_secs(40), || async {
-        Ok((standby.metric("ft_leader").await.unwrap_or(0.0) == 1.0).then_some(()))
-    })
+    wait_for(
+        "the standby to take over",
+        Duration::from_secs(40),
+        || async { Ok((standby.metric("ft_leader").await.unwrap_or(0.0) == 1.0).then_some(())) },
+    )
     .await?;
     Ok(())
 }

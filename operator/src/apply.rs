@@ -14,7 +14,7 @@ use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::core::v1::{LimitRange, Namespace, ResourceQuota};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{DeleteParams, Patch, PatchParams, PartialObjectMeta};
+use kube::api::{DeleteParams, PartialObjectMeta, Patch, PatchParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
@@ -96,7 +96,10 @@ impl AppliedMemo {
     }
 
     fn knows(&self, key: &str) -> bool {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).contains_key(key)
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(key)
     }
 
     fn remember(&self, key: String, hash: u64, resource_version: Option<String>) {
@@ -156,16 +159,24 @@ impl Applier<'_> {
                 return Err(Error::NamespaceTerminating(name));
             }
         }
-        self.apply_kind(network_policies, &self.observed.network_policies, &mut report)
-            .await?;
+        self.apply_kind(
+            network_policies,
+            &self.observed.network_policies,
+            &mut report,
+        )
+        .await?;
         self.apply_kind(resource_quotas, &self.observed.resource_quotas, &mut report)
             .await?;
         self.apply_kind(limit_ranges, &self.observed.limit_ranges, &mut report)
             .await?;
 
         // Namespaced children first: pruning a namespace takes its content with it anyway.
-        self.prune(network_policies, &self.observed.network_policies, &mut report)
-            .await?;
+        self.prune(
+            network_policies,
+            &self.observed.network_policies,
+            &mut report,
+        )
+        .await?;
         self.prune(resource_quotas, &self.observed.resource_quotas, &mut report)
             .await?;
         self.prune(limit_ranges, &self.observed.limit_ranges, &mut report)

@@ -21,6 +21,7 @@ use serde::Serialize;
 use crate::api::{
     Environment, FlowNature, FlowPort, FranceTravailTenant, Peer, annotations, labels,
 };
+use crate::validate::{cidr_contains, parse_cidr};
 
 pub const DEFAULT_DENY: &str = "ft-default-deny";
 pub const ALLOW_DNS: &str = "ft-allow-dns";
@@ -48,6 +49,10 @@ impl Default for DnsEndpoint {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct BuildSettings {
     pub dns: DnsEndpoint,
+    /// The cluster's pod and service ranges. Some network plugins match `ipBlock` against pod
+    /// addresses, so these ranges are carved out of every declared block: a `cidr` flow can
+    /// never reach another tenant's pods.
+    pub cluster_networks: Vec<String>,
 }
 
 /// Every object the operator wants for one tenant. `apply` destructures it field by field, so
@@ -253,7 +258,8 @@ fn build_network_policies(
         ),
     ];
 
-    let applies = |environments: &[String]| environments.is_empty() || environments.contains(&env.name);
+    let applies =
+        |environments: &[String]| environments.is_empty() || environments.contains(&env.name);
     let network = &tenant.spec.network;
     for flow in network.ingress.iter().filter(|f| applies(&f.environments)) {
         policies.push(policy(
@@ -265,7 +271,7 @@ fn build_network_policies(
                 pod_selector: Some(flow.pod_selector.clone().unwrap_or_default()),
                 policy_types: Some(vec!["Ingress".into()]),
                 ingress: Some(vec![NetworkPolicyIngressRule {
-                    from: Some(flow.from.iter().map(peer).collect()),
+                    from: Some(flow.from.iter().map(|p| peer(p, settings)).collect()),
                     ports: ports(&flow.ports),
                 }]),
                 egress: None,
@@ -282,7 +288,7 @@ fn build_network_policies(
                 pod_selector: Some(flow.pod_selector.clone().unwrap_or_default()),
                 policy_types: Some(vec!["Egress".into()]),
                 egress: Some(vec![NetworkPolicyEgressRule {
-                    to: Some(flow.to.iter().map(peer).collect()),
+                    to: Some(flow.to.iter().map(|p| peer(p, settings)).collect()),
                     ports: ports(&flow.ports),
                 }]),
                 ingress: None,
@@ -328,12 +334,19 @@ fn flow_annotations(direction: &str, name: &str, nature: FlowNature) -> BTreeMap
 
 /// Renders a declared peer. Namespace selectors never match a tenant namespace, this tenant's
 /// other environments included: no flow between environments or tenants can be declared.
-fn peer(p: &Peer) -> NetworkPolicyPeer {
+/// Address blocks get the cluster's own networks carved out for the same reason.
+fn peer(p: &Peer, settings: &BuildSettings) -> NetworkPolicyPeer {
     if let Some(cidr) = &p.cidr {
+        let mut except = p.except.clone().unwrap_or_default();
+        for network in &settings.cluster_networks {
+            if !except.contains(network) && strictly_inside(network, cidr) {
+                except.push(network.clone());
+            }
+        }
         return NetworkPolicyPeer {
             ip_block: Some(IPBlock {
                 cidr: cidr.clone(),
-                except: p.except.clone().filter(|e| !e.is_empty()),
+                except: (!except.is_empty()).then_some(except),
             }),
             ..Default::default()
         };
@@ -367,7 +380,11 @@ fn ports(ports: &[FlowPort]) -> Option<Vec<NetworkPolicyPort>> {
     })
 }
 
-fn build_resource_quota(env: &Environment, ns: &str, labels: &BTreeMap<String, String>) -> ResourceQuota {
+fn build_resource_quota(
+    env: &Environment,
+    ns: &str,
+    labels: &BTreeMap<String, String>,
+) -> ResourceQuota {
     let q = &env.quota;
     let hard = BTreeMap::from([
         ("requests.cpu".to_string(), q.cpu.clone()),
@@ -425,5 +442,13 @@ fn build_limit_range(
     LimitRange {
         metadata: meta(LIMITS, Some(ns), labels, control_annotation("CLD-20")),
         spec: Some(LimitRangeSpec { limits }),
+    }
+}
+
+/// Whether `inner` is a smaller block inside `outer`: only those can be an `except`.
+fn strictly_inside(inner: &str, outer: &str) -> bool {
+    match (parse_cidr(inner), parse_cidr(outer)) {
+        (Some(i), Some(o)) => i.1 > o.1 && cidr_contains(o, i),
+        _ => false,
     }
 }

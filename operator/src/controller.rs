@@ -10,12 +10,12 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{LimitRange, Namespace, ResourceQuota};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use kube::api::PartialObjectMeta;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector::{self, ObjectRef};
-use kube::api::PartialObjectMeta;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
@@ -24,12 +24,12 @@ use tracing::{debug, info, instrument, warn};
 use crate::api::{
     DeletionPolicy, FIELD_MANAGER, FINALIZER, FranceTravailTenant, GROUP, TenantStatus, labels,
 };
-use crate::apply::{AppliedMemo, ApplyReport, Applier, Observed, owned_by};
+use crate::apply::{AppliedMemo, Applier, ApplyReport, Observed, owned_by};
 use crate::build::{BuildSettings, build, namespace_name};
 use crate::error::{Error, Result};
 use crate::metrics::{Metrics, TenantLabels};
 use crate::status::{self, Outcome, next_status};
-use crate::validate::validate;
+use crate::validate::validate_for_cluster;
 
 /// How often a tenant is re-checked when nothing happens.
 pub const RESYNC: Duration = Duration::from_secs(60);
@@ -98,7 +98,13 @@ impl Context {
         }
     }
 
-    async fn publish(&self, tenant: &FranceTravailTenant, type_: EventType, reason: &str, note: String) {
+    async fn publish(
+        &self,
+        tenant: &FranceTravailTenant,
+        type_: EventType,
+        reason: &str,
+        note: String,
+    ) {
         let event = Event {
             type_,
             reason: reason.into(),
@@ -167,7 +173,7 @@ async fn apply_tenant(tenant: &FranceTravailTenant, ctx: &Context) -> Result<Act
             .map(|e| namespace_name(&name, &e.name)),
     );
 
-    let applied = match validate(tenant) {
+    let applied = match validate_for_cluster(tenant, &ctx.settings) {
         Err(invalid) => Err(Error::InvalidTenant(invalid)),
         Ok(()) => {
             let desired = build(tenant, &ctx.settings);
@@ -206,7 +212,11 @@ async fn apply_tenant(tenant: &FranceTravailTenant, ctx: &Context) -> Result<Act
     }
 }
 
-async fn write_status(tenant: &FranceTravailTenant, status: &TenantStatus, ctx: &Context) -> Result<()> {
+async fn write_status(
+    tenant: &FranceTravailTenant,
+    status: &TenantStatus,
+    ctx: &Context,
+) -> Result<()> {
     let api: Api<FranceTravailTenant> = Api::all(ctx.client.clone());
     let patch = json!({
         "apiVersion": format!("{GROUP}/v1alpha1"),
@@ -229,27 +239,45 @@ async fn journal(tenant: &FranceTravailTenant, report: &ApplyReport, ctx: &Conte
     let name = tenant.name_any();
     if !report.created.is_empty() {
         info!(tenant = %name, objects = ?report.created, "created");
-        ctx.publish(tenant, EventType::Normal, "Created", format!("created {}", report.created.join(", ")))
-            .await;
+        ctx.publish(
+            tenant,
+            EventType::Normal,
+            "Created",
+            format!("created {}", report.created.join(", ")),
+        )
+        .await;
     }
     if !report.restored.is_empty() {
         warn!(tenant = %name, objects = ?report.restored, control = "CLD-20", "reverted changes made by hand");
         ctx.metrics
             .drift_repairs
-            .get_or_create(&TenantLabels { tenant: name.clone() })
+            .get_or_create(&TenantLabels {
+                tenant: name.clone(),
+            })
             .inc_by(report.restored.len() as u64);
         ctx.publish(
             tenant,
             EventType::Warning,
             "DriftReverted",
-            format!("restored what was changed or deleted by hand: {}", report.restored.join(", ")),
+            format!(
+                "restored what was changed or deleted by hand: {}",
+                report.restored.join(", ")
+            ),
         )
         .await;
     }
     if !report.pruned.is_empty() {
         info!(tenant = %name, objects = ?report.pruned, "pruned");
-        ctx.publish(tenant, EventType::Normal, "Pruned", format!("deleted what the tenant no longer declares: {}", report.pruned.join(", ")))
-            .await;
+        ctx.publish(
+            tenant,
+            EventType::Normal,
+            "Pruned",
+            format!(
+                "deleted what the tenant no longer declares: {}",
+                report.pruned.join(", ")
+            ),
+        )
+        .await;
     }
 }
 
@@ -263,10 +291,19 @@ async fn announce_transitions(tenant: &FranceTravailTenant, next: &TenantStatus,
     if before.map(|b| (&b.status, &b.reason)) == Some((&after.status, &after.reason)) {
         return;
     }
-    let event_type = if after.status == "True" { EventType::Normal } else { EventType::Warning };
+    let event_type = if after.status == "True" {
+        EventType::Normal
+    } else {
+        EventType::Warning
+    };
     info!(tenant = %tenant.name_any(), ready = %after.status, reason = %after.reason, "tenant state changed");
-    ctx.publish(tenant, event_type, &after.reason, format!("Ready is {}: {}", after.status, after.message))
-        .await;
+    ctx.publish(
+        tenant,
+        event_type,
+        &after.reason,
+        format!("Ready is {}: {}", after.status, after.message),
+    )
+    .await;
 }
 
 /// Runs while the tenant is being deleted; the finalizer stays until this returns Ok.
@@ -274,8 +311,13 @@ async fn cleanup(tenant: &FranceTravailTenant, ctx: &Context) -> Result<Action> 
     let name = tenant.name_any();
     if tenant.spec.deletion.policy == DeletionPolicy::Retain {
         info!(tenant = %name, "deletion policy Retain: namespaces and data are left in place");
-        ctx.publish(tenant, EventType::Normal, "Retained", "deletion policy Retain: namespaces and their data are left in place".into())
-            .await;
+        ctx.publish(
+            tenant,
+            EventType::Normal,
+            "Retained",
+            "deletion policy Retain: namespaces and their data are left in place".into(),
+        )
+        .await;
     } else {
         let namespaces: Vec<_> = ctx
             .observed
@@ -286,20 +328,37 @@ async fn cleanup(tenant: &FranceTravailTenant, ctx: &Context) -> Result<Action> 
             .collect();
         if let Some(remaining) = namespaces.first() {
             let api: Api<Namespace> = Api::all(ctx.client.clone());
-            for ns in namespaces.iter().filter(|ns| ns.metadata.deletion_timestamp.is_none()) {
+            for ns in namespaces
+                .iter()
+                .filter(|ns| ns.metadata.deletion_timestamp.is_none())
+            {
                 match api.delete(&ns.name_any(), &Default::default()).await {
                     Ok(_) => {
                         ctx.metrics.write("Namespace", "delete");
                         info!(tenant = %name, namespace = %ns.name_any(), control = "CLD-47", "namespace deleted");
                     }
                     Err(kube::Error::Api(s)) if s.code == 404 => {}
-                    Err(e) => return Err(Error::kube("delete", format!("Namespace/{}", ns.name_any()), e)),
+                    Err(e) => {
+                        return Err(Error::kube(
+                            "delete",
+                            format!("Namespace/{}", ns.name_any()),
+                            e,
+                        ));
+                    }
                 }
             }
-            return Err(Error::CleanupPending(format!("Namespace/{}", remaining.name_any())));
+            return Err(Error::CleanupPending(format!(
+                "Namespace/{}",
+                remaining.name_any()
+            )));
         }
-        ctx.publish(tenant, EventType::Normal, "Deleted", "every namespace of the tenant is gone".into())
-            .await;
+        ctx.publish(
+            tenant,
+            EventType::Normal,
+            "Deleted",
+            "every namespace of the tenant is gone".into(),
+        )
+        .await;
     }
     let forgotten = ctx.index.forget(&name);
     ctx.memo.forget_tenant(&forgotten);
@@ -343,7 +402,9 @@ fn tenant_of(meta: &ObjectMeta, index: &NamespaceIndex) -> Option<ObjectRef<Fran
             .or(meta.name.as_deref().filter(|_| meta.namespace.is_none()))
             .and_then(|ns| index.tenant_of(ns))
     };
-    from_label.or_else(from_namespace).map(|t| ObjectRef::new(&t))
+    from_label
+        .or_else(from_namespace)
+        .map(|t| ObjectRef::new(&t))
 }
 
 /// Runs the controller until `shutdown` resolves.
@@ -356,7 +417,13 @@ pub async fn run(
 ) {
     let children = watcher::Config::default().labels(labels::MANAGED_SELECTOR);
     let (observed, writers) = empty_stores();
-    let ctx = Arc::new(Context::new(client.clone(), observed, metrics, settings, reporter));
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        observed,
+        metrics,
+        settings,
+        reporter,
+    ));
 
     // Namespaces are watched unfiltered (metadata only) so that removing the tenant label by
     // hand is seen; every other child is watched by the operator's label.

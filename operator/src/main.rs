@@ -33,7 +33,7 @@ enum Command {
         #[arg(short = 'f', long = "filename")]
         file: PathBuf,
         #[command(flatten)]
-        dns: DnsArgs,
+        cluster: ClusterArgs,
     },
     /// Print the version.
     Version,
@@ -57,26 +57,31 @@ struct RunArgs {
     #[arg(long, env = "FT_LOG_FORMAT", value_enum, default_value = "json")]
     log_format: LogFormat,
     #[command(flatten)]
-    dns: DnsArgs,
+    cluster: ClusterArgs,
 }
 
 #[derive(clap::Args)]
-struct DnsArgs {
+struct ClusterArgs {
     /// Namespace of the cluster DNS, which every environment may always reach.
     #[arg(long, env = "FT_DNS_NAMESPACE", default_value = "kube-system")]
     dns_namespace: String,
     /// Labels of the cluster DNS pods, as `key=value[,key=value]`.
     #[arg(long, env = "FT_DNS_POD_LABELS", default_value = "k8s-app=kube-dns", value_parser = parse_labels)]
     dns_pod_labels: BTreeMap<String, String>,
+    /// The cluster's pod and service CIDRs, comma-separated: carved out of every `cidr` flow,
+    /// and no `cidr` flow may lie inside them.
+    #[arg(long, env = "FT_CLUSTER_NETWORKS", value_delimiter = ',', value_parser = parse_network)]
+    cluster_networks: Vec<String>,
 }
 
-impl DnsArgs {
+impl ClusterArgs {
     fn settings(self) -> BuildSettings {
         BuildSettings {
             dns: DnsEndpoint {
                 namespace: self.dns_namespace,
                 pod_labels: self.dns_pod_labels,
             },
+            cluster_networks: self.cluster_networks,
         }
     }
 }
@@ -98,6 +103,12 @@ fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, String> {
         .collect()
 }
 
+fn parse_network(s: &str) -> Result<String, String> {
+    ft_operator::validate::parse_cidr(s.trim())
+        .map(|_| s.trim().to_string())
+        .ok_or_else(|| format!("{s:?} is not an IPv4 or IPv6 CIDR"))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -106,19 +117,23 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Crd { output_dir } => print_crds(output_dir),
-        Command::Plan { file, dns } => run_plan(&file, dns.settings()),
+        Command::Plan { file, cluster } => run_plan(&file, cluster.settings()),
         Command::Run(args) => run(args),
     }
 }
 
 fn print_crds(output_dir: Option<PathBuf>) -> ExitCode {
     let result = match output_dir {
-        None => crd::render().map(|yaml| print!("{yaml}")).map_err(|e| e.to_string()),
-        Some(dir) => crd::crd_files().map_err(|e| e.to_string()).and_then(|files| {
-            files.into_iter().try_for_each(|(name, yaml)| {
-                std::fs::write(dir.join(&name), yaml).map_err(|e| format!("{name}: {e}"))
-            })
-        }),
+        None => crd::render()
+            .map(|yaml| print!("{yaml}"))
+            .map_err(|e| e.to_string()),
+        Some(dir) => crd::crd_files()
+            .map_err(|e| e.to_string())
+            .and_then(|files| {
+                files.into_iter().try_for_each(|(name, yaml)| {
+                    std::fs::write(dir.join(&name), yaml).map_err(|e| format!("{name}: {e}"))
+                })
+            }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -174,9 +189,12 @@ fn run(args: RunArgs) -> ExitCode {
         metrics_address: args.metrics_address,
         lease_name: args.lease_name,
         identity,
-        settings: args.dns.settings(),
+        settings: args.cluster.settings(),
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -197,7 +215,11 @@ fn init_tracing(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     match format {
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
         LogFormat::Text => builder.init(),
     }
 }

@@ -5,7 +5,7 @@ use serde_json::Value;
 
 use crate::api::FranceTravailTenant;
 use crate::build::{BuildSettings, build};
-use crate::validate::{FieldError, InvalidTenant, validate};
+use crate::validate::{FieldError, InvalidTenant, validate_for_cluster};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
@@ -61,11 +61,17 @@ fn parse_tenant(document: usize, doc: Value) -> Result<FranceTravailTenant, Plan
         ));
     }
     if doc["kind"] != kind.as_ref() {
-        return Err(field_error("kind", format!("must be {kind}, found {}", doc["kind"])));
+        return Err(field_error(
+            "kind",
+            format!("must be {kind}, found {}", doc["kind"]),
+        ));
     }
     serde_path_to_error::deserialize(doc).map_err(|e| {
         let path = e.path().to_string();
-        field_error(if path == "." { "(root)" } else { &path }, e.into_inner().to_string())
+        field_error(
+            if path == "." { "(root)" } else { &path },
+            e.into_inner().to_string(),
+        )
     })
 }
 
@@ -73,7 +79,7 @@ fn parse_tenant(document: usize, doc: Value) -> Result<FranceTravailTenant, Plan
 pub fn plan(yaml: &str, settings: &BuildSettings) -> Result<String, PlanError> {
     let mut objects = Vec::new();
     for (i, tenant) in parse_tenants(yaml)?.iter().enumerate() {
-        validate(tenant).map_err(|source| PlanError::Invalid {
+        validate_for_cluster(tenant, settings).map_err(|source| PlanError::Invalid {
             document: i + 1,
             source,
         })?;

@@ -71,7 +71,12 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         .with_grace(5)
         .build()
         .await
-        .with_context(|| format!("cannot use Lease {}/{}", config.namespace, config.lease_name))?;
+        .with_context(|| {
+            format!(
+                "cannot use Lease {}/{}",
+                config.namespace, config.lease_name
+            )
+        })?;
     let (mut leader, lease_task) = lease.watch().await;
     info!(lease = %config.lease_name, namespace = %config.namespace, identity = %config.identity, "waiting for leadership");
     tokio::select! {
@@ -87,7 +92,8 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
             let _ = leader_watch.wait_for(|is_leader| !*is_leader).await;
         }
         .shared();
-        let shutdown = futures::future::select(Box::pin(stopped()), Box::pin(lost.clone())).map(|_| ());
+        let shutdown =
+            futures::future::select(Box::pin(stopped()), Box::pin(lost.clone())).map(|_| ());
         let reporter = Reporter {
             controller: "ft-operator".into(),
             instance: Some(config.identity.clone()),

@@ -12,6 +12,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::ResourceExt;
 
 use crate::api::{EnvironmentKind, FlowPort, FranceTravailTenant, Peer};
+use crate::build::BuildSettings;
 
 /// Longest tenant name: `<tenant>-<environment>` must fit the 63 characters of a namespace.
 pub const MAX_TENANT_NAME: usize = 42;
@@ -47,6 +48,62 @@ impl Errors {
             field: field.into(),
             message: message.into(),
         });
+    }
+}
+
+/// `validate`, plus the checks that depend on the cluster: no declared address block may lie
+/// inside the cluster's own pod or service networks, where it would reach other tenants' pods.
+pub fn validate_for_cluster(
+    tenant: &FranceTravailTenant,
+    settings: &BuildSettings,
+) -> Result<(), InvalidTenant> {
+    let mut errors = match validate(tenant) {
+        Ok(()) => Errors::default(),
+        Err(invalid) => Errors(invalid.errors),
+    };
+    let networks: Vec<_> = settings
+        .cluster_networks
+        .iter()
+        .filter_map(|n| parse_cidr(n).map(|parsed| (n, parsed)))
+        .collect();
+    let flows = tenant
+        .spec
+        .network
+        .ingress
+        .iter()
+        .enumerate()
+        .map(|(i, f)| (format!("spec.network.ingress[{i}].from"), &f.from))
+        .chain(
+            tenant
+                .spec
+                .network
+                .egress
+                .iter()
+                .enumerate()
+                .map(|(i, f)| (format!("spec.network.egress[{i}].to"), &f.to)),
+        );
+    for (field, peers) in flows {
+        for (j, peer) in peers.iter().enumerate() {
+            let Some(block) = peer.cidr.as_deref().and_then(parse_cidr) else {
+                continue;
+            };
+            if let Some((network, _)) = networks.iter().find(|(_, n)| cidr_contains(*n, block)) {
+                errors.add(
+                    format!("{field}[{j}].cidr"),
+                    format!(
+                        "lies inside the cluster network {network}: flows to pods must name namespaces, so that other tenants stay unreachable (CLD-20)"
+                    ),
+                );
+            }
+        }
+    }
+    if errors.0.is_empty() {
+        Ok(())
+    } else {
+        Err(InvalidTenant {
+            tenant: tenant.name_any(),
+            errors: errors.0,
+        })
     }
 }
 
@@ -106,10 +163,22 @@ pub fn validate(tenant: &FranceTravailTenant) -> Result<(), InvalidTenant> {
             ("quota.cpu", &q.cpu),
             ("quota.memory", &q.memory),
             ("quota.storage", &q.storage),
-            ("containerDefaults.requestCpu", &env.container_defaults.request_cpu),
-            ("containerDefaults.requestMemory", &env.container_defaults.request_memory),
-            ("containerDefaults.limitCpu", &env.container_defaults.limit_cpu),
-            ("containerDefaults.limitMemory", &env.container_defaults.limit_memory),
+            (
+                "containerDefaults.requestCpu",
+                &env.container_defaults.request_cpu,
+            ),
+            (
+                "containerDefaults.requestMemory",
+                &env.container_defaults.request_memory,
+            ),
+            (
+                "containerDefaults.limitCpu",
+                &env.container_defaults.limit_cpu,
+            ),
+            (
+                "containerDefaults.limitMemory",
+                &env.container_defaults.limit_memory,
+            ),
         ] {
             check_quantity(&mut errors, format!("{field}.{sub}"), quantity);
         }
@@ -164,7 +233,11 @@ pub fn validate(tenant: &FranceTravailTenant) -> Result<(), InvalidTenant> {
         check_ports(&mut errors, &field, &flow.ports);
     }
 
-    if let Some(max) = spec.storage.as_ref().and_then(|s| s.max_volume_size.as_ref()) {
+    if let Some(max) = spec
+        .storage
+        .as_ref()
+        .and_then(|s| s.max_volume_size.as_ref())
+    {
         check_quantity(&mut errors, "spec.storage.maxVolumeSize".into(), max);
     }
 
@@ -345,7 +418,7 @@ pub fn parse_cidr(s: &str) -> Option<(IpAddr, u8)> {
     (prefix <= max).then_some((addr, prefix))
 }
 
-fn cidr_contains(outer: (IpAddr, u8), inner: (IpAddr, u8)) -> bool {
+pub fn cidr_contains(outer: (IpAddr, u8), inner: (IpAddr, u8)) -> bool {
     if inner.1 < outer.1 {
         return false;
     }

@@ -49,7 +49,13 @@ fn the_tenant_crd_is_cluster_scoped_with_status_and_columns() {
     assert_eq!(crd.spec.scope, "Cluster");
     assert_eq!(crd.spec.names.short_names, Some(vec!["ftt".to_string()]));
     let version = &crd.spec.versions[0];
-    assert!(version.subresources.as_ref().and_then(|s| s.status.as_ref()).is_some());
+    assert!(
+        version
+            .subresources
+            .as_ref()
+            .and_then(|s| s.status.as_ref())
+            .is_some()
+    );
     let columns: Vec<&str> = version
         .additional_printer_columns
         .iter()

@@ -74,8 +74,14 @@ impl FakeApi {
                     calls.len()
                 };
                 let (status, answer) = match call.method.as_str() {
-                    "GET" => (404, json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404})),
-                    "DELETE" => (200, json!({"kind": "Status", "apiVersion": "v1", "status": "Success"})),
+                    "GET" => (
+                        404,
+                        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404}),
+                    ),
+                    "DELETE" => (
+                        200,
+                        json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
+                    ),
                     _ if call.path.contains("/francetravailtenants/") => {
                         let mut answer = tenant;
                         if let Some(status) = call.body.get("status") {
@@ -143,7 +149,10 @@ fn ours() -> Option<Vec<ManagedFieldsEntry>> {
 }
 
 impl Harness {
-    fn reconcile(&self, t: FranceTravailTenant) -> impl std::future::Future<Output = ft_operator::Result<Action>> {
+    fn reconcile(
+        &self,
+        t: FranceTravailTenant,
+    ) -> impl std::future::Future<Output = ft_operator::Result<Action>> {
         *self.api.tenant.lock().unwrap() = serde_json::to_value(&t).unwrap();
         reconcile(Arc::new(t), self.ctx.clone())
     }
@@ -156,7 +165,8 @@ impl Harness {
             let mut meta = ns.metadata.clone();
             meta.managed_fields = ours();
             meta.resource_version = Some("1".into());
-            w.namespaces.apply_watcher_event(&Event::InitApply(meta.into_response_partial()));
+            w.namespaces
+                .apply_watcher_event(&Event::InitApply(meta.into_response_partial()));
         }
         w.namespaces.apply_watcher_event(&Event::InitDone);
 
@@ -166,7 +176,8 @@ impl Harness {
             np.metadata.managed_fields = ours();
             np.metadata.resource_version = Some("1".into());
             tweak(&mut np);
-            w.network_policies.apply_watcher_event(&Event::InitApply(np));
+            w.network_policies
+                .apply_watcher_event(&Event::InitApply(np));
         }
         w.network_policies.apply_watcher_event(&Event::InitDone);
 
@@ -192,7 +203,9 @@ impl Harness {
     }
 
     fn observe_extra_policy(&mut self, np: NetworkPolicy) {
-        self.writers.network_policies.apply_watcher_event(&Event::Apply(np));
+        self.writers
+            .network_policies
+            .apply_watcher_event(&Event::Apply(np));
     }
 }
 
@@ -214,7 +227,11 @@ fn settled(mut t: FranceTravailTenant) -> FranceTravailTenant {
 fn applies(calls: &[Call]) -> Vec<String> {
     calls
         .iter()
-        .filter(|c| c.method == "PATCH" && c.content_type.starts_with("application/apply-patch") && !c.path.ends_with("/status"))
+        .filter(|c| {
+            c.method == "PATCH"
+                && c.content_type.starts_with("application/apply-patch")
+                && !c.path.ends_with("/status")
+        })
         .map(|c| c.path.clone())
         .collect()
 }
@@ -240,7 +257,10 @@ fn condition(status: &Value, type_: &str) -> (String, String) {
         .as_array()
         .and_then(|cs| cs.iter().find(|c| c["type"] == type_))
         .unwrap_or_else(|| panic!("no {type_} condition in {status}"));
-    (c["status"].as_str().unwrap().into(), c["reason"].as_str().unwrap().into())
+    (
+        c["status"].as_str().unwrap().into(),
+        c["reason"].as_str().unwrap().into(),
+    )
 }
 
 #[tokio::test]
@@ -254,7 +274,11 @@ async fn a_new_tenant_first_gets_the_finalizer_and_nothing_else() {
     let writes = h.api.writes();
     assert_eq!(writes.len(), 1, "{writes:?}");
     assert_eq!(writes[0].method, "PATCH");
-    assert!(writes[0].path.ends_with("/francetravailtenants/offres-emploi"));
+    assert!(
+        writes[0]
+            .path
+            .ends_with("/francetravailtenants/offres-emploi")
+    );
     assert_eq!(writes[0].content_type, "application/json-patch+json");
     assert!(writes[0].body.to_string().contains(FINALIZER));
 }
@@ -274,18 +298,40 @@ async fn a_tenant_with_its_finalizer_gets_every_child_applied_then_its_status() 
     assert_eq!(applied[0], "/api/v1/namespaces/offres-emploi-prod");
     assert_eq!(applied[1], "/api/v1/namespaces/offres-emploi-dev");
     assert!(applied.contains(&"/apis/networking.k8s.io/v1/namespaces/offres-emploi-prod/networkpolicies/ft-default-deny".to_string()));
-    assert!(applied.contains(&"/api/v1/namespaces/offres-emploi-dev/resourcequotas/ft-quota".to_string()));
-    assert!(applied.contains(&"/api/v1/namespaces/offres-emploi-dev/limitranges/ft-limits".to_string()));
+    assert!(
+        applied
+            .contains(&"/api/v1/namespaces/offres-emploi-dev/resourcequotas/ft-quota".to_string())
+    );
+    assert!(
+        applied.contains(&"/api/v1/namespaces/offres-emploi-dev/limitranges/ft-limits".to_string())
+    );
     // One field manager, forced, for every apply.
-    let first = h.api.calls().into_iter().find(|c| c.content_type.starts_with("application/apply-patch")).unwrap();
-    assert_eq!(first.body["metadata"]["labels"]["hosting.francetravail.fr/tenant"], "offres-emploi");
+    let first = h
+        .api
+        .calls()
+        .into_iter()
+        .find(|c| c.content_type.starts_with("application/apply-patch"))
+        .unwrap();
+    assert_eq!(
+        first.body["metadata"]["labels"]["hosting.francetravail.fr/tenant"],
+        "offres-emploi"
+    );
 
     let statuses = status_patches(&calls);
     assert_eq!(statuses.len(), 1);
-    assert_eq!(condition(&statuses[0], "Ready"), ("True".into(), "Reconciled".into()));
-    assert_eq!(condition(&statuses[0], "Degraded"), ("False".into(), "AsExpected".into()));
+    assert_eq!(
+        condition(&statuses[0], "Ready"),
+        ("True".into(), "Reconciled".into())
+    );
+    assert_eq!(
+        condition(&statuses[0], "Degraded"),
+        ("False".into(), "AsExpected".into())
+    );
     assert_eq!(statuses[0]["observedGeneration"], 3);
-    assert_eq!(statuses[0]["namespaces"], json!(["offres-emploi-prod", "offres-emploi-dev"]));
+    assert_eq!(
+        statuses[0]["namespaces"],
+        json!(["offres-emploi-prod", "offres-emploi-dev"])
+    );
     assert_eq!(events(&calls), ["Created", "Reconciled"]);
 }
 
@@ -303,7 +349,9 @@ async fn a_child_changed_by_hand_is_restored_and_reported() {
     let mut h = harness();
     let t = settled(stored_tenant());
     h.observe(&build(&t, &BuildSettings::default()), |np| {
-        if np.metadata.name.as_deref() == Some("ft-default-deny") && np.metadata.namespace.as_deref() == Some("offres-emploi-prod") {
+        if np.metadata.name.as_deref() == Some("ft-default-deny")
+            && np.metadata.namespace.as_deref() == Some("offres-emploi-prod")
+        {
             // Someone opened the default-deny policy to everything.
             let spec = np.spec.as_mut().unwrap();
             spec.ingress = Some(vec![Default::default()]);
@@ -313,7 +361,9 @@ async fn a_child_changed_by_hand_is_restored_and_reported() {
     let calls = h.api.writes();
     assert_eq!(
         applies(&calls),
-        ["/apis/networking.k8s.io/v1/namespaces/offres-emploi-prod/networkpolicies/ft-default-deny"]
+        [
+            "/apis/networking.k8s.io/v1/namespaces/offres-emploi-prod/networkpolicies/ft-default-deny"
+        ]
     );
     assert_eq!(events(&calls), ["DriftReverted"]);
     assert!(status_patches(&calls).is_empty(), "status unchanged");
@@ -339,8 +389,17 @@ async fn children_no_longer_declared_are_pruned_but_look_alikes_are_not() {
 
     h.reconcile(t).await.unwrap();
     let calls = h.api.writes();
-    let deletes: Vec<&str> = calls.iter().filter(|c| c.method == "DELETE").map(|c| c.path.as_str()).collect();
-    assert_eq!(deletes, ["/apis/networking.k8s.io/v1/namespaces/offres-emploi-prod/networkpolicies/ft-ingress-retired"]);
+    let deletes: Vec<&str> = calls
+        .iter()
+        .filter(|c| c.method == "DELETE")
+        .map(|c| c.path.as_str())
+        .collect();
+    assert_eq!(
+        deletes,
+        [
+            "/apis/networking.k8s.io/v1/namespaces/offres-emploi-prod/networkpolicies/ft-ingress-retired"
+        ]
+    );
     assert!(applies(&calls).is_empty());
     assert_eq!(events(&calls), ["Pruned"]);
 }
@@ -359,8 +418,15 @@ async fn an_invalid_tenant_gets_no_child_and_a_status_naming_the_field() {
     assert!(applies(&calls).is_empty());
     let statuses = status_patches(&calls);
     assert_eq!(statuses.len(), 1);
-    assert_eq!(condition(&statuses[0], "Ready"), ("False".into(), "InvalidSpec".into()));
-    assert!(statuses[0].to_string().contains("spec.environments[0].nodePool"));
+    assert_eq!(
+        condition(&statuses[0], "Ready"),
+        ("False".into(), "InvalidSpec".into())
+    );
+    assert!(
+        statuses[0]
+            .to_string()
+            .contains("spec.environments[0].nodePool")
+    );
     assert_eq!(events(&calls), ["InvalidSpec"]);
 }
 
@@ -374,10 +440,25 @@ async fn deletion_removes_the_namespaces_before_the_finalizer() {
     let pending = h.reconcile(t.clone()).await;
     assert_eq!(pending.unwrap_err().category(), "cleanup_pending");
     let calls = h.api.writes();
-    let mut deletes: Vec<&str> = calls.iter().filter(|c| c.method == "DELETE").map(|c| c.path.as_str()).collect();
+    let mut deletes: Vec<&str> = calls
+        .iter()
+        .filter(|c| c.method == "DELETE")
+        .map(|c| c.path.as_str())
+        .collect();
     deletes.sort();
-    assert_eq!(deletes, ["/api/v1/namespaces/offres-emploi-dev", "/api/v1/namespaces/offres-emploi-prod"]);
-    assert!(!calls.iter().any(|c| c.body.to_string().contains("/metadata/finalizers")), "finalizer kept");
+    assert_eq!(
+        deletes,
+        [
+            "/api/v1/namespaces/offres-emploi-dev",
+            "/api/v1/namespaces/offres-emploi-prod"
+        ]
+    );
+    assert!(
+        !calls
+            .iter()
+            .any(|c| c.body.to_string().contains("/metadata/finalizers")),
+        "finalizer kept"
+    );
 
     // Once the namespaces are gone, the finalizer goes.
     let mut h = harness();

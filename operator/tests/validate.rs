@@ -31,17 +31,32 @@ fn the_examples_are_valid() {
 
 #[test]
 fn environment_names_must_be_dns_labels() {
-    for bad in ["Prod", "pr_od", "-prod", "prod-", "une-tres-longue-production"] {
+    for bad in [
+        "Prod",
+        "pr_od",
+        "-prod",
+        "prod-",
+        "une-tres-longue-production",
+    ] {
         let yaml = example_with("- name: prod", &format!("- name: {bad}"));
-        assert!(fields(&yaml).contains(&"spec.environments[0].name".to_string()), "{bad}");
+        assert!(
+            fields(&yaml).contains(&"spec.environments[0].name".to_string()),
+            "{bad}"
+        );
     }
 }
 
 #[test]
 fn environment_names_must_not_repeat() {
-    let yaml = example_with("- name: dev\n      kind: development", "- name: prod\n      kind: development");
+    let yaml = example_with(
+        "- name: dev\n      kind: development",
+        "- name: prod\n      kind: development",
+    );
     let f = fields(&yaml);
-    assert!(f.contains(&"spec.environments[1].name".to_string()), "{f:?}");
+    assert!(
+        f.contains(&"spec.environments[1].name".to_string()),
+        "{f:?}"
+    );
 }
 
 #[test]
@@ -51,16 +66,25 @@ fn production_needs_a_node_pool() {
         "",
     );
     assert_eq!(fields(&yaml), ["spec.environments[0].nodePool"]);
-    let err = plan(&yaml, &BuildSettings::default()).unwrap_err().to_string();
+    let err = plan(&yaml, &BuildSettings::default())
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("CLD-25"), "{err}");
 }
 
 #[test]
 fn unknown_or_non_adequate_countries_are_refused() {
     for bad in ["CN", "XX", "fr"] {
-        let yaml = example_with("allowedCountries: [FR, DE]", &format!("allowedCountries: [FR, {bad}]"));
+        let yaml = example_with(
+            "allowedCountries: [FR, DE]",
+            &format!("allowedCountries: [FR, {bad}]"),
+        );
         let f = fields(&yaml);
-        assert!(f.iter().any(|f| f.starts_with("spec.placement.allowedCountries")), "{bad}: {f:?}");
+        assert!(
+            f.iter()
+                .any(|f| f.starts_with("spec.placement.allowedCountries")),
+            "{bad}: {f:?}"
+        );
     }
     // An adequacy country is accepted when listed (the opt-in).
     let yaml = example_with("allowedCountries: [FR, DE]", "allowedCountries: [FR, CH]");
@@ -73,23 +97,34 @@ fn access_grants_need_an_expiry() {
     let f = fields(&yaml);
     assert_eq!(f.len(), 1);
     assert!(f[0].starts_with("spec.access[0]"), "{f:?}");
-    let err = plan(&yaml, &BuildSettings::default()).unwrap_err().to_string();
+    let err = plan(&yaml, &BuildSettings::default())
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("expires"), "{err}");
 }
 
 #[test]
 fn shared_and_system_identities_are_refused() {
     for bad in ["system:masters", "system:serviceaccount:default:app", "*"] {
-        let yaml = example_with("name: claire.martin@example.org", &format!("name: \"{bad}\""));
+        let yaml = example_with(
+            "name: claire.martin@example.org",
+            &format!("name: \"{bad}\""),
+        );
         assert_eq!(fields(&yaml), ["spec.access[1].subject.name"], "{bad}");
     }
 }
 
 #[test]
 fn flows_and_grants_must_name_declared_environments() {
-    let yaml = example_with("environments: [prod]\n        podSelector", "environments: [staging]\n        podSelector");
+    let yaml = example_with(
+        "environments: [prod]\n        podSelector",
+        "environments: [staging]\n        podSelector",
+    );
     assert_eq!(fields(&yaml), ["spec.network.egress[0].environments[0]"]);
-    let yaml = example_with("environments: [dev]\n      expires", "environments: [qa]\n      expires");
+    let yaml = example_with(
+        "environments: [dev]\n      expires",
+        "environments: [qa]\n      expires",
+    );
     assert_eq!(fields(&yaml), ["spec.access[0].environments[0]"]);
 }
 
@@ -97,7 +132,10 @@ fn flows_and_grants_must_name_declared_environments() {
 fn peers_are_a_selector_or_a_valid_block() {
     let yaml = example_with("- cidr: 10.20.0.0/16", "- cidr: 10.20.0.0/33");
     assert_eq!(fields(&yaml), ["spec.network.egress[0].to[0].cidr"]);
-    let yaml = example_with("- cidr: 10.20.0.0/16", "- cidr: 10.20.0.0/16\n            except: [10.30.0.0/24]");
+    let yaml = example_with(
+        "- cidr: 10.20.0.0/16",
+        "- cidr: 10.20.0.0/16\n            except: [10.30.0.0/24]",
+    );
     assert_eq!(fields(&yaml), ["spec.network.egress[0].to[0].except[0]"]);
     let yaml = example_with(
         "- cidr: 10.20.0.0/16",
@@ -121,18 +159,29 @@ fn every_problem_is_reported_at_once() {
         .replacen("- name: dev", "- name: prod", 1)
         .replacen("- cidr: 10.20.0.0/16", "- cidr: nowhere", 1);
     let f = fields(&yaml);
-    for expected in ["metadata.name", "spec.environments[1].name", "spec.network.egress[0].to[0].cidr"] {
-        assert!(f.contains(&expected.to_string()), "{expected} missing from {f:?}");
+    for expected in [
+        "metadata.name",
+        "spec.environments[1].name",
+        "spec.network.egress[0].to[0].cidr",
+    ] {
+        assert!(
+            f.contains(&expected.to_string()),
+            "{expected} missing from {f:?}"
+        );
     }
 }
 
 #[test]
 fn wrong_kind_and_unparseable_yaml_are_refused() {
-    let yaml = read("examples/tenant.yaml").replacen("kind: FranceTravailTenant", "kind: Tenant", 1);
+    let yaml =
+        read("examples/tenant.yaml").replacen("kind: FranceTravailTenant", "kind: Tenant", 1);
     assert_eq!(fields(&yaml), ["kind"]);
     let err = plan("spec: [unclosed", &BuildSettings::default()).unwrap_err();
     assert!(matches!(err, PlanError::Yaml { .. }), "{err}");
-    assert!(matches!(plan("", &BuildSettings::default()), Err(PlanError::Empty)));
+    assert!(matches!(
+        plan("", &BuildSettings::default()),
+        Err(PlanError::Empty)
+    ));
 }
 
 #[test]
@@ -145,4 +194,24 @@ fn plan_prints_every_object_as_yaml_documents() {
     assert_eq!(count("ResourceQuota"), 2);
     assert_eq!(count("LimitRange"), 2);
     assert_eq!(docs.len(), 18);
+}
+
+#[test]
+fn address_blocks_inside_the_cluster_networks_are_refused() {
+    let settings = BuildSettings {
+        cluster_networks: vec!["10.16.0.0/12".into()],
+        ..Default::default()
+    };
+    let err = plan(&read("examples/tenant.yaml"), &settings).unwrap_err();
+    let fields: Vec<String> = err.field_errors().into_iter().map(|f| f.field).collect();
+    // 10.20.0.0/16 and 10.30.0.0/16 both lie inside 10.16.0.0/12.
+    assert_eq!(
+        fields,
+        [
+            "spec.network.egress[0].to[0].cidr",
+            "spec.network.egress[1].to[0].cidr"
+        ]
+    );
+    assert!(err.to_string().contains("CLD-20"));
+    assert!(plan(&read("examples/tenant.yaml"), &BuildSettings::default()).is_ok());
 }

@@ -117,7 +117,10 @@ impl DataClassification {
     .reason(Reason::FieldValueRequired))]
 pub struct Environment {
     /// DNS label; the namespace is `<tenant>-<name>`.
-    #[schemars(length(min = 1, max = 20), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 20),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub name: String,
 
     pub kind: EnvironmentKind,
@@ -312,7 +315,10 @@ impl FlowNature {
 #[serde(rename_all = "camelCase")]
 pub struct IngressFlow {
     /// DNS label naming the flow; its policy is `ft-ingress-<name>`.
-    #[schemars(length(min = 1, max = 40), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 40),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub name: String,
     pub nature: FlowNature,
     /// Environments the flow applies to; all of them when empty.
@@ -335,7 +341,10 @@ pub struct IngressFlow {
 #[serde(rename_all = "camelCase")]
 pub struct EgressFlow {
     /// DNS label naming the flow; its policy is `ft-egress-<name>`.
-    #[schemars(length(min = 1, max = 40), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 40),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub name: String,
     pub nature: FlowNature,
     /// Environments the flow applies to; all of them when empty.
@@ -373,7 +382,10 @@ pub struct Peer {
     pub pod_selector: Option<LabelSelector>,
     /// An IPv4 or IPv6 block, such as `10.20.0.0/16`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 43), regex(pattern = r"^([0-9]{1,3}(\.[0-9]{1,3}){3}/[0-9]{1,2}|[0-9a-fA-F:]+/[0-9]{1,3})$"))]
+    #[schemars(
+        length(max = 43),
+        regex(pattern = r"^([0-9]{1,3}(\.[0-9]{1,3}){3}/[0-9]{1,2}|[0-9a-fA-F:]+/[0-9]{1,3})$")
+    )]
     pub cidr: Option<String>,
     /// Blocks inside `cidr` that are excluded.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -9,7 +9,9 @@ use ft_operator::plan::parse_tenants;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 pub fn repo_path(relative: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join(relative)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(relative)
 }
 
 pub fn read(relative: &str) -> String {
