@@ -15,9 +15,6 @@ use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// Why the e2e tests are ignored by a plain `cargo test`.
-pub const NEEDS_CLUSTER: &str = "e2e: needs a Kubernetes API server; set KUBECONFIG and run `cargo test -p ft-e2e -- --ignored --test-threads=1`";
-
 /// A client for the API server in `KUBECONFIG`, or an error that says so.
 pub async fn cluster() -> anyhow::Result<Client> {
     let client = Client::try_default()

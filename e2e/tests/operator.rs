@@ -7,10 +7,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
-use ft_e2e::{
-    NEEDS_CLUSTER, Operator, cluster, ensure_namespace, example_tenant, install_crds, unique,
-    wait_for,
-};
+use ft_e2e::{Operator, cluster, ensure_namespace, example_tenant, install_crds, unique, wait_for};
 use ft_operator::api::FranceTravailTenant;
 use ft_operator::build::{BuildSettings, build};
 use k8s_openapi::api::core::v1::{Event, LimitRange, Namespace, ResourceQuota};
@@ -70,7 +67,6 @@ async fn tenant_events(
 #[tokio::test]
 #[ignore = "e2e: needs a Kubernetes API server; set KUBECONFIG and run `cargo test -p ft-e2e -- --ignored --test-threads=1`"]
 async fn a_tenant_is_isolated_kept_in_shape_and_deleted() -> anyhow::Result<()> {
-    let _ = NEEDS_CLUSTER;
     let client = cluster().await?;
     install_crds(&client).await?;
     ensure_namespace(&client, OPERATOR_NAMESPACE).await?;
@@ -287,17 +283,22 @@ async fn a_tenant_is_isolated_kept_in_shape_and_deleted() -> anyhow::Result<()> 
 /// A change that makes a valid tenant invalid.
 type Edit = Box<dyn Fn(&mut Value)>;
 
-/// Sends a tenant as raw JSON (dry run), so shapes the Rust types cannot hold can be tried,
-/// and returns the API server's refusal.
-async fn refusal(client: &Client, tenant: Value) -> String {
+/// Sends a tenant as raw JSON in a dry run, so that shapes the Rust types cannot hold can be
+/// tried without creating anything.
+async fn dry_run_create(client: &Client, tenant: Value) -> Result<DynamicObject, kube::Error> {
     let resource = ApiResource::erase::<FranceTravailTenant>(&());
     let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
-    let object: DynamicObject = serde_json::from_value(tenant).expect("a JSON object");
+    let object: DynamicObject = serde_json::from_value(tenant).map_err(kube::Error::SerdeError)?;
     let params = PostParams {
         dry_run: true,
         ..Default::default()
     };
-    match api.create(&params, &object).await {
+    api.create(&params, &object).await
+}
+
+/// The API server's refusal of an invalid tenant.
+async fn refusal(client: &Client, tenant: Value) -> String {
+    match dry_run_create(client, tenant).await {
         Ok(_) => panic!("the API server accepted an invalid tenant"),
         Err(kube::Error::Api(status)) => {
             assert_eq!(status.code, 422, "{}", status.message);
@@ -313,15 +314,8 @@ async fn the_api_server_refuses_invalid_tenants_naming_the_field() -> anyhow::Re
     let client = cluster().await?;
     install_crds(&client).await?;
     let valid = serde_json::to_value(example_tenant("tenant.yaml", &unique("e2e-invalid"))?)?;
-    // The valid example passes the same checks (dry run).
-    let resource = ApiResource::erase::<FranceTravailTenant>(&());
-    let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
-    let dry_run = PostParams {
-        dry_run: true,
-        ..Default::default()
-    };
-    api.create(&dry_run, &serde_json::from_value(valid.clone())?)
-        .await?;
+    // The valid example passes the same checks.
+    dry_run_create(&client, valid.clone()).await?;
 
     let cases: Vec<(&str, Edit, &[&str])> = vec![
         (

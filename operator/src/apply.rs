@@ -76,12 +76,6 @@ pub struct ApplyReport {
     pub pruned: Vec<String>,
 }
 
-impl ApplyReport {
-    pub fn is_empty(&self) -> bool {
-        self.created.is_empty() && self.restored.is_empty() && self.pruned.is_empty()
-    }
-}
-
 /// Remembers, per child, the hash of the last desired body applied and the resourceVersion the
 /// API server answered with. The server normalises some fields (quantities such as `0.5` become
 /// `500m`), so an object can differ textually from what is desired while being exactly what was

@@ -55,11 +55,9 @@ impl Error {
             Error::NamespaceTerminating(_) => "namespace_terminating",
             Error::CleanupPending(_) => "cleanup_pending",
             Error::Serialize { .. } => "serialize",
-            Error::Finalizer(inner) => match inner.as_ref() {
-                kube::runtime::finalizer::Error::ApplyFailed(e)
-                | kube::runtime::finalizer::Error::CleanupFailed(e) => e.category(),
-                _ => "finalizer",
-            },
+            // Apply and cleanup errors are unwrapped by the reconciler; what remains is the
+            // finalizer patch itself.
+            Error::Finalizer(_) => "finalizer",
         }
     }
 

@@ -425,7 +425,13 @@ fn the_cluster_networks_are_carved_out_of_every_address_block() {
         .unwrap();
     let except = block.except.unwrap();
     // The declared exceptions stay, and every cluster network inside the block is added.
-    for network in ["10.0.0.0/8", "169.254.169.254/32", "10.244.0.0/16", "10.96.0.0/12", "192.168.0.0/16"] {
+    for network in [
+        "10.0.0.0/8",
+        "169.254.169.254/32",
+        "10.244.0.0/16",
+        "10.96.0.0/12",
+        "192.168.0.0/16",
+    ] {
         assert!(
             except.contains(&network.to_string()),
             "{network} not in {except:?}"
