@@ -396,10 +396,11 @@ fn tenant_of(meta: &ObjectMeta, index: &NamespaceIndex) -> Option<ObjectRef<Fran
         .as_ref()
         .and_then(|l| l.get(labels::TENANT))
         .cloned();
+    // A namespaced child lives in `namespace`; a Namespace has none and is its own name.
     let from_namespace = || {
         meta.namespace
             .as_deref()
-            .or(meta.name.as_deref().filter(|_| meta.namespace.is_none()))
+            .or(meta.name.as_deref())
             .and_then(|ns| index.tenant_of(ns))
     };
     from_label

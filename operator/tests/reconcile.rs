@@ -15,12 +15,13 @@ use ft_operator::status::{Outcome, next_status};
 use http::{Request, Response};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, Time};
-use kube::Client;
 use kube::api::PartialObjectMetaExt;
 use kube::client::Body;
 use kube::runtime::controller::Action;
 use kube::runtime::events::Reporter;
+use kube::runtime::reflector::store::Writer;
 use kube::runtime::watcher::Event;
+use kube::{Client, Resource};
 use serde_json::{Value, json};
 
 #[derive(Clone, Debug)]
@@ -160,42 +161,26 @@ impl Harness {
     /// Fills the stores as the reflectors would after listing the cluster.
     fn observe(&mut self, desired: &Desired, tweak: impl Fn(&mut NetworkPolicy)) {
         let w = &mut self.writers;
-        w.namespaces.apply_watcher_event(&Event::Init);
-        for ns in &desired.namespaces {
-            let mut meta = ns.metadata.clone();
-            meta.managed_fields = ours();
-            meta.resource_version = Some("1".into());
-            w.namespaces
-                .apply_watcher_event(&Event::InitApply(meta.into_response_partial()));
-        }
-        w.namespaces.apply_watcher_event(&Event::InitDone);
-
-        w.network_policies.apply_watcher_event(&Event::Init);
-        for np in &desired.network_policies {
-            let mut np = np.clone();
-            np.metadata.managed_fields = ours();
-            np.metadata.resource_version = Some("1".into());
-            tweak(&mut np);
-            w.network_policies
-                .apply_watcher_event(&Event::InitApply(np));
-        }
-        w.network_policies.apply_watcher_event(&Event::InitDone);
-
-        w.resource_quotas.apply_watcher_event(&Event::Init);
-        for q in &desired.resource_quotas {
-            let mut q = q.clone();
-            q.metadata.managed_fields = ours();
-            w.resource_quotas.apply_watcher_event(&Event::InitApply(q));
-        }
-        w.resource_quotas.apply_watcher_event(&Event::InitDone);
-
-        w.limit_ranges.apply_watcher_event(&Event::Init);
-        for l in &desired.limit_ranges {
-            let mut l = l.clone();
-            l.metadata.managed_fields = ours();
-            w.limit_ranges.apply_watcher_event(&Event::InitApply(l));
-        }
-        w.limit_ranges.apply_watcher_event(&Event::InitDone);
+        let namespaces = desired
+            .namespaces
+            .iter()
+            .map(|ns| ns.metadata.clone().into_response_partial());
+        list(&mut w.namespaces, namespaces, |_| {});
+        list(
+            &mut w.network_policies,
+            desired.network_policies.iter().cloned(),
+            tweak,
+        );
+        list(
+            &mut w.resource_quotas,
+            desired.resource_quotas.iter().cloned(),
+            |_| {},
+        );
+        list(
+            &mut w.limit_ranges,
+            desired.limit_ranges.iter().cloned(),
+            |_| {},
+        );
     }
 
     fn observe_nothing(&mut self) {
@@ -207,6 +192,21 @@ impl Harness {
             .network_policies
             .apply_watcher_event(&Event::Apply(np));
     }
+}
+
+/// One initial listing into a store: each object as made by the operator's field manager.
+fn list<K>(writer: &mut Writer<K>, objects: impl Iterator<Item = K>, tweak: impl Fn(&mut K))
+where
+    K: Resource<DynamicType = ()> + Clone,
+{
+    writer.apply_watcher_event(&Event::Init);
+    for mut object in objects {
+        object.meta_mut().managed_fields = ours();
+        object.meta_mut().resource_version = Some("1".into());
+        tweak(&mut object);
+        writer.apply_watcher_event(&Event::InitApply(object));
+    }
+    writer.apply_watcher_event(&Event::InitDone);
 }
 
 /// The example tenant, as stored: with its finalizer, and a generation.
@@ -469,4 +469,20 @@ async fn deletion_removes_the_namespaces_before_the_finalizer() {
     assert_eq!(last.content_type, "application/json-patch+json");
     assert!(last.body.to_string().contains("/metadata/finalizers/0"));
     assert_eq!(events(&calls), ["Deleted"]);
+}
+
+#[tokio::test]
+async fn deletion_with_retain_leaves_the_namespaces_and_releases_the_tenant() {
+    let mut h = harness();
+    let mut t = settled(stored_tenant());
+    t.spec.deletion.policy = ft_operator::api::DeletionPolicy::Retain;
+    t.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::now()));
+    h.observe(&build(&t, &BuildSettings::default()), |_| {});
+
+    h.reconcile(t).await.unwrap();
+    let calls = h.api.writes();
+    assert!(!calls.iter().any(|c| c.method == "DELETE"), "{calls:?}");
+    let last = calls.iter().rev().find(|c| c.method == "PATCH").unwrap();
+    assert!(last.body.to_string().contains("/metadata/finalizers/0"));
+    assert_eq!(events(&calls), ["Retained"]);
 }
