@@ -220,6 +220,28 @@ impl Operator {
             .unwrap_or_default())
     }
 
+    /// Wakes `tenant` through a harmless label on its `namespace`, something the operator
+    /// does not own, and waits until it has reconciled.
+    pub async fn poke(&self, client: &Client, tenant: &str, namespace: &str) -> anyhow::Result<()> {
+        let reconciliations = format!("ft_reconciliations_total{{tenant=\"{tenant}\"}}");
+        let before = self.metric(&reconciliations).await?;
+        Api::<Namespace>::all(client.clone())
+            .patch(
+                namespace,
+                &PatchParams::default(),
+                &Patch::Merge(
+                    serde_json::json!({"metadata": {"labels": {"e2e.example.org/poke": "1"}}}),
+                ),
+            )
+            .await?;
+        wait_for(
+            "a reconciliation after the poke",
+            Duration::from_secs(30),
+            || async { Ok((self.metric(&reconciliations).await? > before).then_some(())) },
+        )
+        .await
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

@@ -14,17 +14,18 @@ use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::core::v1::{LimitRange, Namespace, ResourceQuota};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{DeleteParams, PartialObjectMeta, Patch, PatchParams};
+use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::api::{FIELD_MANAGER, labels};
+use crate::api::{ComplianceReport, FIELD_MANAGER, labels};
 use crate::build::Desired;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
+use crate::observe::Observed;
 
 /// A kind of child the operator applies.
 pub trait Child:
@@ -33,11 +34,16 @@ pub trait Child:
     fn api(client: Client, namespace: Option<&str>) -> Api<Self>;
 }
 
-impl Child for Namespace {
-    fn api(client: Client, _: Option<&str>) -> Api<Self> {
-        Api::all(client)
-    }
+macro_rules! cluster_child {
+    ($($kind:ty),*) => {$(
+        impl Child for $kind {
+            fn api(client: Client, _: Option<&str>) -> Api<Self> {
+                Api::all(client)
+            }
+        }
+    )*};
 }
+cluster_child!(Namespace, ComplianceReport);
 
 fn namespaced<K>(client: Client, namespace: Option<&str>) -> Api<K>
 where
@@ -57,16 +63,6 @@ macro_rules! namespaced_child {
 }
 namespaced_child!(NetworkPolicy, ResourceQuota, LimitRange);
 
-/// What the reflectors observe of the operator's children. Namespaces are watched as metadata
-/// only: their labels are all the operator sets on them.
-#[derive(Clone)]
-pub struct Observed {
-    pub namespaces: Store<PartialObjectMeta<Namespace>>,
-    pub network_policies: Store<NetworkPolicy>,
-    pub resource_quotas: Store<ResourceQuota>,
-    pub limit_ranges: Store<LimitRange>,
-}
-
 /// What one pass of `apply` changed, for Events, metrics and logs.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ApplyReport {
@@ -74,6 +70,13 @@ pub struct ApplyReport {
     /// Children that existed but differed: edited by hand, or an older version of the spec.
     pub restored: Vec<String>,
     pub pruned: Vec<String>,
+}
+
+impl ApplyReport {
+    /// Nothing was written: the cluster already held what was desired.
+    pub fn is_quiet(&self) -> bool {
+        self.created.is_empty() && self.restored.is_empty() && self.pruned.is_empty()
+    }
 }
 
 /// Remembers, per child, the hash of the last desired body applied and the resourceVersion the
@@ -108,9 +111,13 @@ impl AppliedMemo {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
     }
 
-    pub fn forget_tenant(&self, namespaces: &BTreeSet<String>) {
+    /// Forgets what was applied for a deleted tenant: its namespaces' children and its report.
+    pub fn forget_tenant(&self, tenant: &str, namespaces: &BTreeSet<String>) {
+        let report = key_of(ComplianceReport::kind(&()).as_ref(), None, tenant);
         let mut memo = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        memo.retain(|key, _| !namespaces.iter().any(|ns| key_in_namespace(key, ns)));
+        memo.retain(|key, _| {
+            *key != report && !namespaces.iter().any(|ns| key_in_namespace(key, ns))
+        });
     }
 }
 
@@ -137,6 +144,7 @@ impl Applier<'_> {
             network_policies,
             resource_quotas,
             limit_ranges,
+            compliance_reports,
         } = desired;
         let mut report = ApplyReport::default();
 
@@ -163,6 +171,12 @@ impl Applier<'_> {
             .await?;
         self.apply_kind(limit_ranges, &self.observed.limit_ranges, &mut report)
             .await?;
+        self.apply_kind(
+            compliance_reports,
+            &self.observed.compliance_reports,
+            &mut report,
+        )
+        .await?;
 
         // Namespaced children first: pruning a namespace takes its content with it anyway.
         self.prune(
@@ -175,6 +189,12 @@ impl Applier<'_> {
             .await?;
         self.prune(limit_ranges, &self.observed.limit_ranges, &mut report)
             .await?;
+        self.prune(
+            compliance_reports,
+            &self.observed.compliance_reports,
+            &mut report,
+        )
+        .await?;
         self.prune(namespaces, &self.observed.namespaces, &mut report)
             .await?;
         Ok(report)

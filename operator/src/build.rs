@@ -15,11 +15,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
     LabelSelector, LabelSelectorRequirement, ObjectMeta,
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::ResourceExt;
+use kube::{Resource, ResourceExt};
 use serde::Serialize;
 
 use crate::api::{
-    Environment, FlowNature, FlowPort, FranceTravailTenant, Peer, annotations, labels,
+    ComplianceReport, Environment, FlowNature, FlowPort, FranceTravailTenant, Peer, ReportSpec,
+    annotations, labels,
 };
 use crate::validate::{cidr_contains, parse_cidr};
 
@@ -63,6 +64,8 @@ pub struct Desired {
     pub network_policies: Vec<NetworkPolicy>,
     pub resource_quotas: Vec<ResourceQuota>,
     pub limit_ranges: Vec<LimitRange>,
+    /// The tenant's one report; its status is written by the evaluator, not here.
+    pub compliance_reports: Vec<ComplianceReport>,
 }
 
 impl Desired {
@@ -82,12 +85,14 @@ impl Desired {
             network_policies,
             resource_quotas,
             limit_ranges,
+            compliance_reports,
         } = self;
         let mut out = Vec::new();
         push(&mut out, namespaces)?;
         push(&mut out, network_policies)?;
         push(&mut out, resource_quotas)?;
         push(&mut out, limit_ranges)?;
+        push(&mut out, compliance_reports)?;
         Ok(out)
     }
 }
@@ -113,7 +118,30 @@ pub fn build(tenant: &FranceTravailTenant, settings: &BuildSettings) -> Desired 
             .limit_ranges
             .push(build_limit_range(tenant, env, &ns, &labels));
     }
+    desired.compliance_reports.push(build_report(tenant));
     desired
+}
+
+/// The report is named like the tenant and owned by it, so it goes when the tenant goes. Offline
+/// (`plan`) the tenant has no uid yet, hence no owner reference.
+fn build_report(tenant: &FranceTravailTenant) -> ComplianceReport {
+    let labels = BTreeMap::from([
+        (labels::TENANT.into(), tenant.name_any()),
+        (
+            labels::DATA_CLASSIFICATION.into(),
+            tenant.spec.data_classification.as_str().into(),
+        ),
+        (labels::MANAGED_BY.into(), labels::MANAGED_BY_VALUE.into()),
+    ]);
+    let mut report = ComplianceReport::new(
+        &tenant.name_any(),
+        ReportSpec {
+            tenant: tenant.name_any(),
+        },
+    );
+    report.metadata.labels = Some(labels);
+    report.metadata.owner_references = tenant.controller_owner_ref(&()).map(|o| vec![o]);
+    report
 }
 
 /// The labels every child of an environment carries: who owns it and how sensitive it is.

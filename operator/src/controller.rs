@@ -3,36 +3,49 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{LimitRange, Namespace, ResourceQuota};
+use k8s_openapi::api::core::v1::{
+    LimitRange, Namespace, Node, ObjectReference, PersistentVolume, PersistentVolumeClaim, Pod,
+    PodSpec, ResourceQuota,
+};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::rbac::v1::RoleBinding;
+use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::PartialObjectMeta;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
-use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{debug, info, instrument, warn};
 
 use crate::api::{
-    DeletionPolicy, FIELD_MANAGER, FINALIZER, FranceTravailTenant, GROUP, TenantStatus, labels,
+    ComplianceReport, DeletionPolicy, FIELD_MANAGER, FINALIZER, FranceTravailTenant, GROUP,
+    TenantStatus, labels,
 };
-use crate::apply::{AppliedMemo, Applier, ApplyReport, Observed, owned_by};
+use crate::apply::{AppliedMemo, Applier, ApplyReport, owned_by};
 use crate::build::{BuildSettings, build, namespace_name};
+use crate::compliance::Compliance;
 use crate::error::{Error, Result};
 use crate::metrics::{Metrics, TenantLabels};
+use crate::observe::{Observed, empty_stores};
 use crate::status::{self, Outcome, next_status};
 use crate::validate::validate_for_cluster;
 
-/// How often a tenant is re-checked when nothing happens.
+/// How often a tenant is re-checked when nothing happens: its report is never older.
 pub const RESYNC: Duration = Duration::from_secs(60);
+
+/// How soon a tenant is looked at again after a pass that wrote children, in case the watch
+/// events of those writes are slow to come.
+pub const SETTLING: Duration = Duration::from_secs(2);
 
 /// Maps a namespace to the tenant that owns it, so a child whose labels were removed by hand
 /// still wakes its tenant.
@@ -75,6 +88,7 @@ pub struct Context {
     pub recorder: Recorder,
     pub settings: BuildSettings,
     pub index: NamespaceIndex,
+    pub compliance: Compliance,
     failures: Mutex<HashMap<String, u32>>,
 }
 
@@ -84,9 +98,11 @@ impl Context {
         observed: Observed,
         metrics: Arc<Metrics>,
         settings: BuildSettings,
+        compliance: Compliance,
         reporter: Reporter,
     ) -> Self {
         Self {
+            compliance,
             recorder: Recorder::new(client.clone(), reporter),
             client,
             observed,
@@ -105,6 +121,17 @@ impl Context {
         reason: &str,
         note: String,
     ) {
+        self.publish_on(&tenant.object_ref(&()), type_, reason, note)
+            .await;
+    }
+
+    pub async fn publish_on(
+        &self,
+        target: &ObjectReference,
+        type_: EventType,
+        reason: &str,
+        note: String,
+    ) {
         let event = Event {
             type_,
             reason: reason.into(),
@@ -112,8 +139,8 @@ impl Context {
             action: reason.into(),
             secondary: None,
         };
-        if let Err(e) = self.recorder.publish(&event, &tenant.object_ref(&())).await {
-            warn!(tenant = %tenant.name_any(), reason, error = %e, "could not publish event");
+        if let Err(e) = self.recorder.publish(&event, target).await {
+            warn!(object = ?target.name, reason, error = %e, "could not publish event");
         } else {
             self.metrics.write("Event", "create");
         }
@@ -173,10 +200,11 @@ async fn apply_tenant(tenant: &FranceTravailTenant, ctx: &Context) -> Result<Act
             .map(|e| namespace_name(&name, &e.name)),
     );
 
-    let applied = match validate_for_cluster(tenant, &ctx.settings) {
-        Err(invalid) => Err(Error::InvalidTenant(invalid)),
-        Ok(()) => {
-            let desired = build(tenant, &ctx.settings);
+    let validated =
+        validate_for_cluster(tenant, &ctx.settings).map(|()| build(tenant, &ctx.settings));
+    let applied = match &validated {
+        Err(invalid) => Err(Error::InvalidTenant(invalid.clone())),
+        Ok(desired) => {
             let applier = Applier {
                 client: &ctx.client,
                 observed: &ctx.observed,
@@ -184,29 +212,56 @@ async fn apply_tenant(tenant: &FranceTravailTenant, ctx: &Context) -> Result<Act
                 metrics: &ctx.metrics,
                 tenant: &name,
             };
-            applier.apply(&desired).await
+            applier.apply(desired).await
         }
     };
     if let Ok(report) = &applied {
         journal(tenant, report, ctx).await;
     }
 
+    // The controls judge what the reflectors show. After a pass that wrote children they
+    // would judge the cluster as it was before: the evaluation waits for the watch events of
+    // those writes, which wake the tenant again, and the report keeps its results meanwhile.
+    let mut deferred = false;
+    let report = match (&applied, &validated) {
+        (Ok(report), Ok(desired)) if report.is_quiet() => {
+            ctx.compliance.assess(tenant, Ok(desired), ctx).await?
+        }
+        (Err(Error::InvalidTenant(invalid)), _) => {
+            let why = invalid.to_string();
+            ctx.compliance.assess(tenant, Err(&why), ctx).await?
+        }
+        _ => {
+            deferred = applied.is_ok();
+            ctx.compliance.current(&name, &ctx.observed)
+        }
+    };
+
     let outcome = match &applied {
         Ok(_) => Outcome::Applied,
         Err(e) => Outcome::Failed(e),
     };
-    let status = next_status(tenant, outcome, &Time(jiff::Timestamp::now()));
-    if tenant.status.as_ref() != Some(&status) {
+    let status = next_status(
+        tenant,
+        outcome,
+        report.as_ref(),
+        &Time(jiff::Timestamp::now()),
+    );
+    let changed = tenant.status.as_ref() != Some(&status);
+    if changed {
         write_status(tenant, &status, ctx).await?;
         announce_transitions(tenant, &status, ctx).await;
     }
 
     match applied {
+        Ok(_) if deferred => Ok(Action::requeue(SETTLING)),
         Ok(_) => Ok(Action::requeue(RESYNC)),
-        // A bad spec waits for the next change of the tenant.
+        // A bad spec is not retried, but its report is kept as fresh as any other.
         Err(Error::InvalidTenant(invalid)) => {
-            warn!(tenant = %name, error = %invalid, "tenant refused");
-            Ok(Action::await_change())
+            if changed {
+                warn!(tenant = %name, error = %invalid, "tenant refused");
+            }
+            Ok(Action::requeue(RESYNC))
         }
         Err(e) => Err(e),
     }
@@ -361,7 +416,16 @@ async fn cleanup(tenant: &FranceTravailTenant, ctx: &Context) -> Result<Action> 
         .await;
     }
     let forgotten = ctx.index.forget(&name);
-    ctx.memo.forget_tenant(&forgotten);
+    ctx.memo.forget_tenant(&name, &forgotten);
+    ctx.compliance.forget(&name);
+    ctx.metrics.forget_tenant(
+        &name,
+        ctx.compliance
+            .catalogue
+            .controls
+            .iter()
+            .map(|c| c.id.clone()),
+    );
     Ok(Action::await_change())
 }
 
@@ -375,18 +439,6 @@ fn truncate(mut s: String, max: usize) -> String {
         s.push('…');
     }
     s
-}
-
-impl Observed {
-    async fn wait_until_ready(&self) {
-        // Errors only mean the writer was dropped, i.e. the controller is shutting down.
-        let _ = futures::join!(
-            self.namespaces.wait_until_ready(),
-            self.network_policies.wait_until_ready(),
-            self.resource_quotas.wait_until_ready(),
-            self.limit_ranges.wait_until_ready(),
-        );
-    }
 }
 
 /// The tenant a child belongs to: from its label, or from the namespace it lives in.
@@ -413,54 +465,59 @@ pub async fn run(
     client: Client,
     metrics: Arc<Metrics>,
     settings: BuildSettings,
+    compliance: Compliance,
     reporter: Reporter,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let children = watcher::Config::default().labels(labels::MANAGED_SELECTOR);
     let (observed, writers) = empty_stores();
     let ctx = Arc::new(Context::new(
         client.clone(),
         observed,
         metrics,
         settings,
+        compliance,
         reporter,
     ));
+    let ours = || watcher::Config::default().labels(labels::MANAGED_SELECTOR);
+    let everything = watcher::Config::default;
 
-    // Namespaces are watched unfiltered (metadata only) so that removing the tenant label by
-    // hand is seen; every other child is watched by the operator's label.
-    let namespace_events = reflector::reflector(
-        writers.namespaces,
-        watcher(
-            Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
-            watcher::Config::default(),
-        ),
+    // Namespaces and NetworkPolicies are watched unfiltered: a label removed by hand, or a
+    // policy made by hand in a tenant namespace, must be seen. Namespaces as metadata only.
+    let namespaces = watcher(
+        Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
+        everything(),
     )
-    .default_backoff()
-    .touched_objects();
-    let network_policy_events = reflector::reflector(
-        writers.network_policies,
-        watcher(Api::<NetworkPolicy>::all(client.clone()), children.clone()),
+    .reflect(writers.namespaces);
+    let network_policies = watcher(Api::<NetworkPolicy>::all(client.clone()), everything())
+        .reflect(writers.network_policies);
+    let resource_quotas =
+        watcher(Api::<ResourceQuota>::all(client.clone()), ours()).reflect(writers.resource_quotas);
+    let limit_ranges =
+        watcher(Api::<LimitRange>::all(client.clone()), ours()).reflect(writers.limit_ranges);
+    let compliance_reports = watcher(Api::<ComplianceReport>::all(client.clone()), ours())
+        .reflect(writers.compliance_reports);
+    // What the controls judge, trimmed before it is stored: a cluster may hold many pods.
+    let pods = watcher(Api::<Pod>::all(client.clone()), everything())
+        .modify(trim_pod)
+        .reflect(writers.pods);
+    let claims = watcher(
+        Api::<PersistentVolumeClaim>::all(client.clone()),
+        everything(),
     )
-    .default_backoff()
-    .touched_objects();
-    let resource_quota_events = reflector::reflector(
-        writers.resource_quotas,
-        watcher(Api::<ResourceQuota>::all(client.clone()), children.clone()),
-    )
-    .default_backoff()
-    .touched_objects();
-    let limit_range_events = reflector::reflector(
-        writers.limit_ranges,
-        watcher(Api::<LimitRange>::all(client.clone()), children),
-    )
-    .default_backoff()
-    .touched_objects();
+    .modify(|o| trim_meta(&mut o.metadata))
+    .reflect(writers.persistent_volume_claims);
+    let role_bindings = watcher(Api::<RoleBinding>::all(client.clone()), everything())
+        .reflect(writers.role_bindings);
+    let volumes = watcher(Api::<PersistentVolume>::all(client.clone()), everything())
+        .modify(|o| trim_meta(&mut o.metadata))
+        .reflect(writers.persistent_volumes);
+    let nodes = watcher(Api::<Node>::all(client.clone()), everything())
+        .modify(trim_node)
+        .reflect(writers.nodes);
+    let storage_classes = watcher(Api::<StorageClass>::all(client.clone()), everything())
+        .reflect(writers.storage_classes);
 
-    let index = ctx.index.clone();
-    let map = move |meta: &ObjectMeta| tenant_of(meta, &index);
-    let (m1, m2, m3, m4) = (map.clone(), map.clone(), map.clone(), map);
-
-    Controller::new(
+    let controller = Controller::new(
         Api::<FranceTravailTenant>::all(client),
         watcher::Config::default(),
     )
@@ -468,46 +525,126 @@ pub async fn run(
         ControllerConfig::default()
             .concurrency(16)
             .debounce(Duration::from_millis(50)),
-    )
-    .watches_stream(namespace_events, move |o| m1(&o.metadata))
-    .watches_stream(network_policy_events, move |o| m2(o.meta()))
-    .watches_stream(resource_quota_events, move |o| m3(o.meta()))
-    .watches_stream(limit_range_events, move |o| m4(o.meta()))
-    .graceful_shutdown_on(shutdown)
-    .run(reconcile, error_policy, ctx)
-    .for_each(|result| async move {
-        if let Err(e) = result {
-            debug!(error = %e, "controller event");
-        }
-    })
-    .await;
+    );
+    let tenants = controller.store();
+    // A change to a node or a storage class may concern any tenant.
+    let all_tenants = move || {
+        tenants
+            .state()
+            .iter()
+            .map(|t| ObjectRef::from_obj(&**t))
+            .collect::<Vec<_>>()
+    };
+    let index = ctx.index.clone();
+    let by_owner = move |meta: &ObjectMeta| tenant_of(meta, &index);
+    let index = ctx.index.clone();
+    let by_namespace = move |ns: Option<&str>| {
+        ns.and_then(|ns| index.tenant_of(ns))
+            .map(|t| ObjectRef::new(&t))
+    };
+
+    let (o1, o2, o3, o4, o5) = (
+        by_owner.clone(),
+        by_owner.clone(),
+        by_owner.clone(),
+        by_owner.clone(),
+        by_owner,
+    );
+    let (n1, n2, n3, n4) = (
+        by_namespace.clone(),
+        by_namespace.clone(),
+        by_namespace.clone(),
+        by_namespace,
+    );
+    let a1 = all_tenants.clone();
+    controller
+        .watches_stream(namespaces.default_backoff().touched_objects(), move |o| {
+            o1(&o.metadata)
+        })
+        .watches_stream(
+            network_policies.default_backoff().touched_objects(),
+            move |o| o2(o.meta()),
+        )
+        .watches_stream(
+            resource_quotas.default_backoff().touched_objects(),
+            move |o| o3(o.meta()),
+        )
+        .watches_stream(limit_ranges.default_backoff().touched_objects(), move |o| {
+            o4(o.meta())
+        })
+        .watches_stream(
+            compliance_reports.default_backoff().touched_objects(),
+            move |o| o5(o.meta()),
+        )
+        .watches_stream(pods.default_backoff().touched_objects(), move |o| {
+            n1(o.metadata.namespace.as_deref())
+        })
+        .watches_stream(claims.default_backoff().touched_objects(), move |o| {
+            n2(o.metadata.namespace.as_deref())
+        })
+        .watches_stream(
+            role_bindings.default_backoff().touched_objects(),
+            move |o| n3(o.metadata.namespace.as_deref()),
+        )
+        .watches_stream(volumes.default_backoff().touched_objects(), move |o| {
+            n4(o.spec.as_ref()?.claim_ref.as_ref()?.namespace.as_deref())
+        })
+        // Nodes report their status every few seconds; only what placement reads matters.
+        .watches_stream(
+            nodes
+                .default_backoff()
+                .touched_objects()
+                .predicate_filter(node_placement, Default::default()),
+            move |_| a1(),
+        )
+        .watches_stream(
+            storage_classes.default_backoff().touched_objects(),
+            move |_| all_tenants(),
+        )
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                debug!(error = %e, "controller event");
+            }
+        })
+        .await;
 }
 
-/// Empty stores and their writers: `run` feeds them from watches, tests by hand.
-pub fn empty_stores() -> (Observed, ObservedWriters) {
-    let (namespaces, namespaces_writer) = reflector::store();
-    let (network_policies, network_policies_writer) = reflector::store();
-    let (resource_quotas, resource_quotas_writer) = reflector::store();
-    let (limit_ranges, limit_ranges_writer) = reflector::store();
-    (
-        Observed {
-            namespaces,
-            network_policies,
-            resource_quotas,
-            limit_ranges,
-        },
-        ObservedWriters {
-            namespaces: namespaces_writer,
-            network_policies: network_policies_writer,
-            resource_quotas: resource_quotas_writer,
-            limit_ranges: limit_ranges_writer,
-        },
-    )
+fn trim_meta(meta: &mut ObjectMeta) {
+    meta.managed_fields = None;
+    meta.annotations = None;
+    meta.owner_references = None;
 }
 
-pub struct ObservedWriters {
-    pub namespaces: reflector::store::Writer<PartialObjectMeta<Namespace>>,
-    pub network_policies: reflector::store::Writer<NetworkPolicy>,
-    pub resource_quotas: reflector::store::Writer<ResourceQuota>,
-    pub limit_ranges: reflector::store::Writer<LimitRange>,
+/// A pod as the controls see it: where it is bound, nothing else.
+fn trim_pod(pod: &mut Pod) {
+    trim_meta(&mut pod.metadata);
+    let node_name = pod.spec.as_ref().and_then(|s| s.node_name.clone());
+    pod.spec = Some(PodSpec {
+        node_name,
+        ..Default::default()
+    });
+    pod.status = None;
+}
+
+/// A node as the controls see it: its labels, provider id and whether it takes pods.
+fn trim_node(node: &mut Node) {
+    trim_meta(&mut node.metadata);
+    node.status = None;
+    if let Some(spec) = &mut node.spec {
+        spec.taints = None;
+        spec.pod_cidr = None;
+        spec.pod_cidrs = None;
+    }
+}
+
+fn node_placement(node: &Node) -> Option<u64> {
+    let mut hasher = DefaultHasher::new();
+    node.metadata.labels.hash(&mut hasher);
+    node.spec
+        .as_ref()
+        .map(|s| (&s.provider_id, s.unschedulable))
+        .hash(&mut hasher);
+    Some(hasher.finish())
 }

@@ -3,10 +3,10 @@
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
-use crate::api::FranceTravailTenant;
+use crate::api::{ComplianceReport, FranceTravailTenant};
 
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![FranceTravailTenant::crd()]
+    vec![ComplianceReport::crd(), FranceTravailTenant::crd()]
 }
 
 /// Each CRD as its file in `crds/`: `<plural>.<group>.yaml`, starting with `---` so that the

@@ -30,6 +30,10 @@ pub enum Error {
         source: serde_json::Error,
     },
 
+    /// A catalogue embedded in the binary does not load: a build defect, caught by tests.
+    #[error("{0}")]
+    Catalogue(String),
+
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
 }
@@ -55,6 +59,7 @@ impl Error {
             Error::NamespaceTerminating(_) => "namespace_terminating",
             Error::CleanupPending(_) => "cleanup_pending",
             Error::Serialize { .. } => "serialize",
+            Error::Catalogue(_) => "catalogue",
             // Apply and cleanup errors are unwrapped by the reconciler; what remains is the
             // finalizer patch itself.
             Error::Finalizer(_) => "finalizer",

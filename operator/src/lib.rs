@@ -2,16 +2,21 @@
 //! Kubernetes cluster, one `FranceTravailTenant` per hosted service.
 //!
 //! The pipeline per tenant: fetch (reflector stores) → [`validate`] → [`build`] (pure) →
-//! [`apply`] (server-side apply, prune) → [`status`], wired together in [`controller`].
+//! [`apply`] (server-side apply, prune) → [`controls`] (pure evaluation) →
+//! [`status`], wired together in [`controller`].
 
 pub mod api;
 pub mod apply;
 pub mod build;
+pub mod compliance;
 pub mod controller;
+pub mod controls;
 pub mod crd;
 pub mod error;
 pub mod metrics;
+pub mod observe;
 pub mod plan;
+pub mod regions;
 pub mod run;
 pub mod server;
 pub mod status;

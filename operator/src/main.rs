@@ -35,6 +35,8 @@ enum Command {
         #[command(flatten)]
         cluster: ClusterArgs,
     },
+    /// Print the control catalogue: what each control checks and the rules it evidences.
+    Controls,
     /// Print the version.
     Version,
 }
@@ -56,6 +58,11 @@ struct RunArgs {
     /// Log format.
     #[arg(long, env = "FT_LOG_FORMAT", value_enum, default_value = "json")]
     log_format: LogFormat,
+    /// The cloud provider of the nodes, from policies/regions.yaml (aws, ovhcloud, …): needed
+    /// when a region code means different countries at different providers and the nodes'
+    /// providerID does not tell.
+    #[arg(long, env = "FT_PROVIDER")]
+    provider: Option<String>,
     #[command(flatten)]
     cluster: ClusterArgs,
 }
@@ -118,7 +125,21 @@ fn main() -> ExitCode {
         }
         Command::Crd { output_dir } => print_crds(output_dir),
         Command::Plan { file, cluster } => run_plan(&file, cluster.settings()),
+        Command::Controls => print_controls(),
         Command::Run(args) => run(args),
+    }
+}
+
+fn print_controls() -> ExitCode {
+    match ft_operator::controls::Catalogue::embedded() {
+        Ok(catalogue) => {
+            print!("{}", catalogue.markdown());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -190,6 +211,7 @@ fn run(args: RunArgs) -> ExitCode {
         lease_name: args.lease_name,
         identity,
         settings: args.cluster.settings(),
+        provider: args.provider,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

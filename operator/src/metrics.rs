@@ -15,6 +15,12 @@ pub struct TenantLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ControlLabels {
+    pub tenant: String,
+    pub control: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
     pub category: String,
 }
@@ -35,6 +41,11 @@ pub struct Metrics {
     pub drift_repairs: Family<TenantLabels, Counter>,
     /// 1 while this replica holds the Lease and reconciles, 0 while it stands by.
     pub leader: Gauge,
+    /// 1 for a control that passes, 0 for one that fails (CLD-61): `== 0` is the alert. A
+    /// control that does not apply or cannot be evaluated has no series.
+    pub control_result: Family<ControlLabels, Gauge>,
+    /// Unix time of the tenant's latest evaluation: its report is only rewritten on change.
+    pub last_evaluation: Family<TenantLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -46,6 +57,8 @@ impl Default for Metrics {
         let writes = Family::<WriteLabels, Counter>::default();
         let drift_repairs = Family::<TenantLabels, Counter>::default();
         let leader = Gauge::default();
+        let control_result = Family::<ControlLabels, Gauge>::default();
+        let last_evaluation = Family::<TenantLabels, Gauge>::default();
         registry.register(
             "reconciliations",
             "Reconciliations completed, by tenant",
@@ -76,6 +89,16 @@ impl Default for Metrics {
             "Whether this replica holds the leader Lease",
             leader.clone(),
         );
+        registry.register(
+            "control_result",
+            "Result of a control for a tenant: 1 pass, 0 fail",
+            control_result.clone(),
+        );
+        registry.register(
+            "compliance_last_evaluation_timestamp_seconds",
+            "When the tenant's controls were last evaluated",
+            last_evaluation.clone(),
+        );
         Self {
             registry,
             reconciliations,
@@ -84,6 +107,8 @@ impl Default for Metrics {
             writes,
             drift_repairs,
             leader,
+            control_result,
+            last_evaluation,
         }
     }
 }
@@ -113,6 +138,34 @@ impl Metrics {
                 category: category.into(),
             })
             .inc();
+    }
+
+    /// Publishes a control's result: 1 pass, 0 fail, no series otherwise.
+    pub fn control(&self, tenant: &str, control: &str, passed: Option<bool>) {
+        let labels = ControlLabels {
+            tenant: tenant.into(),
+            control: control.into(),
+        };
+        match passed {
+            Some(passed) => {
+                self.control_result
+                    .get_or_create(&labels)
+                    .set(i64::from(passed));
+            }
+            None => {
+                self.control_result.remove(&labels);
+            }
+        }
+    }
+
+    /// Drops every series of a deleted tenant.
+    pub fn forget_tenant(&self, tenant: &str, controls: impl IntoIterator<Item = String>) {
+        for control in controls {
+            self.control(tenant, &control, None);
+        }
+        self.last_evaluation.remove(&TenantLabels {
+            tenant: tenant.into(),
+        });
     }
 
     pub fn encode(&self) -> String {

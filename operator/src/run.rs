@@ -16,6 +16,7 @@ use tracing::{error, info, warn};
 
 use crate::api::FranceTravailTenant;
 use crate::build::BuildSettings;
+use crate::compliance::Compliance;
 use crate::controller;
 use crate::metrics::Metrics;
 use crate::server::{self, Health};
@@ -28,12 +29,15 @@ pub struct RunConfig {
     /// Who this replica is in the Lease and in Events: the pod name in a cluster.
     pub identity: String,
     pub settings: BuildSettings,
+    /// The cloud provider whose region codes the nodes carry, when the region alone is ambiguous.
+    pub provider: Option<String>,
 }
 
 pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     let client = Client::try_default()
         .await
         .context("no Kubernetes API server configured (kubeconfig or in-cluster)")?;
+    let compliance = Compliance::embedded(config.provider.clone())?;
     let metrics = Arc::new(Metrics::default());
     let ready = Arc::new(AtomicBool::new(false));
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -99,7 +103,15 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
             instance: Some(config.identity.clone()),
         };
         metrics.leader.set(1);
-        controller::run(client, metrics.clone(), config.settings, reporter, shutdown).await;
+        controller::run(
+            client,
+            metrics.clone(),
+            config.settings,
+            compliance,
+            reporter,
+            shutdown,
+        )
+        .await;
         metrics.leader.set(0);
         lost_leadership = lost.now_or_never().is_some() && !*stop_tx.borrow();
     }

@@ -5,8 +5,9 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt;
 
-use crate::api::{FranceTravailTenant, TenantStatus};
+use crate::api::{FranceTravailTenant, ReportStatus, TenantStatus};
 use crate::build::namespace_name;
+use crate::controls::compliant_condition;
 use crate::error::Error;
 
 pub const READY: &str = "Ready";
@@ -20,7 +21,13 @@ pub enum Outcome<'a> {
     Failed(&'a Error),
 }
 
-pub fn next_status(tenant: &FranceTravailTenant, outcome: Outcome<'_>, now: &Time) -> TenantStatus {
+/// The tenant's status after a pass; `Compliant` mirrors its report, when it has one.
+pub fn next_status(
+    tenant: &FranceTravailTenant,
+    outcome: Outcome<'_>,
+    report: Option<&ReportStatus>,
+    now: &Time,
+) -> TenantStatus {
     let generation = tenant.metadata.generation;
     let previous = tenant
         .status
@@ -78,12 +85,18 @@ pub fn next_status(tenant: &FranceTravailTenant, outcome: Outcome<'_>, now: &Tim
             )
         }
     };
-    let compliant = condition(
-        COMPLIANT,
-        "Unknown",
-        "NotEvaluated",
-        "control-by-control evaluation is not available in this version of the operator".into(),
-    );
+    let compliant = match report {
+        Some(report) => {
+            let (status, reason, message) = compliant_condition(report);
+            condition(COMPLIANT, status, reason, message)
+        }
+        None => condition(
+            COMPLIANT,
+            "Unknown",
+            "NotEvaluated",
+            "the controls have not been evaluated yet".into(),
+        ),
+    };
 
     TenantStatus {
         observed_generation: generation,

@@ -401,6 +401,49 @@ pub fn is_quantity(s: &str) -> bool {
     number_ok && suffix_ok
 }
 
+/// The value of a quantity in billionths, exactly: `0.5`, `500m` and `500000000n` are all
+/// 500_000_000. The API server rewrites quantities in its own canonical form, so comparing
+/// what was desired with what is stored needs values, not text.
+pub fn quantity_nanos(s: &str) -> Option<i128> {
+    if !is_quantity(s) {
+        return None;
+    }
+    let number_end = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (number, suffix) = s.split_at(number_end);
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    // Nine fractional digits are all a nano unit can hold; Kubernetes rounds the rest up too.
+    let fraction = fraction.get(..fraction.len().min(9)).unwrap_or_default();
+    let digits: i128 = format!("{whole}{fraction}").parse().ok()?;
+    let mut value = digits.checked_mul(10i128.checked_pow(9 - fraction.len() as u32)?)?;
+    let (binary, decimal): (u32, i32) = match suffix {
+        "" => (0, 0),
+        "Ki" => (1, 0),
+        "Mi" => (2, 0),
+        "Gi" => (3, 0),
+        "Ti" => (4, 0),
+        "Pi" => (5, 0),
+        "Ei" => (6, 0),
+        "n" => (0, -9),
+        "u" => (0, -6),
+        "m" => (0, -3),
+        "k" => (0, 3),
+        "M" => (0, 6),
+        "G" => (0, 9),
+        "T" => (0, 12),
+        "P" => (0, 15),
+        "E" => (0, 18),
+        exponent => (0, exponent.get(1..)?.parse().ok()?),
+    };
+    value = value.checked_mul(1024i128.checked_pow(binary)?)?;
+    if decimal >= 0 {
+        value.checked_mul(10i128.checked_pow(decimal.unsigned_abs())?)
+    } else {
+        Some(value / 10i128.checked_pow(decimal.unsigned_abs())?)
+    }
+}
+
 fn is_exponent(s: &str) -> bool {
     let Some(rest) = s.strip_prefix(['e', 'E']) else {
         return false;

@@ -4,6 +4,7 @@ mod common;
 
 use common::repo_path;
 use ft_operator::crd;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 
 #[test]
 fn committed_crds_are_up_to_date() {
@@ -43,24 +44,64 @@ fn the_crd_command_prints_the_committed_files_concatenated() {
     assert_eq!(String::from_utf8(output.stdout).unwrap(), concatenated);
 }
 
-#[test]
-fn the_tenant_crd_is_cluster_scoped_with_status_and_columns() {
-    let crd = &crd::crds()[0];
-    assert_eq!(crd.spec.scope, "Cluster");
-    assert_eq!(crd.spec.names.short_names, Some(vec!["ftt".to_string()]));
+fn crd_of(kind: &str) -> CustomResourceDefinition {
+    crd::crds()
+        .into_iter()
+        .find(|c| c.spec.names.kind == kind)
+        .unwrap_or_else(|| panic!("no CRD for {kind}"))
+}
+
+/// Scope, short names, and the printer columns of the first version; checks the status
+/// subresource is there.
+fn shape(crd: &CustomResourceDefinition) -> (String, Vec<String>, Vec<String>) {
     let version = &crd.spec.versions[0];
     assert!(
         version
             .subresources
             .as_ref()
             .and_then(|s| s.status.as_ref())
-            .is_some()
+            .is_some(),
+        "{} has a status subresource",
+        crd.spec.names.kind
     );
-    let columns: Vec<&str> = version
+    let columns = version
         .additional_printer_columns
         .iter()
         .flatten()
-        .map(|c| c.name.as_str())
+        .map(|c| c.name.clone())
         .collect();
+    (
+        crd.spec.scope.clone(),
+        crd.spec.names.short_names.clone().unwrap_or_default(),
+        columns,
+    )
+}
+
+#[test]
+fn the_tenant_crd_is_cluster_scoped_with_status_and_columns() {
+    let (scope, short_names, columns) = shape(&crd_of("FranceTravailTenant"));
+    assert_eq!(scope, "Cluster");
+    assert_eq!(short_names, ["ftt"]);
     assert_eq!(columns, ["Environments", "Ready", "Compliant", "Age"]);
+}
+
+#[test]
+fn kubectl_get_compliance_shows_one_row_per_tenant_with_its_verdict() {
+    let crd = crd_of("ComplianceReport");
+    assert_eq!(crd.spec.names.plural, "compliancereports");
+    assert_eq!(crd.spec.names.singular.as_deref(), Some("compliancereport"));
+    let (scope, short_names, columns) = shape(&crd);
+    assert_eq!(scope, "Cluster");
+    assert_eq!(short_names, ["compliance"]);
+    assert_eq!(
+        columns,
+        [
+            "Tenant",
+            "Passed",
+            "Failing",
+            "Result",
+            "Last Evaluated",
+            "Age"
+        ]
+    );
 }

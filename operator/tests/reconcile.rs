@@ -9,11 +9,14 @@ use std::sync::{Arc, Mutex};
 use common::tenant;
 use ft_operator::api::{FINALIZER, FranceTravailTenant};
 use ft_operator::build::{BuildSettings, Desired, build};
-use ft_operator::controller::{Context, ObservedWriters, empty_stores, reconcile};
+use ft_operator::compliance::Compliance;
+use ft_operator::controller::{Context, reconcile};
 use ft_operator::metrics::Metrics;
-use ft_operator::status::{Outcome, next_status};
+use ft_operator::observe::{ObservedWriters, empty_stores};
 use http::{Request, Response};
+use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::rbac::v1::RoleBinding;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, Time};
 use kube::api::PartialObjectMetaExt;
 use kube::client::Body;
@@ -75,6 +78,13 @@ impl FakeApi {
                     calls.len()
                 };
                 let (status, answer) = match call.method.as_str() {
+                    // The cluster serves Velero.
+                    "GET" if call.path == "/apis/velero.io/v1" => (
+                        200,
+                        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "velero.io/v1",
+                               "resources": [{"name": "schedules", "singularName": "schedule", "namespaced": true,
+                                              "kind": "Schedule", "verbs": ["get", "list", "watch"]}]}),
+                    ),
                     "GET" => (
                         404,
                         json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404}),
@@ -92,8 +102,14 @@ impl FakeApi {
                     }
                     _ => {
                         let mut answer = body;
+                        // A status patch carries no metadata: answer with the whole report.
+                        if let Some(report) = call.path.strip_suffix("/status") {
+                            let name = report.rsplit('/').next().unwrap_or_default();
+                            answer["metadata"]["name"] = json!(name);
+                            answer["spec"]["tenant"] = json!(name);
+                        }
                         if answer.get("metadata").is_some() || call.path.contains("/events") {
-                            answer["metadata"]["resourceVersion"] = json!(format!("fake-{n}"));
+                            answer["metadata"]["resourceVersion"] = json!(format!("{n}"));
                         }
                         (if call.method == "POST" { 201 } else { 200 }, answer)
                     }
@@ -133,6 +149,7 @@ fn harness() -> Harness {
         observed,
         Arc::new(Metrics::default()),
         BuildSettings::default(),
+        Compliance::embedded(None).unwrap(),
         Reporter {
             controller: "ft-operator".into(),
             instance: Some("test".into()),
@@ -158,7 +175,8 @@ impl Harness {
         reconcile(Arc::new(t), self.ctx.clone())
     }
 
-    /// Fills the stores as the reflectors would after listing the cluster.
+    /// Fills the stores as the reflectors would after listing the cluster: the children of
+    /// `desired`, two nodes in France (one of the production pool), nothing else.
     fn observe(&mut self, desired: &Desired, tweak: impl Fn(&mut NetworkPolicy)) {
         let w = &mut self.writers;
         let namespaces = desired
@@ -181,6 +199,21 @@ impl Harness {
             desired.limit_ranges.iter().cloned(),
             |_| {},
         );
+        list(
+            &mut w.compliance_reports,
+            desired.compliance_reports.iter().cloned(),
+            |_| {},
+        );
+        let nodes = [
+            node("prod-1", &[("node-pool.example.org/name", "production")]),
+            node("general-1", &[]),
+        ];
+        list(&mut w.nodes, nodes.into_iter(), |_| {});
+        list(&mut w.pods, std::iter::empty(), |_| {});
+        list(&mut w.persistent_volume_claims, std::iter::empty(), |_| {});
+        list(&mut w.persistent_volumes, std::iter::empty(), |_| {});
+        list(&mut w.role_bindings, std::iter::empty(), |_| {});
+        list(&mut w.storage_classes, std::iter::empty(), |_| {});
     }
 
     fn observe_nothing(&mut self) {
@@ -192,6 +225,43 @@ impl Harness {
             .network_policies
             .apply_watcher_event(&Event::Apply(np));
     }
+
+    /// Brings the tenant to its steady state: one pass over a cluster that holds every child,
+    /// whose report and tenant status are then stored as the reflectors would see them.
+    async fn settle(&mut self, mut t: FranceTravailTenant) -> FranceTravailTenant {
+        let desired = build(&t, &BuildSettings::default());
+        self.observe(&desired, |_| {});
+        self.reconcile(t.clone()).await.unwrap();
+        let calls = self.api.writes();
+        self.store_report(&calls);
+        t.status = Some(serde_json::from_value(tenant_status(&calls).unwrap()).unwrap());
+        self.api.calls.lock().unwrap().clear();
+        t
+    }
+
+    /// Stores the report status written by `calls`, as the reflector would see it.
+    fn store_report(&mut self, calls: &[Call]) {
+        let status = report_status(calls).expect("a report status was written");
+        let t = stored_tenant();
+        let mut report = build(&t, &BuildSettings::default()).compliance_reports[0].clone();
+        report.status = Some(serde_json::from_value(status).unwrap());
+        report.metadata.resource_version = Some("1000".into());
+        self.writers
+            .compliance_reports
+            .apply_watcher_event(&Event::Apply(report));
+    }
+}
+
+fn node(name: &str, extra: &[(&str, &str)]) -> Node {
+    let mut labels = json!({"topology.kubernetes.io/region": "eu-west-3"});
+    for (k, v) in extra {
+        labels[*k] = json!(v);
+    }
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": labels},
+        "spec": {"providerID": format!("aws:///eu-west-3a/{name}")},
+    }))
+    .unwrap()
 }
 
 /// One initial listing into a store: each object as made by the operator's field manager.
@@ -218,12 +288,6 @@ fn stored_tenant() -> FranceTravailTenant {
     t
 }
 
-fn settled(mut t: FranceTravailTenant) -> FranceTravailTenant {
-    let now = Time(jiff::Timestamp::from_second(1_700_000_000).unwrap());
-    t.status = Some(next_status(&t, Outcome::Applied, &now));
-    t
-}
-
 fn applies(calls: &[Call]) -> Vec<String> {
     calls
         .iter()
@@ -244,12 +308,58 @@ fn events(calls: &[Call]) -> Vec<String> {
         .collect()
 }
 
+/// Status patches of the tenant.
 fn status_patches(calls: &[Call]) -> Vec<Value> {
     calls
         .iter()
-        .filter(|c| c.method == "PATCH" && c.path.ends_with("/status"))
+        .filter(|c| {
+            c.method == "PATCH"
+                && c.path.ends_with("/status")
+                && c.path.contains("/francetravailtenants/")
+        })
         .map(|c| c.body["status"].clone())
         .collect()
+}
+
+fn tenant_status(calls: &[Call]) -> Option<Value> {
+    status_patches(calls).pop()
+}
+
+/// The last status patch of the compliance report.
+fn report_status(calls: &[Call]) -> Option<Value> {
+    calls
+        .iter()
+        .rev()
+        .find(|c| {
+            c.method == "PATCH"
+                && c.path
+                    == "/apis/hosting.francetravail.fr/v1alpha1/compliancereports/offres-emploi/status"
+        })
+        .map(|c| c.body["status"].clone())
+}
+
+/// Each Event as (reason, kind of the object it is about).
+fn events_on(calls: &[Call]) -> Vec<(String, String)> {
+    calls
+        .iter()
+        .filter(|c| c.method == "POST" && c.path.contains("/events"))
+        .map(|c| {
+            (
+                c.body["reason"].as_str().unwrap_or_default().to_string(),
+                c.body["regarding"]["kind"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            )
+        })
+        .collect()
+}
+
+fn control<'a>(report: &'a Value, id: &str) -> &'a Value {
+    report["controls"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["id"] == id))
+        .unwrap_or_else(|| panic!("no control {id} in {report}"))
 }
 
 fn condition(status: &Value, type_: &str) -> (String, String) {
@@ -289,7 +399,8 @@ async fn a_tenant_with_its_finalizer_gets_every_child_applied_then_its_status() 
     h.observe_nothing();
     let t = stored_tenant();
     let action = h.reconcile(t.clone()).await.unwrap();
-    assert_eq!(action, Action::requeue(ft_operator::controller::RESYNC));
+    // Looked at again soon, to judge the children once the cluster shows them.
+    assert_eq!(action, Action::requeue(ft_operator::controller::SETTLING));
 
     let calls = h.api.writes();
     let applied = applies(&calls);
@@ -332,14 +443,19 @@ async fn a_tenant_with_its_finalizer_gets_every_child_applied_then_its_status() 
         statuses[0]["namespaces"],
         json!(["offres-emploi-prod", "offres-emploi-dev"])
     );
+    // Nothing is judged against a cluster that does not show the children yet.
+    assert_eq!(
+        condition(&statuses[0], "Compliant"),
+        ("Unknown".into(), "NotEvaluated".into())
+    );
+    assert!(report_status(&calls).is_none());
     assert_eq!(events(&calls), ["Created", "Reconciled"]);
 }
 
 #[tokio::test]
 async fn an_unchanged_tenant_costs_no_write() {
     let mut h = harness();
-    let t = settled(stored_tenant());
-    h.observe(&build(&t, &BuildSettings::default()), |_| {});
+    let t = h.settle(stored_tenant()).await;
     h.reconcile(t).await.unwrap();
     assert_eq!(h.api.writes().len(), 0, "{:?}", h.api.writes());
 }
@@ -347,16 +463,20 @@ async fn an_unchanged_tenant_costs_no_write() {
 #[tokio::test]
 async fn a_child_changed_by_hand_is_restored_and_reported() {
     let mut h = harness();
-    let t = settled(stored_tenant());
-    h.observe(&build(&t, &BuildSettings::default()), |np| {
-        if np.metadata.name.as_deref() == Some("ft-default-deny")
-            && np.metadata.namespace.as_deref() == Some("offres-emploi-prod")
-        {
-            // Someone opened the default-deny policy to everything.
-            let spec = np.spec.as_mut().unwrap();
-            spec.ingress = Some(vec![Default::default()]);
-        }
-    });
+    let t = h.settle(stored_tenant()).await;
+    let mut np = build(&t, &BuildSettings::default())
+        .network_policies
+        .into_iter()
+        .find(|np| {
+            np.metadata.name.as_deref() == Some("ft-default-deny")
+                && np.metadata.namespace.as_deref() == Some("offres-emploi-prod")
+        })
+        .unwrap();
+    // Someone opened the default-deny policy to everything.
+    np.spec.as_mut().unwrap().ingress = Some(vec![Default::default()]);
+    np.metadata.managed_fields = ours();
+    np.metadata.resource_version = Some("2".into());
+    h.observe_extra_policy(np);
     h.reconcile(t).await.unwrap();
     let calls = h.api.writes();
     assert_eq!(
@@ -367,14 +487,15 @@ async fn a_child_changed_by_hand_is_restored_and_reported() {
     );
     assert_eq!(events(&calls), ["DriftReverted"]);
     assert!(status_patches(&calls).is_empty(), "status unchanged");
+    // Repaired before it was judged: the controls wait for the repair to be seen.
+    assert!(report_status(&calls).is_none());
 }
 
 #[tokio::test]
 async fn children_no_longer_declared_are_pruned_but_look_alikes_are_not() {
     let mut h = harness();
-    let t = settled(stored_tenant());
+    let t = h.settle(stored_tenant()).await;
     let desired = build(&t, &BuildSettings::default());
-    h.observe(&desired, |_| {});
     let mut stale = desired.network_policies[0].clone();
     stale.metadata.name = Some("ft-ingress-retired".into());
     stale.metadata.managed_fields = ours();
@@ -412,7 +533,8 @@ async fn an_invalid_tenant_gets_no_child_and_a_status_naming_the_field() {
     // As if stored before the schema refused it.
     t.spec.environments[0].node_pool = None;
     let action = h.reconcile(t).await.unwrap();
-    assert_eq!(action, Action::await_change());
+    // Not retried, but looked at again within the minute to keep its report fresh.
+    assert_eq!(action, Action::requeue(ft_operator::controller::RESYNC));
 
     let calls = h.api.writes();
     assert!(applies(&calls).is_empty());
@@ -433,7 +555,7 @@ async fn an_invalid_tenant_gets_no_child_and_a_status_naming_the_field() {
 #[tokio::test]
 async fn deletion_removes_the_namespaces_before_the_finalizer() {
     let mut h = harness();
-    let mut t = settled(stored_tenant());
+    let mut t = stored_tenant();
     t.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::now()));
     h.observe(&build(&t, &BuildSettings::default()), |_| {});
 
@@ -474,7 +596,7 @@ async fn deletion_removes_the_namespaces_before_the_finalizer() {
 #[tokio::test]
 async fn deletion_with_retain_leaves_the_namespaces_and_releases_the_tenant() {
     let mut h = harness();
-    let mut t = settled(stored_tenant());
+    let mut t = stored_tenant();
     t.spec.deletion.policy = ft_operator::api::DeletionPolicy::Retain;
     t.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::now()));
     h.observe(&build(&t, &BuildSettings::default()), |_| {});
@@ -485,4 +607,129 @@ async fn deletion_with_retain_leaves_the_namespaces_and_releases_the_tenant() {
     let last = calls.iter().rev().find(|c| c.method == "PATCH").unwrap();
     assert!(last.body.to_string().contains("/metadata/finalizers/0"));
     assert_eq!(events(&calls), ["Retained"]);
+}
+
+#[tokio::test]
+async fn once_the_children_are_seen_the_report_is_written_and_the_tenant_is_compliant() {
+    let mut h = harness();
+    let t = stored_tenant();
+    h.observe(&build(&t, &BuildSettings::default()), |_| {});
+    let action = h.reconcile(t).await.unwrap();
+    assert_eq!(action, Action::requeue(ft_operator::controller::RESYNC));
+
+    let calls = h.api.writes();
+    assert!(applies(&calls).is_empty(), "{calls:?}");
+    let report = report_status(&calls).expect("report written");
+    assert_eq!(report["result"], "Compliant", "{report:#}");
+    assert_eq!(report["failing"], Value::Null);
+    assert_eq!(control(&report, "NET-1")["result"], "Pass");
+    assert_eq!(
+        control(&report, "NET-1")["rules"],
+        json!(["CLD-20", "CLD-36"])
+    );
+    assert_eq!(control(&report, "ENC-2")["result"], "Unknown");
+    assert_eq!(control(&report, "ENC-2")["reason"], "NotInThisVersion");
+    let status = tenant_status(&calls).unwrap();
+    assert_eq!(
+        condition(&status, "Compliant"),
+        ("True".into(), "ControlsPass".into())
+    );
+    assert!(events(&calls).iter().all(|e| e != "ControlFailed"));
+}
+
+fn binding(name: &str, subject: Value) -> RoleBinding {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": "offres-emploi-prod", "resourceVersion": "5"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "admin"},
+        "subjects": [subject],
+    }))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_control_that_starts_failing_is_reported_once_with_events_on_tenant_and_report() {
+    let mut h = harness();
+    let t = h.settle(stored_tenant()).await;
+    let metric = |h: &Harness| {
+        h.ctx
+            .metrics
+            .encode()
+            .lines()
+            .find(|l| l.starts_with("ft_control_result{") && l.contains("control=\"ACC-1\""))
+            .map(str::to_string)
+    };
+    assert!(metric(&h).unwrap().ends_with(" 1"));
+
+    // A right nobody declared, and one a workload needs for itself, which is allowed.
+    let undeclared = binding(
+        "mallory-admin",
+        json!({"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": "mallory@example.org"}),
+    );
+    let workload = binding(
+        "app-reader",
+        json!({"kind": "ServiceAccount", "name": "app", "namespace": "offres-emploi-prod"}),
+    );
+    h.writers
+        .role_bindings
+        .apply_watcher_event(&Event::Apply(undeclared.clone()));
+    h.writers
+        .role_bindings
+        .apply_watcher_event(&Event::Apply(workload));
+    h.reconcile(t.clone()).await.unwrap();
+
+    let calls = h.api.writes();
+    let report = report_status(&calls).expect("report rewritten");
+    assert_eq!(report["result"], "NonCompliant");
+    assert_eq!(report["failing"], "ACC-1");
+    let acc = control(&report, "ACC-1");
+    assert_eq!(acc["result"], "Fail");
+    let message = acc["message"].as_str().unwrap();
+    assert!(
+        message.contains("RoleBinding/offres-emploi-prod/mallory-admin"),
+        "{message}"
+    );
+    assert!(message.contains("User mallory@example.org"), "{message}");
+    assert!(!message.contains("app-reader"), "{message}");
+    assert_eq!(
+        events_on(&calls),
+        [
+            (
+                "ControlFailed".to_string(),
+                "FranceTravailTenant".to_string()
+            ),
+            ("ControlFailed".to_string(), "ComplianceReport".to_string()),
+        ]
+    );
+    let status = tenant_status(&calls).unwrap();
+    assert_eq!(
+        condition(&status, "Compliant"),
+        ("False".into(), "ControlsFail".into())
+    );
+    assert!(metric(&h).unwrap().ends_with(" 0"));
+
+    // The same failure seen again costs nothing and raises nothing.
+    h.store_report(&calls);
+    let mut t = t;
+    t.status = Some(serde_json::from_value(status).unwrap());
+    h.api.calls.lock().unwrap().clear();
+    h.reconcile(t.clone()).await.unwrap();
+    assert_eq!(h.api.writes().len(), 0, "{:?}", h.api.writes());
+
+    // Repaired by hand: the control holds again, and says so.
+    h.writers
+        .role_bindings
+        .apply_watcher_event(&Event::Delete(undeclared));
+    h.reconcile(t).await.unwrap();
+    let calls = h.api.writes();
+    assert_eq!(report_status(&calls).unwrap()["result"], "Compliant");
+    assert_eq!(
+        events_on(&calls),
+        [
+            (
+                "ControlPassed".to_string(),
+                "FranceTravailTenant".to_string()
+            ),
+            ("ControlPassed".to_string(), "ComplianceReport".to_string()),
+        ]
+    );
 }

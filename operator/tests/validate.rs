@@ -193,7 +193,8 @@ fn plan_prints_every_object_as_yaml_documents() {
     assert_eq!(count("NetworkPolicy"), 12);
     assert_eq!(count("ResourceQuota"), 2);
     assert_eq!(count("LimitRange"), 2);
-    assert_eq!(docs.len(), 18);
+    assert_eq!(count("ComplianceReport"), 1);
+    assert_eq!(docs.len(), 19);
 }
 
 #[test]

@@ -1,9 +1,11 @@
 //! The operator's API, group `hosting.francetravail.fr`, and the labels it puts on what it owns.
 
 mod country;
+mod report;
 mod tenant;
 
 pub use country::{Country, Standing};
+pub use report::*;
 pub use tenant::*;
 
 pub const GROUP: &str = "hosting.francetravail.fr";

@@ -1,0 +1,124 @@
+//! What the operator observes: reflector stores of its children and of the cluster facts the
+//! controls judge. `run` feeds them from watches; tests fill them by hand.
+
+use std::collections::BTreeSet;
+
+use k8s_openapi::api::core::v1::{
+    LimitRange, Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod, ResourceQuota,
+};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::rbac::v1::RoleBinding;
+use k8s_openapi::api::storage::v1::StorageClass;
+use kube::api::PartialObjectMeta;
+use kube::runtime::reflector::{self, Store, store::Writer};
+
+use crate::api::ComplianceReport;
+use crate::controls::TenantView;
+
+macro_rules! stores {
+    ($( $(#[$doc:meta])* $field:ident: $kind:ty, )*) => {
+        #[derive(Clone)]
+        pub struct Observed {
+            $( $(#[$doc])* pub $field: Store<$kind>, )*
+        }
+
+        pub struct ObservedWriters {
+            $( pub $field: Writer<$kind>, )*
+        }
+
+        /// Empty stores and their writers.
+        pub fn empty_stores() -> (Observed, ObservedWriters) {
+            $( let $field = reflector::store(); )*
+            (
+                Observed { $( $field: $field.0, )* },
+                ObservedWriters { $( $field: $field.1, )* },
+            )
+        }
+
+        impl Observed {
+            /// Waits until every store has listed once.
+            pub async fn wait_until_ready(&self) {
+                // Errors only mean the writer was dropped: the controller is shutting down.
+                let _ = futures::join!( $( self.$field.wait_until_ready(), )* );
+            }
+        }
+    };
+}
+
+stores! {
+    /// Every namespace, metadata only: their labels are all the operator sets on them.
+    namespaces: PartialObjectMeta<Namespace>,
+    /// Every NetworkPolicy: one made by hand in a tenant namespace can open a flow.
+    network_policies: NetworkPolicy,
+    /// The operator's own quotas and limit ranges.
+    resource_quotas: ResourceQuota,
+    limit_ranges: LimitRange,
+    compliance_reports: ComplianceReport,
+    /// Pods, claims and bindings of every namespace, trimmed to what the controls read.
+    pods: Pod,
+    persistent_volume_claims: PersistentVolumeClaim,
+    role_bindings: RoleBinding,
+    persistent_volumes: PersistentVolume,
+    nodes: Node,
+    storage_classes: StorageClass,
+}
+
+impl Observed {
+    /// What the cluster holds in and for the given namespaces of one tenant.
+    pub fn view(&self, namespaces: &BTreeSet<String>) -> TenantView {
+        fn within<K: kube::Resource<DynamicType = ()> + Clone + 'static>(
+            store: &Store<K>,
+            namespaces: &BTreeSet<String>,
+        ) -> Vec<std::sync::Arc<K>> {
+            store
+                .state()
+                .into_iter()
+                .filter(|o| {
+                    o.meta()
+                        .namespace
+                        .as_ref()
+                        .is_some_and(|ns| namespaces.contains(ns))
+                })
+                .collect()
+        }
+
+        let persistent_volume_claims = within(&self.persistent_volume_claims, namespaces);
+        let volume_names: BTreeSet<&str> = persistent_volume_claims
+            .iter()
+            .filter_map(|c| c.spec.as_ref()?.volume_name.as_deref())
+            .collect();
+        let persistent_volumes = self
+            .persistent_volumes
+            .state()
+            .into_iter()
+            .filter(|pv| {
+                pv.metadata
+                    .name
+                    .as_deref()
+                    .is_some_and(|n| volume_names.contains(n))
+            })
+            .collect();
+        TenantView {
+            namespaces: self
+                .namespaces
+                .state()
+                .into_iter()
+                .filter(|ns| {
+                    ns.metadata
+                        .name
+                        .as_ref()
+                        .is_some_and(|n| namespaces.contains(n))
+                })
+                .collect(),
+            network_policies: within(&self.network_policies, namespaces),
+            resource_quotas: within(&self.resource_quotas, namespaces),
+            limit_ranges: within(&self.limit_ranges, namespaces),
+            pods: within(&self.pods, namespaces),
+            persistent_volume_claims,
+            persistent_volumes,
+            role_bindings: within(&self.role_bindings, namespaces),
+            nodes: self.nodes.state(),
+            storage_classes: self.storage_classes.state(),
+        }
+    }
+}
