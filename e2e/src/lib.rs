@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use ft_operator::api::FranceTravailTenant;
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client};
@@ -161,6 +161,11 @@ pub struct Operator {
 
 impl Operator {
     pub fn start(namespace: &str, lease: &str) -> anyhow::Result<Operator> {
+        Self::start_with(namespace, lease, &[])
+    }
+
+    /// Starts `ft-operator run` with extra flags.
+    pub fn start_with(namespace: &str, lease: &str, extra: &[&str]) -> anyhow::Result<Operator> {
         let binary = operator_binary()?;
         let metrics_port = free_port()?;
         let log = std::env::temp_dir().join(format!("ft-operator-e2e-{lease}-{metrics_port}.log"));
@@ -168,6 +173,7 @@ impl Operator {
         let child = Command::new(binary)
             .args(["run", "--namespace", namespace, "--lease-name", lease])
             .args(["--metrics-address", &format!("127.0.0.1:{metrics_port}")])
+            .args(extra)
             .env("RUST_LOG", "info,ft_operator=debug")
             .stdout(Stdio::from(log_file.try_clone()?))
             .stderr(Stdio::from(log_file))
@@ -261,6 +267,71 @@ impl Drop for Operator {
     }
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A node without a kubelet: an object with the labels placement reads.
+pub fn node(name: &str, region: &str, pool: bool) -> anyhow::Result<Node> {
+    let mut labels = serde_json::json!({"topology.kubernetes.io/region": region});
+    if pool {
+        labels["node-pool.example.org/name"] = serde_json::json!("production");
+    }
+    Ok(serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "labels": labels},
+        "spec": {"providerID": format!("aws:///{region}a/{name}")},
+    }))?)
+}
+
+/// Two nodes in Paris, one of them in the example tenant's production pool, and one in
+/// Virginia, under fresh names.
+pub struct TestNodes {
+    pub pool: String,
+    pub general: String,
+    pub us: String,
+}
+
+impl TestNodes {
+    pub async fn create(client: &Client) -> anyhow::Result<Self> {
+        let nodes = Self {
+            pool: unique("e2e-fr-pool"),
+            general: unique("e2e-fr"),
+            us: unique("e2e-us"),
+        };
+        let api: Api<Node> = Api::all(client.clone());
+        for n in [
+            node(&nodes.pool, "eu-west-3", true)?,
+            node(&nodes.general, "eu-west-3", false)?,
+            node(&nodes.us, "us-east-1", false)?,
+        ] {
+            api.create(&PostParams::default(), &n).await?;
+        }
+        Ok(nodes)
+    }
+
+    pub async fn delete(&self, client: &Client) -> anyhow::Result<()> {
+        let api: Api<Node> = Api::all(client.clone());
+        for n in [&self.pool, &self.general, &self.us] {
+            api.delete(n, &Default::default()).await?;
+        }
+        Ok(())
+    }
+}
+
+/// A pod Pod Security `restricted` admits, with `extra` merged into its spec.
+pub fn restricted_pod(name: &str, extra: serde_json::Value) -> anyhow::Result<Pod> {
+    let mut pod = serde_json::json!({
+        "metadata": {"name": name},
+        "spec": {"containers": [{
+            "name": "app", "image": "registry.example.org/app:1",
+            "securityContext": {
+                "allowPrivilegeEscalation": false, "runAsNonRoot": true,
+                "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}
+            }
+        }]}
+    });
+    if let (Some(spec), serde_json::Value::Object(extra)) = (pod["spec"].as_object_mut(), extra) {
+        spec.extend(extra);
+    }
+    Ok(serde_json::from_value(pod)?)
 }

@@ -7,9 +7,12 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use ft_e2e::{Operator, cluster, ensure_namespace, example_tenant, install_crds, unique, wait_for};
+use ft_e2e::{
+    Operator, TestNodes, cluster, ensure_namespace, example_tenant, install_crds, restricted_pod,
+    unique, wait_for,
+};
 use ft_operator::api::{ComplianceReport, ControlResult, FranceTravailTenant, Verdict};
-use k8s_openapi::api::core::v1::{Event, Node, Pod};
+use k8s_openapi::api::core::v1::{Event, Pod};
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -18,18 +21,6 @@ use serde_json::{Value, json};
 
 const OPERATOR_NAMESPACE: &str = "ft-system";
 const SETTLE: Duration = Duration::from_secs(60);
-
-/// A node without a kubelet: an object with the labels placement reads.
-fn node(name: &str, region: &str, pool: bool) -> anyhow::Result<Node> {
-    let mut labels = json!({"topology.kubernetes.io/region": region});
-    if pool {
-        labels["node-pool.example.org/name"] = json!("production");
-    }
-    Ok(serde_json::from_value(json!({
-        "metadata": {"name": name, "labels": labels},
-        "spec": {"providerID": format!("aws:///{region}a/{name}")},
-    }))?)
-}
 
 /// The cluster serves velero.io/v1 Schedules, as it would with Velero installed: a stand-in
 /// CRD, since the backup engine itself is not what is tested here.
@@ -154,16 +145,8 @@ async fn kubectl_get_compliance_follows_what_breaks_and_what_is_repaired() -> an
     ensure_namespace(&client, OPERATOR_NAMESPACE).await?;
 
     // Two nodes in Paris, one of them in the production pool, and one in Virginia.
-    let nodes: Api<Node> = Api::all(client.clone());
-    let (pool_node, general_node, us_node) =
-        (unique("e2e-fr-pool"), unique("e2e-fr"), unique("e2e-us"));
-    for n in [
-        node(&pool_node, "eu-west-3", true)?,
-        node(&general_node, "eu-west-3", false)?,
-        node(&us_node, "us-east-1", false)?,
-    ] {
-        nodes.create(&PostParams::default(), &n).await?;
-    }
+    let nodes = TestNodes::create(&client).await?;
+    let us_node = nodes.us.clone();
 
     let operator = Operator::start(OPERATOR_NAMESPACE, &unique("e2e-lease"))?;
     let name = unique("e2e-cmp");
@@ -271,16 +254,7 @@ async fn kubectl_get_compliance_follows_what_breaks_and_what_is_repaired() -> an
 
     // A pod of the tenant bound to the node in the United States.
     let pods: Api<Pod> = Api::namespaced(client.clone(), &dev);
-    let pod: Pod = serde_json::from_value(json!({
-        "metadata": {"name": "stray"},
-        "spec": {"containers": [{
-            "name": "app", "image": "registry.example.org/app:1",
-            "securityContext": {
-                "allowPrivilegeEscalation": false, "runAsNonRoot": true,
-                "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}
-            }
-        }]}
-    }))?;
+    let pod = restricted_pod("stray", json!({}))?;
     pods.create(&PostParams::default(), &pod).await?;
     let binding = json!({
         "apiVersion": "v1", "kind": "Binding",
@@ -317,9 +291,7 @@ async fn kubectl_get_compliance_follows_what_breaks_and_what_is_repaired() -> an
         || async { Ok(report(&client, &name).await?.is_none().then_some(())) },
     )
     .await?;
-    for n in [&pool_node, &general_node, &us_node] {
-        nodes.delete(n, &DeleteParams::default()).await?;
-    }
+    nodes.delete(&client).await?;
     drop(operator);
     Ok(())
 }

@@ -26,6 +26,10 @@ use crate::build::Desired;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::observe::Observed;
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingAdmissionPolicy, MutatingAdmissionPolicyBinding, ValidatingAdmissionPolicy,
+    ValidatingAdmissionPolicyBinding,
+};
 
 /// A kind of child the operator applies.
 pub trait Child:
@@ -43,7 +47,14 @@ macro_rules! cluster_child {
         }
     )*};
 }
-cluster_child!(Namespace, ComplianceReport);
+cluster_child!(
+    Namespace,
+    ComplianceReport,
+    ValidatingAdmissionPolicy,
+    ValidatingAdmissionPolicyBinding,
+    MutatingAdmissionPolicy,
+    MutatingAdmissionPolicyBinding
+);
 
 fn namespaced<K>(client: Client, namespace: Option<&str>) -> Api<K>
 where
@@ -145,8 +156,41 @@ impl Applier<'_> {
             resource_quotas,
             limit_ranges,
             compliance_reports,
+            validating_admission_policies,
+            validating_admission_policy_bindings,
+            mutating_admission_policies,
+            mutating_admission_policy_bindings,
         } = desired;
         let mut report = ApplyReport::default();
+        let observed = self.observed;
+
+        // Placement admission first: bound to the namespaces by their labels, it is in place
+        // before the first pod can be created in them. Refusal before confinement, so that a
+        // pod admitted meanwhile is never unconfined.
+        self.apply_kind(
+            validating_admission_policies,
+            &observed.validating_admission_policies,
+            &mut report,
+        )
+        .await?;
+        self.apply_kind(
+            validating_admission_policy_bindings,
+            &observed.validating_admission_policy_bindings,
+            &mut report,
+        )
+        .await?;
+        self.apply_kind(
+            mutating_admission_policies,
+            &observed.mutating_admission_policies,
+            &mut report,
+        )
+        .await?;
+        self.apply_kind(
+            mutating_admission_policy_bindings,
+            &observed.mutating_admission_policy_bindings,
+            &mut report,
+        )
+        .await?;
 
         self.apply_kind(namespaces, &self.observed.namespaces, &mut report)
             .await?;
@@ -197,6 +241,31 @@ impl Applier<'_> {
         .await?;
         self.prune(namespaces, &self.observed.namespaces, &mut report)
             .await?;
+        // Bindings before their policies.
+        self.prune(
+            mutating_admission_policy_bindings,
+            &observed.mutating_admission_policy_bindings,
+            &mut report,
+        )
+        .await?;
+        self.prune(
+            mutating_admission_policies,
+            &observed.mutating_admission_policies,
+            &mut report,
+        )
+        .await?;
+        self.prune(
+            validating_admission_policy_bindings,
+            &observed.validating_admission_policy_bindings,
+            &mut report,
+        )
+        .await?;
+        self.prune(
+            validating_admission_policies,
+            &observed.validating_admission_policies,
+            &mut report,
+        )
+        .await?;
         Ok(report)
     }
 

@@ -1,7 +1,12 @@
 //! Pure builders: a validated tenant in, every object the operator wants out. No client, no
 //! clock, no I/O, so `plan` shows exactly what `run` applies and every rule is unit-tested.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingAdmissionPolicy, MutatingAdmissionPolicyBinding, ValidatingAdmissionPolicy,
+    ValidatingAdmissionPolicyBinding,
+};
 
 use k8s_openapi::api::core::v1::{
     LimitRange, LimitRangeItem, LimitRangeSpec, Namespace, ResourceQuota, ResourceQuotaSpec,
@@ -18,10 +23,12 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 
+use crate::admission::{Confinement, placement_policies};
 use crate::api::{
     ComplianceReport, Environment, FlowNature, FlowPort, FranceTravailTenant, Peer, ReportSpec,
     annotations, labels,
 };
+use crate::placement::placements;
 use crate::validate::{cidr_contains, parse_cidr};
 
 pub const DEFAULT_DENY: &str = "ft-default-deny";
@@ -54,6 +61,8 @@ pub struct BuildSettings {
     /// addresses, so these ranges are carved out of every declared block: a `cidr` flow can
     /// never reach another tenant's pods.
     pub cluster_networks: Vec<String>,
+    /// How new pods are confined: told by discovery at start-up.
+    pub confinement: Confinement,
 }
 
 /// Every object the operator wants for one tenant. `apply` destructures it field by field, so
@@ -66,6 +75,11 @@ pub struct Desired {
     pub limit_ranges: Vec<LimitRange>,
     /// The tenant's one report; its status is written by the evaluator, not here.
     pub compliance_reports: Vec<ComplianceReport>,
+    /// Placement admission, per environment (see `with_placement`).
+    pub validating_admission_policies: Vec<ValidatingAdmissionPolicy>,
+    pub validating_admission_policy_bindings: Vec<ValidatingAdmissionPolicyBinding>,
+    pub mutating_admission_policies: Vec<MutatingAdmissionPolicy>,
+    pub mutating_admission_policy_bindings: Vec<MutatingAdmissionPolicyBinding>,
 }
 
 impl Desired {
@@ -86,8 +100,16 @@ impl Desired {
             resource_quotas,
             limit_ranges,
             compliance_reports,
+            validating_admission_policies,
+            validating_admission_policy_bindings,
+            mutating_admission_policies,
+            mutating_admission_policy_bindings,
         } = self;
         let mut out = Vec::new();
+        push(&mut out, validating_admission_policies)?;
+        push(&mut out, validating_admission_policy_bindings)?;
+        push(&mut out, mutating_admission_policies)?;
+        push(&mut out, mutating_admission_policy_bindings)?;
         push(&mut out, namespaces)?;
         push(&mut out, network_policies)?;
         push(&mut out, resource_quotas)?;
@@ -119,6 +141,43 @@ pub fn build(tenant: &FranceTravailTenant, settings: &BuildSettings) -> Desired 
             .push(build_limit_range(tenant, env, &ns, &labels));
     }
     desired.compliance_reports.push(build_report(tenant));
+    desired
+}
+
+/// Adds the placement admission policies of every environment (CLD-74, CLD-25), confining
+/// pods to `regions`: the region values of the cluster's nodes in allowed countries, a cluster
+/// fact, hence apart from `build`. Owned by the tenant, so they go when it goes.
+pub fn with_placement(
+    mut desired: Desired,
+    tenant: &FranceTravailTenant,
+    regions: &BTreeSet<String>,
+    confinement: Confinement,
+) -> Desired {
+    let owner = tenant.controller_owner_ref(&()).map(|o| vec![o]);
+    for placement in placements(tenant, regions) {
+        let ns = namespace_name(&tenant.name_any(), &placement.environment);
+        let Some(env) = tenant
+            .spec
+            .environments
+            .iter()
+            .find(|e| e.name == placement.environment)
+        else {
+            continue;
+        };
+        let labels = child_labels(tenant, env);
+        let policies = placement_policies(&placement, &ns, &labels, confinement);
+        let (mut policy, mut binding) = policies.validating;
+        policy.metadata.owner_references = owner.clone();
+        binding.metadata.owner_references = owner.clone();
+        desired.validating_admission_policies.push(policy);
+        desired.validating_admission_policy_bindings.push(binding);
+        if let Some((mut policy, mut binding)) = policies.mutating {
+            policy.metadata.owner_references = owner.clone();
+            binding.metadata.owner_references = owner.clone();
+            desired.mutating_admission_policies.push(policy);
+            desired.mutating_admission_policy_bindings.push(binding);
+        }
+    }
     desired
 }
 

@@ -8,6 +8,10 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingAdmissionPolicy, MutatingAdmissionPolicyBinding, ValidatingAdmissionPolicy,
+    ValidatingAdmissionPolicyBinding,
+};
 use k8s_openapi::api::core::v1::{
     LimitRange, Namespace, Node, ObjectReference, PersistentVolume, PersistentVolumeClaim, Pod,
     PodSpec, ResourceQuota,
@@ -21,22 +25,24 @@ use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{debug, info, instrument, warn};
 
+use crate::admission::Confinement;
 use crate::api::{
     ComplianceReport, DeletionPolicy, FIELD_MANAGER, FINALIZER, FranceTravailTenant, GROUP,
     TenantStatus, labels,
 };
 use crate::apply::{AppliedMemo, Applier, ApplyReport, owned_by};
-use crate::build::{BuildSettings, build, namespace_name};
+use crate::build::{BuildSettings, build, namespace_name, with_placement};
 use crate::compliance::Compliance;
 use crate::error::{Error, Result};
 use crate::metrics::{Metrics, TenantLabels};
 use crate::observe::{Observed, empty_stores};
+use crate::placement::{PlacementIndex, allowed_regions, placements};
 use crate::status::{self, Outcome, next_status};
 use crate::validate::validate_for_cluster;
 
@@ -89,6 +95,8 @@ pub struct Context {
     pub settings: BuildSettings,
     pub index: NamespaceIndex,
     pub compliance: Compliance,
+    /// Each tenant namespace's placement, for the webhook.
+    pub placements: PlacementIndex,
     failures: Mutex<HashMap<String, u32>>,
 }
 
@@ -103,6 +111,7 @@ impl Context {
     ) -> Self {
         Self {
             compliance,
+            placements: PlacementIndex::default(),
             recorder: Recorder::new(client.clone(), reporter),
             client,
             observed,
@@ -200,8 +209,24 @@ async fn apply_tenant(tenant: &FranceTravailTenant, ctx: &Context) -> Result<Act
             .map(|e| namespace_name(&name, &e.name)),
     );
 
-    let validated =
-        validate_for_cluster(tenant, &ctx.settings).map(|()| build(tenant, &ctx.settings));
+    let validated = validate_for_cluster(tenant, &ctx.settings).map(|()| {
+        let regions = allowed_regions(
+            tenant,
+            &ctx.observed.nodes.state(),
+            &ctx.compliance.regions,
+            ctx.compliance.provider.as_deref(),
+        );
+        for placement in placements(tenant, &regions) {
+            ctx.placements
+                .set(namespace_name(&name, &placement.environment), placement);
+        }
+        with_placement(
+            build(tenant, &ctx.settings),
+            tenant,
+            &regions,
+            ctx.settings.confinement,
+        )
+    });
     let applied = match &validated {
         Err(invalid) => Err(Error::InvalidTenant(invalid.clone())),
         Ok(desired) => {
@@ -416,6 +441,9 @@ async fn cleanup(tenant: &FranceTravailTenant, ctx: &Context) -> Result<Action> 
         .await;
     }
     let forgotten = ctx.index.forget(&name);
+    for ns in &forgotten {
+        ctx.placements.remove(ns);
+    }
     ctx.memo.forget_tenant(&name, &forgotten);
     ctx.compliance.forget(&name);
     ctx.metrics.forget_tenant(
@@ -460,24 +488,41 @@ fn tenant_of(meta: &ObjectMeta, index: &NamespaceIndex) -> Option<ObjectRef<Fran
         .map(|t| ObjectRef::new(&t))
 }
 
-/// Runs the controller until `shutdown` resolves.
+/// Whether the API server serves MutatingAdmissionPolicies, by discovery, not by version.
+pub async fn discover_confinement(client: &Client) -> Confinement {
+    match client
+        .list_api_group_resources("admissionregistration.k8s.io/v1")
+        .await
+    {
+        Ok(list) => Confinement::from_resources(list.resources.iter().map(|r| r.name.as_str())),
+        Err(e) => {
+            warn!(error = %e, "cannot discover admissionregistration.k8s.io/v1; pods are confined by the webhook");
+            Confinement::Webhook
+        }
+    }
+}
+
+/// Runs the controller until `shutdown` resolves. `placements` is shared with the webhook.
 pub async fn run(
     client: Client,
     metrics: Arc<Metrics>,
     settings: BuildSettings,
     compliance: Compliance,
+    placements: PlacementIndex,
     reporter: Reporter,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let (observed, writers) = empty_stores();
-    let ctx = Arc::new(Context::new(
+    let (observed, mut writers) = empty_stores();
+    let mut ctx = Context::new(
         client.clone(),
         observed,
         metrics,
         settings,
         compliance,
         reporter,
-    ));
+    );
+    ctx.placements = placements;
+    let ctx = Arc::new(ctx);
     let ours = || watcher::Config::default().labels(labels::MANAGED_SELECTOR);
     let everything = watcher::Config::default;
 
@@ -516,6 +561,41 @@ pub async fn run(
         .reflect(writers.nodes);
     let storage_classes = watcher(Api::<StorageClass>::all(client.clone()), everything())
         .reflect(writers.storage_classes);
+    let validating_policies = watcher(
+        Api::<ValidatingAdmissionPolicy>::all(client.clone()),
+        ours(),
+    )
+    .reflect(writers.validating_admission_policies);
+    let validating_bindings = watcher(
+        Api::<ValidatingAdmissionPolicyBinding>::all(client.clone()),
+        ours(),
+    )
+    .reflect(writers.validating_admission_policy_bindings);
+    // A cluster that does not serve MutatingAdmissionPolicies has none to watch.
+    let native = ctx.settings.confinement == Confinement::Native;
+    let mutating_policies = if native {
+        watcher(Api::<MutatingAdmissionPolicy>::all(client.clone()), ours())
+            .reflect(writers.mutating_admission_policies)
+            .default_backoff()
+            .touched_objects()
+            .boxed()
+    } else {
+        mark_listed(&mut writers.mutating_admission_policies);
+        futures::stream::pending().boxed()
+    };
+    let mutating_bindings = if native {
+        watcher(
+            Api::<MutatingAdmissionPolicyBinding>::all(client.clone()),
+            ours(),
+        )
+        .reflect(writers.mutating_admission_policy_bindings)
+        .default_backoff()
+        .touched_objects()
+        .boxed()
+    } else {
+        mark_listed(&mut writers.mutating_admission_policy_bindings);
+        futures::stream::pending().boxed()
+    };
 
     let controller = Controller::new(
         Api::<FranceTravailTenant>::all(client),
@@ -543,7 +623,11 @@ pub async fn run(
             .map(|t| ObjectRef::new(&t))
     };
 
-    let (o1, o2, o3, o4, o5) = (
+    let (o1, o2, o3, o4, o5, o6, o7, o8, o9) = (
+        by_owner.clone(),
+        by_owner.clone(),
+        by_owner.clone(),
+        by_owner.clone(),
         by_owner.clone(),
         by_owner.clone(),
         by_owner.clone(),
@@ -576,6 +660,16 @@ pub async fn run(
             compliance_reports.default_backoff().touched_objects(),
             move |o| o5(o.meta()),
         )
+        .watches_stream(
+            validating_policies.default_backoff().touched_objects(),
+            move |o| o6(o.meta()),
+        )
+        .watches_stream(
+            validating_bindings.default_backoff().touched_objects(),
+            move |o| o7(o.meta()),
+        )
+        .watches_stream(mutating_policies, move |o| o8(o.meta()))
+        .watches_stream(mutating_bindings, move |o| o9(o.meta()))
         .watches_stream(pods.default_backoff().touched_objects(), move |o| {
             n1(o.metadata.namespace.as_deref())
         })
@@ -609,6 +703,15 @@ pub async fn run(
             }
         })
         .await;
+}
+
+/// A store whose kind the cluster does not serve: empty, and listed.
+fn mark_listed<K>(writer: &mut reflector::store::Writer<K>)
+where
+    K: kube::Resource<DynamicType = ()> + Clone + 'static,
+{
+    writer.apply_watcher_event(&watcher::Event::Init);
+    writer.apply_watcher_event(&watcher::Event::InitDone);
 }
 
 fn trim_meta(meta: &mut ObjectMeta) {

@@ -5,6 +5,7 @@
 //! [`apply`] (server-side apply, prune) → [`controls`] (pure evaluation) →
 //! [`status`], wired together in [`controller`].
 
+pub mod admission;
 pub mod api;
 pub mod apply;
 pub mod build;
@@ -15,11 +16,13 @@ pub mod crd;
 pub mod error;
 pub mod metrics;
 pub mod observe;
+pub mod placement;
 pub mod plan;
 pub mod regions;
 pub mod run;
 pub mod server;
 pub mod status;
 pub mod validate;
+pub mod webhook;
 
 pub use error::{Error, Result};

@@ -5,8 +5,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use ft_operator::admission::Confinement;
 use ft_operator::build::{BuildSettings, DnsEndpoint};
-use ft_operator::run::RunConfig;
+use ft_operator::run::{RunConfig, WebhookSettings};
 use ft_operator::{crd, plan};
 
 /// Enforces France Travail's hosting security rules on this cluster.
@@ -20,7 +21,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the controller against the current kubeconfig or in-cluster configuration.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print every CRD as multi-document YAML (the content of `crds/`).
     Crd {
         /// Write one file per CRD into this directory instead of printing.
@@ -63,6 +64,26 @@ struct RunArgs {
     /// providerID does not tell.
     #[arg(long, env = "FT_PROVIDER")]
     provider: Option<String>,
+    /// A region catalogue (the format of policies/regions.yaml) replacing the embedded one.
+    #[arg(long, env = "FT_REGION_CATALOGUE")]
+    region_catalogue: Option<PathBuf>,
+    /// How new tenant pods are confined to their regions: `native` (MutatingAdmissionPolicy,
+    /// Kubernetes 1.36+), `webhook` (served by the operator), or `auto` (by discovery).
+    #[arg(long, env = "FT_CONFINEMENT", value_enum, default_value = "auto")]
+    confinement: ConfinementArg,
+    /// Address of the placement webhook, when pods are confined by it.
+    #[arg(long, env = "FT_WEBHOOK_ADDRESS", default_value = "0.0.0.0:8443")]
+    webhook_address: SocketAddr,
+    /// The Service, in the operator's namespace, that sends port 443 to the webhook.
+    #[arg(
+        long,
+        env = "FT_WEBHOOK_SERVICE",
+        default_value = "ft-operator-webhook"
+    )]
+    webhook_service: String,
+    /// The webhook's full URL instead of the Service, for an operator outside the cluster.
+    #[arg(long, env = "FT_WEBHOOK_URL")]
+    webhook_url: Option<String>,
     #[command(flatten)]
     cluster: ClusterArgs,
 }
@@ -89,8 +110,17 @@ impl ClusterArgs {
                 pod_labels: self.dns_pod_labels,
             },
             cluster_networks: self.cluster_networks,
+            // Told by discovery when the operator runs; `plan` renders no admission policy.
+            confinement: Default::default(),
         }
     }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ConfinementArg {
+    Auto,
+    Native,
+    Webhook,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -126,7 +156,7 @@ fn main() -> ExitCode {
         Command::Crd { output_dir } => print_crds(output_dir),
         Command::Plan { file, cluster } => run_plan(&file, cluster.settings()),
         Command::Controls => print_controls(),
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
     }
 }
 
@@ -212,6 +242,17 @@ fn run(args: RunArgs) -> ExitCode {
         identity,
         settings: args.cluster.settings(),
         provider: args.provider,
+        region_catalogue: args.region_catalogue,
+        confinement: match args.confinement {
+            ConfinementArg::Auto => None,
+            ConfinementArg::Native => Some(Confinement::Native),
+            ConfinementArg::Webhook => Some(Confinement::Webhook),
+        },
+        webhook: WebhookSettings {
+            address: args.webhook_address,
+            service: args.webhook_service,
+            url: args.webhook_url,
+        },
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -3,6 +3,10 @@
 
 use std::collections::BTreeSet;
 
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingAdmissionPolicy, MutatingAdmissionPolicyBinding, ValidatingAdmissionPolicy,
+    ValidatingAdmissionPolicyBinding,
+};
 use k8s_openapi::api::core::v1::{
     LimitRange, Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod, ResourceQuota,
 };
@@ -54,6 +58,11 @@ stores! {
     resource_quotas: ResourceQuota,
     limit_ranges: LimitRange,
     compliance_reports: ComplianceReport,
+    /// The placement admission objects the operator made.
+    validating_admission_policies: ValidatingAdmissionPolicy,
+    validating_admission_policy_bindings: ValidatingAdmissionPolicyBinding,
+    mutating_admission_policies: MutatingAdmissionPolicy,
+    mutating_admission_policy_bindings: MutatingAdmissionPolicyBinding,
     /// Pods, claims and bindings of every namespace, trimmed to what the controls read.
     pods: Pod,
     persistent_volume_claims: PersistentVolumeClaim,
@@ -65,7 +74,23 @@ stores! {
 
 impl Observed {
     /// What the cluster holds in and for the given namespaces of one tenant.
-    pub fn view(&self, namespaces: &BTreeSet<String>) -> TenantView {
+    pub fn view(&self, tenant: &str, namespaces: &BTreeSet<String>) -> TenantView {
+        fn labelled<K: kube::Resource<DynamicType = ()> + Clone + 'static>(
+            store: &Store<K>,
+            tenant: &str,
+        ) -> Vec<std::sync::Arc<K>> {
+            store
+                .state()
+                .into_iter()
+                .filter(|o| {
+                    o.meta()
+                        .labels
+                        .as_ref()
+                        .and_then(|l| l.get(crate::api::labels::TENANT))
+                        .is_some_and(|t| t == tenant)
+                })
+                .collect()
+        }
         fn within<K: kube::Resource<DynamicType = ()> + Clone + 'static>(
             store: &Store<K>,
             namespaces: &BTreeSet<String>,
@@ -119,6 +144,16 @@ impl Observed {
             role_bindings: within(&self.role_bindings, namespaces),
             nodes: self.nodes.state(),
             storage_classes: self.storage_classes.state(),
+            validating_admission_policies: labelled(&self.validating_admission_policies, tenant),
+            validating_admission_policy_bindings: labelled(
+                &self.validating_admission_policy_bindings,
+                tenant,
+            ),
+            mutating_admission_policies: labelled(&self.mutating_admission_policies, tenant),
+            mutating_admission_policy_bindings: labelled(
+                &self.mutating_admission_policy_bindings,
+                tenant,
+            ),
         }
     }
 }

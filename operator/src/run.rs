@@ -1,25 +1,31 @@
 //! `ft-operator run`: leader election, the HTTP endpoints and the controller, with graceful
 //! shutdown on SIGTERM or Ctrl-C.
 
-use std::net::SocketAddr;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context as _;
 use futures::FutureExt;
-use kube::api::ListParams;
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::events::Reporter;
 use kube::{Api, Client};
 use kube_lease_manager::LeaseManagerBuilder;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
+use crate::admission::Confinement;
+use crate::api::FIELD_MANAGER;
 use crate::api::FranceTravailTenant;
 use crate::build::BuildSettings;
 use crate::compliance::Compliance;
 use crate::controller;
 use crate::metrics::Metrics;
+use crate::placement::PlacementIndex;
 use crate::server::{self, Health};
+use crate::webhook::{self, WebhookClient};
 
 pub struct RunConfig {
     /// The operator's own namespace: its Lease, and later its key store and records.
@@ -31,13 +37,35 @@ pub struct RunConfig {
     pub settings: BuildSettings,
     /// The cloud provider whose region codes the nodes carry, when the region alone is ambiguous.
     pub provider: Option<String>,
+    /// A region catalogue replacing the embedded one.
+    pub region_catalogue: Option<std::path::PathBuf>,
+    /// How new pods are confined; `None`: as discovery says.
+    pub confinement: Option<Confinement>,
+    pub webhook: WebhookSettings,
+}
+
+/// Where the placement webhook listens and how the API server reaches it, on clusters that do
+/// not serve MutatingAdmissionPolicies.
+pub struct WebhookSettings {
+    pub address: SocketAddr,
+    /// The Service in front of the operator, in its namespace, port 443.
+    pub service: String,
+    /// A URL instead of the Service, for an operator running outside the cluster.
+    pub url: Option<String>,
 }
 
 pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     let client = Client::try_default()
         .await
         .context("no Kubernetes API server configured (kubeconfig or in-cluster)")?;
-    let compliance = Compliance::embedded(config.provider.clone())?;
+    let regions_yaml = match &config.region_catalogue {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("reading the region catalogue {}", path.display()))?,
+        ),
+        None => None,
+    };
+    let compliance = Compliance::load(config.provider.clone(), regions_yaml.as_deref())?;
     let metrics = Arc::new(Metrics::default());
     let ready = Arc::new(AtomicBool::new(false));
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -96,22 +124,51 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
             let _ = leader_watch.wait_for(|is_leader| !*is_leader).await;
         }
         .shared();
-        let shutdown =
-            futures::future::select(Box::pin(stopped()), Box::pin(lost.clone())).map(|_| ());
+        let shutdown = futures::future::select(Box::pin(stopped()), Box::pin(lost.clone()))
+            .map(|_| ())
+            .shared();
         let reporter = Reporter {
             controller: "ft-operator".into(),
             instance: Some(config.identity.clone()),
         };
         metrics.leader.set(1);
+        let mut settings = config.settings;
+        settings.confinement = match config.confinement {
+            Some(chosen) => chosen,
+            None => controller::discover_confinement(&client).await,
+        };
+        info!(confinement = ?settings.confinement, "placement admission");
+        let placements = PlacementIndex::default();
+        let webhook = if settings.confinement == Confinement::Webhook {
+            Some(
+                start_webhook(
+                    &client,
+                    &config.namespace,
+                    &config.webhook,
+                    &placements,
+                    shutdown.clone(),
+                )
+                .await?,
+            )
+        } else {
+            None
+        };
         controller::run(
             client,
             metrics.clone(),
-            config.settings,
+            settings,
             compliance,
+            placements,
             reporter,
             shutdown,
         )
         .await;
+        if let Some(Ok(Err(e))) = match webhook {
+            Some(task) => Some(task.await),
+            None => None,
+        } {
+            error!(error = %e, "placement webhook failed");
+        }
         metrics.leader.set(0);
         lost_leadership = lost.now_or_never().is_some() && !*stop_tx.borrow();
     }
@@ -136,6 +193,56 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     info!("stopped");
     Ok(())
 }
+
+/// Serves the placement webhook with a certificate made now, and points the API server at it.
+/// The configuration fails open: a ValidatingAdmissionPolicy refuses unconfined pods anyway.
+async fn start_webhook(
+    client: &Client,
+    namespace: &str,
+    settings: &WebhookSettings,
+    placements: &PlacementIndex,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
+    let host = format!("{}.{namespace}.svc", settings.service);
+    let names = vec![host.clone(), format!("{host}.cluster.local")];
+    let addresses = [IpAddr::from([127, 0, 0, 1])];
+    let tls =
+        webhook::generate_tls(&names, &addresses).context("generating the webhook certificate")?;
+    let target = match &settings.url {
+        Some(url) => WebhookClient::Url(url.clone()),
+        None => WebhookClient::Service {
+            namespace: namespace.into(),
+            name: settings.service.clone(),
+            port: 443,
+        },
+    };
+    let configuration = webhook::mutating_webhook_configuration(
+        WEBHOOK_CONFIGURATION,
+        &tls.ca_bundle_pem,
+        target,
+        namespace,
+    );
+    let task = tokio::spawn(webhook::serve(
+        settings.address,
+        tls,
+        placements.clone(),
+        shutdown,
+    ));
+    Api::<MutatingWebhookConfiguration>::all(client.clone())
+        .patch(
+            WEBHOOK_CONFIGURATION,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&configuration),
+        )
+        .await
+        .with_context(|| {
+            format!("applying MutatingWebhookConfiguration {WEBHOOK_CONFIGURATION}")
+        })?;
+    info!(address = %settings.address, "placement webhook serving");
+    Ok(task)
+}
+
+const WEBHOOK_CONFIGURATION: &str = "ft-operator-pod-placement";
 
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();

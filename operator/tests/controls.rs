@@ -9,11 +9,12 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use ft_operator::admission::Confinement;
 use ft_operator::api::{
     ControlResult, DeletionPolicy, FIELD_MANAGER, FranceTravailTenant, ReportStatus, Verdict,
     labels,
 };
-use ft_operator::build::{BuildSettings, Desired, build};
+use ft_operator::build::{BuildSettings, Desired, build, with_placement};
 use ft_operator::controls::{
     Catalogue, ClusterFacts, EVALUATORS, Evaluation, Finding, Inputs, NOT_IN_THIS_VERSION,
     TenantView, compliant_condition, encrypts, evaluate, next_report, transitions,
@@ -162,7 +163,13 @@ impl Case {
     }
 
     fn of(tenant: FranceTravailTenant) -> Self {
-        let desired = build(&tenant, &BuildSettings::default());
+        // Placement admission confines pods to Paris, where both healthy nodes are.
+        let desired = with_placement(
+            build(&tenant, &BuildSettings::default()),
+            &tenant,
+            &BTreeSet::from(["eu-west-3".to_string()]),
+            Confinement::Native,
+        );
         let view = TenantView {
             namespaces: desired
                 .namespaces
@@ -187,6 +194,12 @@ impl Case {
             ),
             nodes: pick("nodes.yaml", &["prod-paris-1", "general-paris-1"]),
             storage_classes: objects("storage.yaml"),
+            validating_admission_policies: arcs(&desired.validating_admission_policies),
+            validating_admission_policy_bindings: arcs(
+                &desired.validating_admission_policy_bindings,
+            ),
+            mutating_admission_policies: arcs(&desired.mutating_admission_policies),
+            mutating_admission_policy_bindings: arcs(&desired.mutating_admission_policy_bindings),
         };
         let facts = ClusterFacts {
             regions: Arc::new(RegionCatalogue::embedded().expect("embedded region catalogue")),
@@ -288,7 +301,7 @@ const BASELINE: [(&str, ControlResult, &str); 18] = [
     ("SEP-1", Pass, "ProductionSeparated"),
     ("GEO-1", Pass, "InAllowedCountries"),
     ("GEO-2", Pass, "InAllowedCountries"),
-    ("GEO-3", Unknown, NOT_IN_THIS_VERSION),
+    ("GEO-3", Pass, "EnforcedAtAdmission"),
     ("ENC-1", Pass, "Encrypted"),
     ("ENC-2", Unknown, NOT_IN_THIS_VERSION),
     ("BAK-1", Unknown, NOT_IN_THIS_VERSION),
@@ -333,15 +346,15 @@ fn a_healthy_tenant_is_compliant() {
     let report = next_report(&catalogue, &evaluations, None, Some(3), &Time(case.now));
     assert_eq!(report.result, Some(Verdict::Compliant));
     // 11 of BASELINE pass, none is NotApplicable: all 18 apply.
-    assert_eq!(report.passed, "11/18");
+    assert_eq!(report.passed, "12/18");
     assert_eq!(report.failing, "");
     assert_eq!(report.observed_generation, Some(3));
     let (status, reason, message) = compliant_condition(&report);
     assert_eq!((status, reason), ("True", "ControlsPass"));
     assert_eq!(
         message,
-        "11/18 controls pass; not evaluated by this version of the operator: \
-         GEO-3, ENC-2, BAK-1, BAK-2, ACC-2, DEL-1, REV-1"
+        "12/18 controls pass; not evaluated by this version of the operator: \
+         ENC-2, BAK-1, BAK-2, ACC-2, DEL-1, REV-1"
     );
 }
 
@@ -1049,8 +1062,62 @@ fn geo2_does_not_apply_without_a_bound_claim() {
 // ---------------------------------------------------------------------------------------------
 
 #[test]
-fn geo3_is_not_in_this_version() {
-    assert_not_in_this_version(&Case::healthy().judge("GEO-3"));
+fn geo3_passes_with_the_admission_policies_of_every_environment() {
+    assert_result(&Case::healthy().judge("GEO-3"), Pass, "EnforcedAtAdmission");
+}
+
+#[test]
+fn geo3_fails_when_a_validating_binding_is_deleted() {
+    let mut case = Case::healthy();
+    remove(
+        &mut case.view.validating_admission_policy_bindings,
+        "ft-placement-offres-emploi-dev",
+    );
+    assert_fails(
+        &case.judge("GEO-3"),
+        "AdmissionPolicyMissing",
+        &["ValidatingAdmissionPolicyBinding/ft-placement-offres-emploi-dev is missing"],
+    );
+}
+
+#[test]
+fn geo3_fails_when_a_validation_is_removed_by_hand() {
+    let mut case = Case::healthy();
+    edit(
+        &mut case.view.validating_admission_policies,
+        "ft-placement-offres-emploi-prod",
+        |policy| {
+            if let Some(v) = policy.spec.as_mut().and_then(|s| s.validations.as_mut()) {
+                v.pop();
+            }
+        },
+    );
+    assert_fails(
+        &case.judge("GEO-3"),
+        "AdmissionPolicyMissing",
+        &["ValidatingAdmissionPolicy/ft-placement-offres-emploi-prod was changed by hand"],
+    );
+}
+
+#[test]
+fn geo3_fails_when_a_mutating_policy_is_missing() {
+    let mut case = Case::healthy();
+    remove(
+        &mut case.view.mutating_admission_policies,
+        "ft-placement-offres-emploi-prod",
+    );
+    assert_fails(
+        &case.judge("GEO-3"),
+        "AdmissionPolicyMissing",
+        &["MutatingAdmissionPolicy/ft-placement-offres-emploi-prod is missing"],
+    );
+}
+
+#[test]
+fn geo3_is_unknown_when_no_admission_policy_was_built() {
+    let mut case = Case::healthy();
+    case.desired = build(&case.tenant, &BuildSettings::default());
+    assert_result(&case.judge("GEO-3"), Unknown, "NotBuilt");
 }
 
 #[test]
@@ -1469,7 +1536,7 @@ fn an_invalid_spec_leaves_the_drift_controls_unknown() {
         desired: Err(why),
         ..case.inputs()
     };
-    let drift = ["CLS-1", "ISO-1", "ISO-2", "NET-1", "NET-2"];
+    let drift = ["CLS-1", "ISO-1", "ISO-2", "NET-1", "NET-2", "GEO-3"];
     for id in drift {
         let finding = judge(id, &inputs);
         assert_result(&finding, Unknown, "InvalidSpec");
@@ -1494,7 +1561,7 @@ fn an_invalid_spec_leaves_the_drift_controls_unknown() {
     assert_eq!((status, reason), ("Unknown", "ControlsUndetermined"));
     assert_eq!(
         message,
-        "could not evaluate: CLS-1, ISO-1, ISO-2, NET-1, NET-2"
+        "could not evaluate: CLS-1, ISO-1, ISO-2, NET-1, NET-2, GEO-3"
     );
 }
 

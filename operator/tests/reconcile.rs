@@ -3,12 +3,14 @@
 
 mod common;
 
+use std::collections::BTreeSet;
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 
 use common::tenant;
+use ft_operator::admission::Confinement;
 use ft_operator::api::{FINALIZER, FranceTravailTenant};
-use ft_operator::build::{BuildSettings, Desired, build};
+use ft_operator::build::{BuildSettings, Desired, build, with_placement};
 use ft_operator::compliance::Compliance;
 use ft_operator::controller::{Context, reconcile};
 use ft_operator::metrics::Metrics;
@@ -214,6 +216,26 @@ impl Harness {
         list(&mut w.persistent_volumes, std::iter::empty(), |_| {});
         list(&mut w.role_bindings, std::iter::empty(), |_| {});
         list(&mut w.storage_classes, std::iter::empty(), |_| {});
+        list(
+            &mut w.validating_admission_policies,
+            desired.validating_admission_policies.iter().cloned(),
+            |_| {},
+        );
+        list(
+            &mut w.validating_admission_policy_bindings,
+            desired.validating_admission_policy_bindings.iter().cloned(),
+            |_| {},
+        );
+        list(
+            &mut w.mutating_admission_policies,
+            desired.mutating_admission_policies.iter().cloned(),
+            |_| {},
+        );
+        list(
+            &mut w.mutating_admission_policy_bindings,
+            desired.mutating_admission_policy_bindings.iter().cloned(),
+            |_| {},
+        );
     }
 
     fn observe_nothing(&mut self) {
@@ -229,7 +251,7 @@ impl Harness {
     /// Brings the tenant to its steady state: one pass over a cluster that holds every child,
     /// whose report and tenant status are then stored as the reflectors would see them.
     async fn settle(&mut self, mut t: FranceTravailTenant) -> FranceTravailTenant {
-        let desired = build(&t, &BuildSettings::default());
+        let desired = desired(&t);
         self.observe(&desired, |_| {});
         self.reconcile(t.clone()).await.unwrap();
         let calls = self.api.writes();
@@ -243,13 +265,23 @@ impl Harness {
     fn store_report(&mut self, calls: &[Call]) {
         let status = report_status(calls).expect("a report status was written");
         let t = stored_tenant();
-        let mut report = build(&t, &BuildSettings::default()).compliance_reports[0].clone();
+        let mut report = desired(&t).compliance_reports[0].clone();
         report.status = Some(serde_json::from_value(status).unwrap());
         report.metadata.resource_version = Some("1000".into());
         self.writers
             .compliance_reports
             .apply_watcher_event(&Event::Apply(report));
     }
+}
+
+/// What the operator applies for `t` on the harness's cluster, whose nodes are all in Paris.
+fn desired(t: &FranceTravailTenant) -> Desired {
+    with_placement(
+        build(t, &BuildSettings::default()),
+        t,
+        &BTreeSet::from(["eu-west-3".to_string()]),
+        Confinement::Native,
+    )
 }
 
 fn node(name: &str, extra: &[(&str, &str)]) -> Node {
@@ -404,10 +436,31 @@ async fn a_tenant_with_its_finalizer_gets_every_child_applied_then_its_status() 
 
     let calls = h.api.writes();
     let applied = applies(&calls);
-    let desired = build(&t, &BuildSettings::default());
+    let desired = desired(&t);
     assert_eq!(applied.len(), desired.to_values().unwrap().len());
-    assert_eq!(applied[0], "/api/v1/namespaces/offres-emploi-prod");
-    assert_eq!(applied[1], "/api/v1/namespaces/offres-emploi-dev");
+    // Placement admission is in place before the namespaces exist: no pod can slip in between.
+    let at = |path: &str| applied.iter().position(|a| a == path).unwrap();
+    let first_namespace = at("/api/v1/namespaces/offres-emploi-prod");
+    assert_eq!(
+        applied[first_namespace + 1],
+        "/api/v1/namespaces/offres-emploi-dev"
+    );
+    for env in ["prod", "dev"] {
+        for kind in [
+            "validatingadmissionpolicies",
+            "validatingadmissionpolicybindings",
+            "mutatingadmissionpolicies",
+            "mutatingadmissionpolicybindings",
+        ] {
+            let path = format!(
+                "/apis/admissionregistration.k8s.io/v1/{kind}/ft-placement-offres-emploi-{env}"
+            );
+            assert!(
+                at(&path) < first_namespace,
+                "{path} applied after the namespaces"
+            );
+        }
+    }
     assert!(applied.contains(&"/apis/networking.k8s.io/v1/namespaces/offres-emploi-prod/networkpolicies/ft-default-deny".to_string()));
     assert!(
         applied
@@ -464,7 +517,7 @@ async fn an_unchanged_tenant_costs_no_write() {
 async fn a_child_changed_by_hand_is_restored_and_reported() {
     let mut h = harness();
     let t = h.settle(stored_tenant()).await;
-    let mut np = build(&t, &BuildSettings::default())
+    let mut np = desired(&t)
         .network_policies
         .into_iter()
         .find(|np| {
@@ -495,7 +548,7 @@ async fn a_child_changed_by_hand_is_restored_and_reported() {
 async fn children_no_longer_declared_are_pruned_but_look_alikes_are_not() {
     let mut h = harness();
     let t = h.settle(stored_tenant()).await;
-    let desired = build(&t, &BuildSettings::default());
+    let desired = desired(&t);
     let mut stale = desired.network_policies[0].clone();
     stale.metadata.name = Some("ft-ingress-retired".into());
     stale.metadata.managed_fields = ours();
@@ -557,7 +610,7 @@ async fn deletion_removes_the_namespaces_before_the_finalizer() {
     let mut h = harness();
     let mut t = stored_tenant();
     t.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::now()));
-    h.observe(&build(&t, &BuildSettings::default()), |_| {});
+    h.observe(&desired(&t), |_| {});
 
     let pending = h.reconcile(t.clone()).await;
     assert_eq!(pending.unwrap_err().category(), "cleanup_pending");
@@ -599,7 +652,7 @@ async fn deletion_with_retain_leaves_the_namespaces_and_releases_the_tenant() {
     let mut t = stored_tenant();
     t.spec.deletion.policy = ft_operator::api::DeletionPolicy::Retain;
     t.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::now()));
-    h.observe(&build(&t, &BuildSettings::default()), |_| {});
+    h.observe(&desired(&t), |_| {});
 
     h.reconcile(t).await.unwrap();
     let calls = h.api.writes();
@@ -613,7 +666,7 @@ async fn deletion_with_retain_leaves_the_namespaces_and_releases_the_tenant() {
 async fn once_the_children_are_seen_the_report_is_written_and_the_tenant_is_compliant() {
     let mut h = harness();
     let t = stored_tenant();
-    h.observe(&build(&t, &BuildSettings::default()), |_| {});
+    h.observe(&desired(&t), |_| {});
     let action = h.reconcile(t).await.unwrap();
     assert_eq!(action, Action::requeue(ft_operator::controller::RESYNC));
 

@@ -6,6 +6,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingAdmissionPolicy, MutatingAdmissionPolicyBinding, ValidatingAdmissionPolicy,
+    ValidatingAdmissionPolicyBinding,
+};
 use k8s_openapi::api::core::v1::{
     LimitRange, Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod, ResourceQuota,
 };
@@ -52,6 +56,11 @@ pub struct TenantView {
     pub nodes: Vec<Arc<Node>>,
     /// Every StorageClass of the cluster.
     pub storage_classes: Vec<Arc<StorageClass>>,
+    /// The tenant's placement admission objects.
+    pub validating_admission_policies: Vec<Arc<ValidatingAdmissionPolicy>>,
+    pub validating_admission_policy_bindings: Vec<Arc<ValidatingAdmissionPolicyBinding>>,
+    pub mutating_admission_policies: Vec<Arc<MutatingAdmissionPolicy>>,
+    pub mutating_admission_policy_bindings: Vec<Arc<MutatingAdmissionPolicyBinding>>,
 }
 
 /// Facts about the cluster as a whole.
@@ -682,8 +691,73 @@ fn volumes_in_allowed_countries(inputs: &Inputs) -> Finding {
     )
 }
 
-fn placement_admission(_: &Inputs) -> Finding {
-    not_in_this_version("Pinning pods to allowed regions at admission")
+/// Whether an admission object lacks what was built, or narrows what it applies to: the API
+/// server fills in defaults, so only the selectors and conditions are compared both ways. A
+/// validation removed, or a selector added by hand that unbinds the namespace, both count.
+fn spec_mismatch<K: Serialize>(want: &K, have: &K) -> bool {
+    let (Ok(want), Ok(have)) = (serde_json::to_value(want), serde_json::to_value(have)) else {
+        return true;
+    };
+    let scope = |v: &Value| {
+        let spec = &v["spec"];
+        json!({
+            "bindingNamespaces": spec["matchResources"]["namespaceSelector"],
+            "bindingObjects": spec["matchResources"]["objectSelector"],
+            "policyNamespaces": spec["matchConstraints"]["namespaceSelector"],
+            "policyObjects": spec["matchConstraints"]["objectSelector"],
+            "conditions": spec["matchConditions"],
+        })
+    };
+    let spec = |v: &Value| json!({ "spec": v["spec"] });
+    differs(&spec(&want), &spec(&have)) || differs(&scope(&have), &scope(&want))
+}
+
+fn placement_admission(inputs: &Inputs) -> Finding {
+    let desired = match built(inputs) {
+        Ok(d) => d,
+        Err(f) => return f,
+    };
+    if desired.validating_admission_policies.is_empty() {
+        return finding(
+            ControlResult::Unknown,
+            "NotBuilt",
+            "no placement admission policy was built for the tenant",
+        );
+    }
+    let observed = inputs.observed;
+    let mut problems = drift(
+        &desired.validating_admission_policies,
+        &observed.validating_admission_policies,
+        spec_mismatch,
+    );
+    problems.extend(drift(
+        &desired.validating_admission_policy_bindings,
+        &observed.validating_admission_policy_bindings,
+        spec_mismatch,
+    ));
+    problems.extend(drift(
+        &desired.mutating_admission_policies,
+        &observed.mutating_admission_policies,
+        spec_mismatch,
+    ));
+    problems.extend(drift(
+        &desired.mutating_admission_policy_bindings,
+        &observed.mutating_admission_policy_bindings,
+        spec_mismatch,
+    ));
+    let confined = if desired.mutating_admission_policies.is_empty() {
+        "confined by the operator's webhook"
+    } else {
+        "confined by a MutatingAdmissionPolicy"
+    };
+    judge(
+        problems,
+        "AdmissionPolicyMissing",
+        "EnforcedAtAdmission",
+        format!(
+            "new pods of each environment are {confined} and refused by a ValidatingAdmissionPolicy if they could leave the allowed regions"
+        ),
+    )
 }
 
 /// Whether a StorageClass turns encryption on, by the parameters of the common drivers:

@@ -1,0 +1,493 @@
+//! The mutating admission webhook the operator serves itself on clusters without
+//! MutatingAdmissionPolicy (before Kubernetes 1.36): it confines each pod created in a tenant
+//! namespace to the nodes its placement allows (CLD-74, CLD-25).
+//!
+//! It only patches, and refuses only a pod no node could take. The ValidatingAdmissionPolicy is
+//! the fail-closed backstop, so the webhook is registered with `failurePolicy: Ignore`: an
+//! operator that is down or answers badly never blocks the cluster.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, ServiceReference,
+    WebhookClientConfig,
+};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+    LabelSelector, LabelSelectorRequirement, ObjectMeta,
+};
+use kube::core::DynamicObject;
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose, SanType,
+};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+use tokio_rustls::rustls::{self, ServerConfig};
+use tokio_rustls::server::TlsStream;
+use tracing::{debug, info, warn};
+
+use crate::api::labels::{MANAGED_BY, MANAGED_BY_VALUE, TENANT};
+use crate::placement::PlacementIndex;
+
+/// The path the API server posts pod AdmissionReviews to.
+pub const MUTATE_PODS_PATH: &str = "/mutate-pods";
+
+/// The webhook's name in its configuration (the API server wants a fully qualified name).
+pub const WEBHOOK_NAME: &str = "pod-placement.hosting.francetravail.fr";
+
+/// Namespaces the webhook never sees, whatever their labels, besides the operator's own.
+const SYSTEM_NAMESPACES: [&str; 3] = ["kube-system", "kube-public", "kube-node-lease"];
+
+/// A client that does not finish its handshake in this time is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    #[error("the webhook certificate needs at least one DNS name or IP address")]
+    NoSubjectName,
+
+    #[error("cannot generate the webhook certificates: {0}")]
+    Certificate(#[from] rcgen::Error),
+
+    #[error("cannot set up TLS for the webhook: {0}")]
+    Tls(#[from] rustls::Error),
+
+    #[error("the request body is not an AdmissionReview: {0}")]
+    UnreadableReview(#[source] serde_json::Error),
+}
+
+// ---------------------------------------------------------------------------------------------
+// Admission
+
+/// Answers a pod AdmissionReview: a pod created in a tenant namespace is confined to its
+/// placement by a JSON patch, or refused when no node of the cluster is in an allowed region.
+/// Anything else is allowed untouched. A review without a request gets an invalid response
+/// (no uid), which the API server counts as a failed call, ignored by the failure policy.
+pub fn review(
+    review: AdmissionReview<Pod>,
+    placements: &PlacementIndex,
+) -> AdmissionReview<DynamicObject> {
+    // kube implements TryInto (not TryFrom) for this conversion.
+    let request: Result<AdmissionRequest<Pod>, _> = review.try_into();
+    match request {
+        Ok(request) => respond(&request, placements).into_review(),
+        Err(error) => AdmissionResponse::invalid(error).into_review(),
+    }
+}
+
+/// [`review`] from the raw request body. A readable review whose object is not a readable Pod
+/// (another kind, or a pod this build cannot parse) is allowed untouched: the
+/// ValidatingAdmissionPolicy judges it. Err when the body is not an AdmissionReview at all.
+pub fn review_body(
+    body: &[u8],
+    placements: &PlacementIndex,
+) -> Result<AdmissionReview<DynamicObject>, WebhookError> {
+    let pod_error = match serde_json::from_slice::<AdmissionReview<Pod>>(body) {
+        Ok(pod_review) => return Ok(review(pod_review, placements)),
+        Err(error) => error,
+    };
+    let dynamic: AdmissionReview<DynamicObject> =
+        serde_json::from_slice(body).map_err(WebhookError::UnreadableReview)?;
+    let request: Result<AdmissionRequest<DynamicObject>, _> = dynamic.try_into();
+    let Ok(request) = request else {
+        return Ok(AdmissionResponse::invalid("the AdmissionReview has no request").into_review());
+    };
+    if is_pod_create(&request) {
+        warn!(
+            uid = %request.uid,
+            namespace = request.namespace.as_deref().unwrap_or_default(),
+            error = %pod_error,
+            "cannot read the pod of an admission request; left to the ValidatingAdmissionPolicy"
+        );
+    }
+    Ok(AdmissionResponse::from(&request).into_review())
+}
+
+fn is_pod_create<T: kube::Resource>(request: &AdmissionRequest<T>) -> bool {
+    request.operation == Operation::Create
+        && request.kind.group.is_empty()
+        && request.kind.kind == "Pod"
+        && request.sub_resource.is_none()
+}
+
+fn respond(request: &AdmissionRequest<Pod>, placements: &PlacementIndex) -> AdmissionResponse {
+    let allowed = AdmissionResponse::from(request);
+    if !is_pod_create(request) {
+        return allowed;
+    }
+    // The request's namespace, not the pod's: a created pod often carries none yet.
+    let (Some(namespace), Some(pod)) = (request.namespace.as_deref(), request.object.as_ref())
+    else {
+        return allowed;
+    };
+    let Some(placement) = placements.get(namespace) else {
+        return allowed;
+    };
+    let pod_name = pod
+        .metadata
+        .name
+        .as_deref()
+        .or(pod.metadata.generate_name.as_deref())
+        .unwrap_or_default();
+    if placement.regions.is_empty() {
+        let reason = format!(
+            "no node of the cluster is in a region tenant {} allows (CLD-74)",
+            placement.tenant
+        );
+        info!(namespace, pod = pod_name, %reason, "pod refused");
+        let mut denied = allowed.deny(reason);
+        denied.result.code = StatusCode::FORBIDDEN.as_u16();
+        denied.result.reason = "Forbidden".into();
+        return denied;
+    }
+    let operations = placement.patch(pod);
+    if operations.is_empty() {
+        return allowed;
+    }
+    // The webhook never refuses for its own failures: the ValidatingAdmissionPolicy will.
+    let patched = serde_json::from_value::<json_patch::Patch>(serde_json::Value::Array(operations))
+        .map_err(|e| e.to_string())
+        .and_then(|patch| allowed.clone().with_patch(patch).map_err(|e| e.to_string()));
+    match patched {
+        Ok(mut response) => {
+            let confined_to = placement.describe();
+            debug!(namespace, pod = pod_name, %confined_to, "pod confined");
+            // Keeps in the audit log what the webhook changed and why.
+            response
+                .audit_annotations
+                .insert("confined-to".into(), confined_to);
+            response
+        }
+        Err(error) => {
+            warn!(namespace, pod = pod_name, %error, "cannot build the placement patch");
+            allowed
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Certificates
+
+/// The webhook's TLS material, made in memory at start-up: a fresh CA, whose key is dropped once
+/// it signed the serving certificate, and that certificate with its key. Neither key is ever
+/// written anywhere; Debug redacts them.
+#[derive(Clone)]
+pub struct WebhookTls {
+    /// The CA certificate, PEM: the webhook configuration's `caBundle`.
+    pub ca_bundle_pem: String,
+    /// The serving certificate, PEM.
+    pub certificate_pem: String,
+    server_config: Arc<ServerConfig>,
+}
+
+impl fmt::Debug for WebhookTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WebhookTls")
+            .field("ca_bundle_pem", &self.ca_bundle_pem)
+            .field("certificate_pem", &self.certificate_pem)
+            .field("key", &"<redacted>")
+            .finish()
+    }
+}
+
+/// A self-signed CA and a serving certificate it signs for `dns_names` and `ip_addresses`.
+pub fn generate_tls(
+    dns_names: &[String],
+    ip_addresses: &[IpAddr],
+) -> Result<WebhookTls, WebhookError> {
+    let Some(common_name) = dns_names
+        .first()
+        .cloned()
+        .or_else(|| ip_addresses.first().map(IpAddr::to_string))
+    else {
+        return Err(WebhookError::NoSubjectName);
+    };
+    // Made afresh at every start and never stored, so the validity only has to outlast the
+    // process, generously: an expired certificate would silently turn the webhook off. Starts
+    // an hour back for clocks that lag.
+    let now = time::OffsetDateTime::now_utc();
+    let not_before = now - time::Duration::hours(1);
+    let not_after = now + time::Duration::days(5 * 365);
+
+    let mut ca_params = CertificateParams::default();
+    ca_params.distinguished_name = rcgen::DistinguishedName::new();
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "ft-operator webhook CA");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+    ca_params.not_before = not_before;
+    ca_params.not_after = not_after;
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate()?)?;
+
+    let mut params = CertificateParams::new(dns_names.to_vec())?;
+    params
+        .subject_alt_names
+        .extend(ip_addresses.iter().copied().map(SanType::IpAddress));
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    params.use_authority_key_identifier_extension = true;
+    params.not_before = not_before;
+    params.not_after = not_after;
+    let key = KeyPair::generate()?;
+    let certificate = params.signed_by(&key, &ca)?;
+
+    // ring explicitly: the process-wide default provider may be unset, or ambiguous.
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut server_config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![certificate.der().clone()],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        )?;
+    // The router speaks HTTP/1.1 only; say so, so the API server does not try h2.
+    server_config.alpn_protocols = vec![b"http/1.1".to_vec()];
+
+    Ok(WebhookTls {
+        ca_bundle_pem: ca.pem(),
+        certificate_pem: certificate.pem(),
+        server_config: Arc::new(server_config),
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Server
+
+/// `POST /mutate-pods`, over plain HTTP: [`serve_on`] adds the TLS.
+pub fn router(placements: PlacementIndex) -> Router {
+    Router::new()
+        .route(MUTATE_PODS_PATH, post(mutate_pods))
+        .with_state(placements)
+}
+
+async fn mutate_pods(State(placements): State<PlacementIndex>, body: Bytes) -> Response {
+    let (status, answer) = match review_body(&body, &placements) {
+        Ok(answer) => (StatusCode::OK, answer),
+        Err(error) => {
+            warn!(%error, "unreadable admission request");
+            (
+                StatusCode::BAD_REQUEST,
+                AdmissionResponse::invalid(error).into_review(),
+            )
+        }
+    };
+    match serde_json::to_vec(&answer) {
+        Ok(json) => (status, [(header::CONTENT_TYPE, "application/json")], json).into_response(),
+        Err(error) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot encode the AdmissionReview: {error}"),
+        )
+            .into_response(),
+    }
+}
+
+/// Binds the webhook's port; port 0 picks a free one, returned with the listener.
+pub async fn bind(address: SocketAddr) -> io::Result<(TcpListener, SocketAddr)> {
+    let listener = TcpListener::bind(address).await?;
+    let local = listener.local_addr()?;
+    Ok((listener, local))
+}
+
+/// Serves the webhook over HTTPS on `address` until `shutdown` resolves, then lets the
+/// requests in flight finish.
+pub async fn serve(
+    address: SocketAddr,
+    tls: WebhookTls,
+    placements: PlacementIndex,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    let (listener, _) = bind(address).await?;
+    serve_on(listener, tls, placements, shutdown).await
+}
+
+/// [`serve`] on a listener already bound by [`bind`].
+pub async fn serve_on(
+    listener: TcpListener,
+    tls: WebhookTls,
+    placements: PlacementIndex,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    let address = listener.local_addr()?;
+    let listener = TlsListener {
+        tcp: listener,
+        acceptor: TlsAcceptor::from(tls.server_config),
+        handshakes: JoinSet::new(),
+    };
+    info!(%address, path = MUTATE_PODS_PATH, "serving the pod placement webhook");
+    axum::serve(listener, router(placements))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Hands axum connections whose TLS handshake is done. Handshakes run concurrently, so a slow
+/// or idle client does not hold up the others; they are aborted with the listener.
+struct TlsListener {
+    tcp: TcpListener,
+    acceptor: TlsAcceptor,
+    handshakes: JoinSet<Option<(TlsStream<TcpStream>, SocketAddr)>>,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            // Both branches are cancel-safe: axum drops this future on shutdown.
+            tokio::select! {
+                // axum's own accept logs and retries on errors.
+                (stream, peer) = axum::serve::Listener::accept(&mut self.tcp) => {
+                    self.handshakes.spawn(handshake(self.acceptor.clone(), stream, peer));
+                }
+                Some(done) = self.handshakes.join_next() => {
+                    if let Ok(Some(connection)) = done {
+                        return connection;
+                    }
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        self.tcp.local_addr()
+    }
+}
+
+async fn handshake(
+    acceptor: TlsAcceptor,
+    stream: TcpStream,
+    peer: SocketAddr,
+) -> Option<(TlsStream<TcpStream>, SocketAddr)> {
+    // Debug only: TCP probes and scanners fail here routinely.
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => Some((tls, peer)),
+        Ok(Err(error)) => {
+            debug!(%peer, %error, "webhook TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            debug!(%peer, "webhook TLS handshake timed out");
+            None
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Registration
+
+/// How the API server reaches the webhook.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WebhookClient {
+    /// The operator's Service in the cluster; the path is [`MUTATE_PODS_PATH`].
+    Service {
+        namespace: String,
+        name: String,
+        port: i32,
+    },
+    /// A complete URL, path included, for an operator outside the cluster.
+    Url(String),
+}
+
+/// The MutatingWebhookConfiguration that sends pod creations in tenant namespaces to the
+/// webhook. `failurePolicy: Ignore`: the ValidatingAdmissionPolicy refuses unconfined pods when
+/// the operator is down, so the webhook never blocks the cluster. System namespaces and the
+/// operator's own are excluded by name, whatever labels they carry.
+pub fn mutating_webhook_configuration(
+    name: &str,
+    ca_bundle_pem: &str,
+    client: WebhookClient,
+    operator_namespace: &str,
+) -> MutatingWebhookConfiguration {
+    let (service, url) = match client {
+        WebhookClient::Service {
+            namespace,
+            name,
+            port,
+        } => (
+            Some(ServiceReference {
+                namespace,
+                name,
+                port: Some(port),
+                path: Some(MUTATE_PODS_PATH.into()),
+            }),
+            None,
+        ),
+        WebhookClient::Url(url) => (None, Some(url)),
+    };
+    let mut excluded: Vec<String> = SYSTEM_NAMESPACES.iter().map(|n| n.to_string()).collect();
+    if !excluded.iter().any(|n| n == operator_namespace) {
+        excluded.push(operator_namespace.into());
+    }
+    MutatingWebhookConfiguration {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            labels: Some(BTreeMap::from([(
+                MANAGED_BY.to_string(),
+                MANAGED_BY_VALUE.to_string(),
+            )])),
+            ..Default::default()
+        },
+        webhooks: Some(vec![MutatingWebhook {
+            name: WEBHOOK_NAME.into(),
+            admission_review_versions: vec!["v1".into()],
+            client_config: WebhookClientConfig {
+                // ByteString serialises as base64, as caBundle wants.
+                ca_bundle: Some(ByteString(ca_bundle_pem.as_bytes().to_vec())),
+                service,
+                url,
+            },
+            failure_policy: Some("Ignore".into()),
+            match_policy: Some("Equivalent".into()),
+            namespace_selector: Some(LabelSelector {
+                match_expressions: Some(vec![
+                    LabelSelectorRequirement {
+                        key: TENANT.into(),
+                        operator: "Exists".into(),
+                        values: None,
+                    },
+                    LabelSelectorRequirement {
+                        key: "kubernetes.io/metadata.name".into(),
+                        operator: "NotIn".into(),
+                        values: Some(excluded),
+                    },
+                ]),
+                match_labels: None,
+            }),
+            // Another webhook may add or replace the affinity after ours.
+            reinvocation_policy: Some("IfNeeded".into()),
+            rules: Some(vec![RuleWithOperations {
+                api_groups: Some(vec![String::new()]),
+                api_versions: Some(vec!["v1".into()]),
+                operations: Some(vec!["CREATE".into()]),
+                resources: Some(vec!["pods".into()]),
+                scope: Some("Namespaced".into()),
+            }]),
+            side_effects: "None".into(),
+            timeout_seconds: Some(5),
+            ..Default::default()
+        }]),
+    }
+}
