@@ -154,7 +154,7 @@ pub fn operator_binary() -> anyhow::Result<PathBuf> {
 
 /// A running `ft-operator run`, killed when dropped; its log is printed if a test fails.
 pub struct Operator {
-    child: Child,
+    pub child: Child,
     pub metrics_port: u16,
     log: PathBuf,
 }
@@ -334,4 +334,42 @@ pub fn restricted_pod(name: &str, extra: serde_json::Value) -> anyhow::Result<Po
         spec.extend(extra);
     }
     Ok(serde_json::from_value(pod)?)
+}
+
+/// The cluster serves velero.io/v1 Schedules, as it would with Velero installed: a stand-in
+/// CRD, since the backup engine itself is not what is tested here.
+pub async fn serve_velero_schedules(client: &Client) -> anyhow::Result<()> {
+    let crd: CustomResourceDefinition = serde_json::from_value(serde_json::json!({
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": "schedules.velero.io"},
+        "spec": {
+            "group": "velero.io",
+            "scope": "Namespaced",
+            "names": {"plural": "schedules", "singular": "schedule", "kind": "Schedule"},
+            "versions": [{
+                "name": "v1", "served": true, "storage": true,
+                "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}
+            }]
+        }
+    }))?;
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    api.patch(
+        "schedules.velero.io",
+        &PatchParams::apply("ft-e2e").force(),
+        &Patch::Apply(&crd),
+    )
+    .await?;
+    wait_for(
+        "velero.io/v1 to be served",
+        Duration::from_secs(60),
+        || async {
+            Ok(client
+                .list_api_group_resources("velero.io/v1")
+                .await
+                .ok()
+                .map(|_| ()))
+        },
+    )
+    .await
 }

@@ -9,52 +9,17 @@ use std::time::Duration;
 use anyhow::Context as _;
 use ft_e2e::{
     Operator, TestNodes, cluster, ensure_namespace, example_tenant, install_crds, restricted_pod,
-    unique, wait_for,
+    serve_velero_schedules, unique, wait_for,
 };
 use ft_operator::api::{ComplianceReport, ControlResult, FranceTravailTenant, Verdict};
 use k8s_openapi::api::core::v1::{Event, Pod};
 use k8s_openapi::api::rbac::v1::RoleBinding;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
 
 const OPERATOR_NAMESPACE: &str = "ft-system";
 const SETTLE: Duration = Duration::from_secs(60);
-
-/// The cluster serves velero.io/v1 Schedules, as it would with Velero installed: a stand-in
-/// CRD, since the backup engine itself is not what is tested here.
-async fn serve_velero_schedules(client: &Client) -> anyhow::Result<()> {
-    let crd: CustomResourceDefinition = serde_json::from_value(json!({
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {"name": "schedules.velero.io"},
-        "spec": {
-            "group": "velero.io",
-            "scope": "Namespaced",
-            "names": {"plural": "schedules", "singular": "schedule", "kind": "Schedule"},
-            "versions": [{
-                "name": "v1", "served": true, "storage": true,
-                "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}
-            }]
-        }
-    }))?;
-    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    api.patch(
-        "schedules.velero.io",
-        &PatchParams::apply("ft-e2e").force(),
-        &Patch::Apply(&crd),
-    )
-    .await?;
-    wait_for("velero.io/v1 to be served", SETTLE, || async {
-        Ok(client
-            .list_api_group_resources("velero.io/v1")
-            .await
-            .ok()
-            .map(|_| ()))
-    })
-    .await
-}
 
 async fn report(client: &Client, name: &str) -> anyhow::Result<Option<ComplianceReport>> {
     Ok(Api::<ComplianceReport>::all(client.clone())

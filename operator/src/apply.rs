@@ -81,12 +81,18 @@ pub struct ApplyReport {
     /// Children that existed but differed: edited by hand, or an older version of the spec.
     pub restored: Vec<String>,
     pub pruned: Vec<String>,
+    /// Desired children the reflectors have not shown yet.
+    pub unseen: usize,
 }
 
 impl ApplyReport {
-    /// Nothing was written: the cluster already held what was desired.
+    /// Nothing was written and the reflectors show every child: what they hold is the cluster
+    /// as it is, fit to be judged.
     pub fn is_quiet(&self) -> bool {
-        self.created.is_empty() && self.restored.is_empty() && self.pruned.is_empty()
+        self.created.is_empty()
+            && self.restored.is_empty()
+            && self.pruned.is_empty()
+            && self.unseen == 0
     }
 }
 
@@ -295,6 +301,9 @@ impl Applier<'_> {
                 .map(|o| (serde_json::to_value(&*o).ok(), o.resource_version()));
             // Applied before but gone from the cluster means deleted by hand, not new.
             let applied_before = self.memo.knows(&key);
+            if found.is_none() {
+                report.unseen += 1;
+            }
             if found.is_none() && applied_before {
                 // Written by a previous pass, not yet seen by the reflector: ask the server.
                 found = api

@@ -49,9 +49,9 @@ use crate::validate::validate_for_cluster;
 /// How often a tenant is re-checked when nothing happens: its report is never older.
 pub const RESYNC: Duration = Duration::from_secs(60);
 
-/// How soon a tenant is looked at again after a pass that wrote children, in case the watch
-/// events of those writes are slow to come.
-pub const SETTLING: Duration = Duration::from_secs(2);
+/// How soon a tenant is looked at again after a pass that wrote children or did not see them
+/// all in the reflectors, in case the watch events that would wake it are slow to come.
+pub const SETTLING: Duration = Duration::from_secs(1);
 
 /// Maps a namespace to the tenant that owns it, so a child whose labels were removed by hand
 /// still wakes its tenant.
@@ -532,14 +532,19 @@ pub async fn run(
         Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
         everything(),
     )
+    .modify(|o| managers_only(o.meta_mut()))
     .reflect(writers.namespaces);
     let network_policies = watcher(Api::<NetworkPolicy>::all(client.clone()), everything())
+        .modify(|o| managers_only(o.meta_mut()))
         .reflect(writers.network_policies);
-    let resource_quotas =
-        watcher(Api::<ResourceQuota>::all(client.clone()), ours()).reflect(writers.resource_quotas);
-    let limit_ranges =
-        watcher(Api::<LimitRange>::all(client.clone()), ours()).reflect(writers.limit_ranges);
+    let resource_quotas = watcher(Api::<ResourceQuota>::all(client.clone()), ours())
+        .modify(|o| managers_only(o.meta_mut()))
+        .reflect(writers.resource_quotas);
+    let limit_ranges = watcher(Api::<LimitRange>::all(client.clone()), ours())
+        .modify(|o| managers_only(o.meta_mut()))
+        .reflect(writers.limit_ranges);
     let compliance_reports = watcher(Api::<ComplianceReport>::all(client.clone()), ours())
+        .modify(|o| managers_only(o.meta_mut()))
         .reflect(writers.compliance_reports);
     // What the controls judge, trimmed before it is stored: a cluster may hold many pods.
     let pods = watcher(Api::<Pod>::all(client.clone()), everything())
@@ -552,6 +557,7 @@ pub async fn run(
     .modify(|o| trim_meta(&mut o.metadata))
     .reflect(writers.persistent_volume_claims);
     let role_bindings = watcher(Api::<RoleBinding>::all(client.clone()), everything())
+        .modify(|o| managers_only(o.meta_mut()))
         .reflect(writers.role_bindings);
     let volumes = watcher(Api::<PersistentVolume>::all(client.clone()), everything())
         .modify(|o| trim_meta(&mut o.metadata))
@@ -565,16 +571,19 @@ pub async fn run(
         Api::<ValidatingAdmissionPolicy>::all(client.clone()),
         ours(),
     )
+    .modify(|o| managers_only(o.meta_mut()))
     .reflect(writers.validating_admission_policies);
     let validating_bindings = watcher(
         Api::<ValidatingAdmissionPolicyBinding>::all(client.clone()),
         ours(),
     )
+    .modify(|o| managers_only(o.meta_mut()))
     .reflect(writers.validating_admission_policy_bindings);
     // A cluster that does not serve MutatingAdmissionPolicies has none to watch.
     let native = ctx.settings.confinement == Confinement::Native;
     let mutating_policies = if native {
         watcher(Api::<MutatingAdmissionPolicy>::all(client.clone()), ours())
+            .modify(|o| managers_only(o.meta_mut()))
             .reflect(writers.mutating_admission_policies)
             .default_backoff()
             .touched_objects()
@@ -588,6 +597,7 @@ pub async fn run(
             Api::<MutatingAdmissionPolicyBinding>::all(client.clone()),
             ours(),
         )
+        .modify(|o| managers_only(o.meta_mut()))
         .reflect(writers.mutating_admission_policy_bindings)
         .default_backoff()
         .touched_objects()
@@ -712,6 +722,14 @@ where
 {
     writer.apply_watcher_event(&watcher::Event::Init);
     writer.apply_watcher_event(&watcher::Event::InitDone);
+}
+
+/// Keeps who manages an object, which ownership needs, and drops the field sets, the bulk of
+/// a cached object's metadata.
+fn managers_only(meta: &mut ObjectMeta) {
+    for entry in meta.managed_fields.iter_mut().flatten() {
+        entry.fields_v1 = None;
+    }
 }
 
 fn trim_meta(meta: &mut ObjectMeta) {

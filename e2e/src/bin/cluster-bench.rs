@@ -1,0 +1,317 @@
+//! The cluster benchmark: convergence of N tenants against the direct-write limit of the same
+//! API server, writes at rest, drift repair and the operator's memory and CPU time. Run on
+//! demand against `KUBECONFIG` (see BENCHMARKS.md); it prints one Markdown table.
+//!
+//! `cargo build --release -p ft-operator && FT_OPERATOR_BIN=target/release/ft-operator \
+//!  cargo run --release -p ft-e2e --bin cluster-bench -- 1 100 1000`
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use ft_e2e::{
+    Operator, TestNodes, cluster, ensure_namespace, example_tenant, install_crds,
+    serve_velero_schedules, unique, wait_for,
+};
+use ft_operator::admission::Confinement;
+use ft_operator::api::FranceTravailTenant;
+use ft_operator::build::{BuildSettings, build, with_placement};
+use futures::{StreamExt, TryStreamExt, stream};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::api::{ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, ResourceExt};
+use tokio::sync::Mutex;
+
+const OPERATOR_NAMESPACE: &str = "ft-system";
+/// Requests in flight, for the operator's tenants and for the direct writes alike.
+const CONCURRENCY: usize = 16;
+const IDLE: Duration = Duration::from_secs(60);
+const DRIFT_SAMPLES: usize = 20;
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.0} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn converged(t: &FranceTravailTenant) -> bool {
+    t.status.as_ref().is_some_and(|s| {
+        s.observed_generation == t.metadata.generation
+            && ["Ready", "Compliant"].iter().all(|ty| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == *ty && c.status == "True")
+            })
+    })
+}
+
+/// Creates `n` tenants, `CONCURRENCY` at a time, and waits until each is Ready and Compliant.
+/// Returns each tenant's time from its creation to convergence, and the total.
+async fn converge(
+    client: &Client,
+    prefix: &str,
+    n: usize,
+) -> anyhow::Result<(Vec<Duration>, Duration)> {
+    let api: Api<FranceTravailTenant> = Api::all(client.clone());
+    let created: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let done: Arc<Mutex<BTreeMap<String, Duration>>> = Arc::default();
+
+    // Watch first, so that no convergence is missed.
+    let watch = {
+        let (created, done) = (created.clone(), done.clone());
+        let prefix = prefix.to_string();
+        let stream = watcher(api.clone(), watcher::Config::default()).applied_objects();
+        tokio::spawn(async move {
+            let mut stream = std::pin::pin!(stream);
+            while let Some(Ok(t)) = stream.next().await {
+                let name = t.name_any();
+                if !name.starts_with(&prefix) || !converged(&t) {
+                    continue;
+                }
+                let start = created.lock().await.get(&name).copied();
+                if let Some(start) = start {
+                    done.lock()
+                        .await
+                        .entry(name)
+                        .or_insert_with(|| start.elapsed());
+                }
+            }
+        })
+    };
+
+    let started = Instant::now();
+    stream::iter(0..n)
+        .map(|i| {
+            let (api, created) = (api.clone(), created.clone());
+            let name = format!("{prefix}-{i}");
+            async move {
+                let tenant = example_tenant("tenant.yaml", &name)?;
+                created.lock().await.insert(name, Instant::now());
+                api.create(&PostParams::default(), &tenant).await?;
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .try_collect::<Vec<_>>()
+        .await?;
+    let timeout = Duration::from_secs(60 + 2 * n as u64);
+    wait_for(&format!("{n} tenants to converge"), timeout, || async {
+        Ok((done.lock().await.len() == n).then_some(()))
+    })
+    .await?;
+    let total = started.elapsed();
+    watch.abort();
+    let mut times: Vec<Duration> = done.lock().await.values().copied().collect();
+    times.sort();
+    Ok((times, total))
+}
+
+/// The same objects `plan` renders for `n` tenants, written directly with server-side apply at
+/// the same concurrency: what the API server itself takes.
+async fn direct_writes(client: &Client, prefix: &str, n: usize) -> anyhow::Result<Duration> {
+    let mut objects = Vec::new();
+    for i in 0..n {
+        let tenant = example_tenant("tenant.yaml", &format!("{prefix}-{i}"))?;
+        let desired = with_placement(
+            build(&tenant, &BuildSettings::default()),
+            &tenant,
+            &[String::from("eu-west-3")].into(),
+            Confinement::Native,
+        );
+        objects.extend(desired.to_values()?);
+    }
+    let started = Instant::now();
+    // Namespaces first, as the operator does.
+    let (namespaces, rest): (Vec<_>, Vec<_>) =
+        objects.into_iter().partition(|o| o["kind"] == "Namespace");
+    for batch in [namespaces, rest] {
+        stream::iter(batch)
+            .map(|object| apply(client.clone(), object))
+            .buffer_unordered(CONCURRENCY)
+            .try_collect::<Vec<_>>()
+            .await?;
+    }
+    Ok(started.elapsed())
+}
+
+async fn apply(client: Client, object: serde_json::Value) -> anyhow::Result<()> {
+    let object: DynamicObject = serde_json::from_value(object)?;
+    let types = object.types.clone().context("typed object")?;
+    let (group, version) = types
+        .api_version
+        .split_once('/')
+        .unwrap_or(("", types.api_version.as_str()));
+    let plural = format!("{}s", types.kind.to_ascii_lowercase()).replace("policys", "policies");
+    let resource = ApiResource {
+        group: group.into(),
+        version: version.into(),
+        api_version: types.api_version.clone(),
+        kind: types.kind.clone(),
+        plural,
+    };
+    let api: Api<DynamicObject> = match object.namespace() {
+        Some(ns) => Api::namespaced_with(client, &ns, &resource),
+        None => Api::all_with(client, &resource),
+    };
+    api.patch(
+        &object.name_any(),
+        &PatchParams::apply("ft-bench").force(),
+        &Patch::Apply(&object),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Deletes a NetworkPolicy of `samples` tenants, one at a time, and times its return.
+async fn drift_repair(client: &Client, prefix: &str, n: usize) -> anyhow::Result<Vec<Duration>> {
+    let mut times = Vec::new();
+    for i in (0..n)
+        .step_by((n / DRIFT_SAMPLES).max(1))
+        .take(DRIFT_SAMPLES)
+    {
+        let ns = format!("{prefix}-{i}-prod");
+        let api: Api<NetworkPolicy> = Api::namespaced(client.clone(), &ns);
+        let old = api.get("ft-default-deny").await?.uid();
+        api.delete("ft-default-deny", &DeleteParams::default())
+            .await?;
+        let deleted = Instant::now();
+        wait_for(
+            "ft-default-deny to return",
+            Duration::from_secs(30),
+            || async {
+                Ok(api
+                    .get_opt("ft-default-deny")
+                    .await?
+                    .filter(|p| p.uid() != old)
+                    .map(|_| ()))
+            },
+        )
+        .await?;
+        times.push(deleted.elapsed());
+    }
+    times.sort();
+    Ok(times)
+}
+
+/// Resident memory now and at its peak, in MiB, and CPU time, from /proc.
+fn process_usage(pid: u32) -> anyhow::Result<(f64, f64, Duration)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib = |field: &str| -> f64 {
+        status
+            .lines()
+            .find(|l| l.starts_with(field))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or_default()
+    };
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name, which is in parentheses: utime and stime are 14 and 15.
+    let after = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .unwrap_or_default();
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
+        + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+    // The kernel's USER_HZ is 100 on Linux.
+    Ok((
+        kib("VmRSS:") / 1024.0,
+        kib("VmHWM:") / 1024.0,
+        Duration::from_millis(ticks * 10),
+    ))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let sizes: Vec<usize> = std::env::args()
+        .skip(1)
+        .map(|a| a.parse().context("tenant counts, such as 1 100 1000"))
+        .collect::<anyhow::Result<_>>()?;
+    let sizes = if sizes.is_empty() {
+        vec![1, 100, 1000]
+    } else {
+        sizes
+    };
+
+    let client = cluster().await?;
+    install_crds(&client).await?;
+    serve_velero_schedules(&client).await?;
+    ensure_namespace(&client, OPERATOR_NAMESPACE).await?;
+    let nodes = TestNodes::create(&client).await?;
+    let operator = Operator::start(OPERATOR_NAMESPACE, &unique("bench-lease"))?;
+    let pid = operator.child.id();
+    wait_for("the operator to lead", Duration::from_secs(60), || async {
+        Ok(operator
+            .metric("ft_leader")
+            .await
+            .ok()
+            .filter(|v| *v == 1.0)
+            .map(|_| ()))
+    })
+    .await?;
+
+    let run = unique("b");
+    let mut rows = Vec::new();
+    let mut last = (String::new(), 0);
+    for &n in &sizes {
+        let prefix = format!("{run}-{n}");
+        eprintln!("bench: {n} tenant(s) through the operator");
+        let (times, total) = converge(&client, &prefix, n).await?;
+        eprintln!("bench: {n} tenant(s) written directly");
+        let direct = direct_writes(&client, &format!("{run}-d{n}"), n).await?;
+        rows.push(format!(
+            "| {n} | {} | {} | {} | {} | {:.2} |",
+            ms(percentile(&times, 50.0)),
+            ms(percentile(&times, 99.0)),
+            ms(total),
+            ms(direct),
+            total.as_secs_f64() / direct.as_secs_f64()
+        ));
+        last = (prefix, n);
+    }
+
+    eprintln!("bench: {IDLE:?} at rest with every tenant");
+    let writes = "ft_api_writes_total";
+    let before = operator.metric(writes).await?;
+    tokio::time::sleep(IDLE).await;
+    let idle_writes = operator.metric(writes).await? - before;
+    let (rss, peak, cpu) = process_usage(pid)?;
+    eprintln!("bench: drift repair");
+    let drift = drift_repair(&client, &last.0, last.1).await?;
+    let tenants: usize = sizes.iter().sum();
+
+    println!("| tenants | Ready+Compliant p50 | p99 | total | direct writes | ratio |");
+    println!("|---|---|---|---|---|---|");
+    for row in rows {
+        println!("{row}");
+    }
+    println!();
+    println!("| with {tenants} tenants | value |");
+    println!("|---|---|");
+    println!(
+        "| operator writes in {} idle seconds | {idle_writes} |",
+        IDLE.as_secs()
+    );
+    println!(
+        "| drift repair (NetworkPolicy deleted → back), p50 / p99 of {} | {} / {} |",
+        drift.len(),
+        ms(percentile(&drift, 50.0)),
+        ms(percentile(&drift, 99.0))
+    );
+    println!("| operator resident memory, steady / peak | {rss:.1} MiB / {peak:.1} MiB |");
+    println!(
+        "| operator CPU time, whole run | {:.1} s |",
+        cpu.as_secs_f64()
+    );
+    drop(operator);
+    nodes.delete(&client).await?;
+    Ok(())
+}
