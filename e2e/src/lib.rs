@@ -154,7 +154,7 @@ pub fn operator_binary() -> anyhow::Result<PathBuf> {
 
 /// A running `ft-operator run`, killed when dropped; its log is printed if a test fails.
 pub struct Operator {
-    pub child: Child,
+    child: Child,
     pub metrics_port: u16,
     log: PathBuf,
 }
@@ -184,6 +184,11 @@ impl Operator {
             metrics_port,
             log,
         })
+    }
+
+    /// The operator's process id, to read its usage from /proc.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Stops the process with SIGTERM, as the kubelet would, and waits for it.

@@ -62,6 +62,18 @@ async fn admitted(client: &Client, ns: &str, pod: &Pod) -> Result<Pod, kube::Err
         .await
 }
 
+/// Creates `pod` in dry runs until admission confines it: policies and the webhook's index
+/// take effect a moment after the tenant is reconciled.
+async fn wait_confined(client: &Client, ns: &str, pod: &Pod, what: &str) -> anyhow::Result<Pod> {
+    wait_for(what, SETTLE, || async {
+        Ok(admitted(client, ns, pod)
+            .await
+            .ok()
+            .filter(|p| !terms(p).is_empty()))
+    })
+    .await
+}
+
 fn region_of(term: &[String]) -> Option<&String> {
     term.iter()
         .find(|e| e.starts_with("topology.kubernetes.io/region In "))
@@ -90,15 +102,11 @@ async fn tenant_pods_are_confined_to_allowed_regions_at_admission() -> anyhow::R
     // Admission policies take effect a moment after they are created: wait until a plain pod
     // comes back confined.
     let plain = restricted_pod("plain", json!({}))?;
-    let confined = wait_for(
+    let confined = wait_confined(
+        &client,
+        &dev,
+        &plain,
         "a development pod to come back confined",
-        SETTLE,
-        || async {
-            Ok(admitted(&client, &dev, &plain)
-                .await
-                .ok()
-                .filter(|p| !terms(p).is_empty()))
-        },
     )
     .await?;
     let dev_terms = terms(&confined);
@@ -112,12 +120,12 @@ async fn tenant_pods_are_confined_to_allowed_regions_at_admission() -> anyhow::R
         "development kept off the production pool: {dev_terms:?}"
     );
 
-    let prod_pod = wait_for("a production pod to come back confined", SETTLE, || async {
-        Ok(admitted(&client, &prod, &plain)
-            .await
-            .ok()
-            .filter(|p| !terms(p).is_empty()))
-    })
+    let prod_pod = wait_confined(
+        &client,
+        &prod,
+        &plain,
+        "a production pod to come back confined",
+    )
     .await?;
     assert!(
         terms(&prod_pod)[0].contains(&"node-pool.example.org/name In production".to_string()),
@@ -250,15 +258,11 @@ async fn without_mutating_policies_the_operators_webhook_confines_pods() -> anyh
     let ns = format!("{name}-{}", tenant.spec.environments[0].name);
 
     let plain = restricted_pod("plain", json!({}))?;
-    let confined = wait_for(
+    let confined = wait_confined(
+        &client,
+        &ns,
+        &plain,
         "a pod to come back confined by the webhook",
-        SETTLE,
-        || async {
-            Ok(admitted(&client, &ns, &plain)
-                .await
-                .ok()
-                .filter(|p| !terms(p).is_empty()))
-        },
     )
     .await?;
     let confined_terms = terms(&confined);

@@ -488,6 +488,25 @@ fn tenant_of(meta: &ObjectMeta, index: &NamespaceIndex) -> Option<ObjectRef<Fran
         .map(|t| ObjectRef::new(&t))
 }
 
+/// Maps a child to its tenant, for `watches_stream`.
+fn by_owner<K: Resource>(
+    index: &NamespaceIndex,
+) -> impl Fn(K) -> Option<ObjectRef<FranceTravailTenant>> + Send + Sync + 'static {
+    let index = index.clone();
+    move |o| tenant_of(o.meta(), &index)
+}
+
+/// Maps an object of a tenant namespace (pod, claim, binding) to the tenant.
+fn by_namespace<K: Resource>(
+    index: &NamespaceIndex,
+) -> impl Fn(K) -> Option<ObjectRef<FranceTravailTenant>> + Send + Sync + 'static {
+    let index = index.clone();
+    move |o| {
+        let ns = o.meta().namespace.as_deref()?;
+        index.tenant_of(ns).map(|t| ObjectRef::new(&t))
+    }
+}
+
 /// Whether the API server serves MutatingAdmissionPolicies, by discovery, not by version.
 pub async fn discover_confinement(client: &Client) -> Confinement {
     match client
@@ -625,73 +644,58 @@ pub async fn run(
             .map(|t| ObjectRef::from_obj(&**t))
             .collect::<Vec<_>>()
     };
-    let index = ctx.index.clone();
-    let by_owner = move |meta: &ObjectMeta| tenant_of(meta, &index);
-    let index = ctx.index.clone();
-    let by_namespace = move |ns: Option<&str>| {
-        ns.and_then(|ns| index.tenant_of(ns))
-            .map(|t| ObjectRef::new(&t))
-    };
-
-    let (o1, o2, o3, o4, o5, o6, o7, o8, o9) = (
-        by_owner.clone(),
-        by_owner.clone(),
-        by_owner.clone(),
-        by_owner.clone(),
-        by_owner.clone(),
-        by_owner.clone(),
-        by_owner.clone(),
-        by_owner.clone(),
-        by_owner,
-    );
-    let (n1, n2, n3, n4) = (
-        by_namespace.clone(),
-        by_namespace.clone(),
-        by_namespace.clone(),
-        by_namespace,
-    );
+    let index = &ctx.index;
     let a1 = all_tenants.clone();
     controller
-        .watches_stream(namespaces.default_backoff().touched_objects(), move |o| {
-            o1(&o.metadata)
-        })
+        .watches_stream(
+            namespaces.default_backoff().touched_objects(),
+            by_owner(index),
+        )
         .watches_stream(
             network_policies.default_backoff().touched_objects(),
-            move |o| o2(o.meta()),
+            by_owner(index),
         )
         .watches_stream(
             resource_quotas.default_backoff().touched_objects(),
-            move |o| o3(o.meta()),
+            by_owner(index),
         )
-        .watches_stream(limit_ranges.default_backoff().touched_objects(), move |o| {
-            o4(o.meta())
-        })
+        .watches_stream(
+            limit_ranges.default_backoff().touched_objects(),
+            by_owner(index),
+        )
         .watches_stream(
             compliance_reports.default_backoff().touched_objects(),
-            move |o| o5(o.meta()),
+            by_owner(index),
         )
         .watches_stream(
             validating_policies.default_backoff().touched_objects(),
-            move |o| o6(o.meta()),
+            by_owner(index),
         )
         .watches_stream(
             validating_bindings.default_backoff().touched_objects(),
-            move |o| o7(o.meta()),
+            by_owner(index),
         )
-        .watches_stream(mutating_policies, move |o| o8(o.meta()))
-        .watches_stream(mutating_bindings, move |o| o9(o.meta()))
-        .watches_stream(pods.default_backoff().touched_objects(), move |o| {
-            n1(o.metadata.namespace.as_deref())
-        })
-        .watches_stream(claims.default_backoff().touched_objects(), move |o| {
-            n2(o.metadata.namespace.as_deref())
-        })
+        .watches_stream(mutating_policies, by_owner(index))
+        .watches_stream(mutating_bindings, by_owner(index))
+        .watches_stream(
+            pods.default_backoff().touched_objects(),
+            by_namespace(index),
+        )
+        .watches_stream(
+            claims.default_backoff().touched_objects(),
+            by_namespace(index),
+        )
         .watches_stream(
             role_bindings.default_backoff().touched_objects(),
-            move |o| n3(o.metadata.namespace.as_deref()),
+            by_namespace(index),
         )
-        .watches_stream(volumes.default_backoff().touched_objects(), move |o| {
-            n4(o.spec.as_ref()?.claim_ref.as_ref()?.namespace.as_deref())
+        .watches_stream(volumes.default_backoff().touched_objects(), {
+            // A volume concerns the tenant whose namespace claims it.
+            let index = index.clone();
+            move |o| {
+                let ns = o.spec.as_ref()?.claim_ref.as_ref()?.namespace.as_deref()?;
+                index.tenant_of(ns).map(|t| ObjectRef::new(&t))
+            }
         })
         // Nodes report their status every few seconds; only what placement reads matters.
         .watches_stream(

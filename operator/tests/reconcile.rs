@@ -712,6 +712,21 @@ async fn a_control_that_starts_failing_is_reported_once_with_events_on_tenant_an
             .map(str::to_string)
     };
     assert!(metric(&h).unwrap().ends_with(" 1"));
+    // The time of the latest evaluation shows the evaluation runs, the report being unchanged.
+    let evaluated = h.ctx.metrics.encode();
+    let evaluated = evaluated
+        .lines()
+        .find(|l| {
+            l.starts_with(
+                "ft_compliance_last_evaluation_timestamp_seconds{tenant=\"offres-emploi\"}",
+            )
+        })
+        .and_then(|l| l.rsplit_once(' '))
+        .and_then(|(_, v)| v.parse::<i64>().ok());
+    assert!(
+        evaluated.is_some_and(|t| t > 1_700_000_000),
+        "{evaluated:?}"
+    );
 
     // A right nobody declared, and one a workload needs for itself, which is allowed.
     let undeclared = binding(

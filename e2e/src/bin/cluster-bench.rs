@@ -247,7 +247,7 @@ async fn main() -> anyhow::Result<()> {
     ensure_namespace(&client, OPERATOR_NAMESPACE).await?;
     let nodes = TestNodes::create(&client).await?;
     let operator = Operator::start(OPERATOR_NAMESPACE, &unique("bench-lease"))?;
-    let pid = operator.child.id();
+    let pid = operator.pid();
     wait_for("the operator to lead", Duration::from_secs(60), || async {
         Ok(operator
             .metric("ft_leader")

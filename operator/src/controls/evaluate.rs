@@ -207,10 +207,6 @@ fn find<'a, K: Resource>(objects: &'a [Arc<K>], like: &impl Resource) -> Option<
         .map(|o| &**o)
 }
 
-fn key<K: Resource<DynamicType = ()>>(object: &K) -> String {
-    object_key(object)
-}
-
 fn classification_labels(inputs: &Inputs) -> Finding {
     let desired = match built(inputs) {
         Ok(d) => d,
@@ -336,8 +332,10 @@ where
     wanted
         .iter()
         .filter_map(|want| match find(observed, want) {
-            None => Some(format!("{} is missing", key(want))),
-            Some(have) if compare(want, have) => Some(format!("{} was changed by hand", key(want))),
+            None => Some(format!("{} is missing", object_key(want))),
+            Some(have) if compare(want, have) => {
+                Some(format!("{} was changed by hand", object_key(want)))
+            }
             Some(_) => None,
         })
         .collect()
@@ -419,7 +417,7 @@ fn flow_matrix(inputs: &Inputs) -> Finding {
         if !declared && have.metadata.deletion_timestamp.is_none() {
             problems.push(format!(
                 "{} was not rendered from the flow matrix: it may open flows nobody declared",
-                key(&**have)
+                object_key(&**have)
             ));
         }
     }
@@ -504,7 +502,7 @@ fn production_pool(inputs: &Inputs) -> Finding {
             if !node_named(inputs.observed, node).is_some_and(|n| in_pool(n, &pool.match_labels)) {
                 problems.push(format!(
                     "{} runs on Node/{node}, outside the production pool {selector}",
-                    key(pod)
+                    object_key(pod)
                 ));
             }
         }
@@ -526,7 +524,7 @@ fn production_pool(inputs: &Inputs) -> Finding {
         if on_pool {
             problems.push(format!(
                 "{} is not production but runs on Node/{node} of the production pool",
-                key(pod)
+                object_key(pod)
             ));
         }
     }
@@ -603,11 +601,14 @@ fn pods_in_allowed_countries(inputs: &Inputs) -> Finding {
         match node_named(inputs.observed, node_name) {
             None => problems.push(format!(
                 "{} runs on Node/{node_name}, which is not in the cluster",
-                key(pod)
+                object_key(pod)
             )),
             Some(node) => {
                 if let Some(why) = node_outside(inputs, node) {
-                    problems.push(format!("{} runs on Node/{node_name}: {why}", key(pod)));
+                    problems.push(format!(
+                        "{} runs on Node/{node_name}: {why}",
+                        object_key(pod)
+                    ));
                 }
             }
         }
@@ -665,7 +666,7 @@ fn volumes_in_allowed_countries(inputs: &Inputs) -> Finding {
         let Some(pv) = pv else {
             problems.push(format!(
                 "{} is bound to PersistentVolume/{volume}, which is not in the cluster",
-                key(&**pvc)
+                object_key(&**pvc)
             ));
             continue;
         };
@@ -676,7 +677,7 @@ fn volumes_in_allowed_countries(inputs: &Inputs) -> Finding {
         if let Some(why) = outside(inputs, &location) {
             problems.push(format!(
                 "{} is stored on PersistentVolume/{volume}: {why}",
-                key(&**pvc)
+                object_key(&**pvc)
             ));
         }
     }
@@ -791,7 +792,7 @@ fn encrypted_volumes(inputs: &Inputs) -> Finding {
             Some("") => {
                 problems.push(format!(
                     "{} uses no StorageClass, so nothing shows its volume is encrypted",
-                    key(&**pvc)
+                    object_key(&**pvc)
                 ));
                 continue;
             }
@@ -801,7 +802,7 @@ fn encrypted_volumes(inputs: &Inputs) -> Finding {
                 None => {
                     problems.push(format!(
                         "{} names no StorageClass and the cluster has no default one",
-                        key(&**pvc)
+                        object_key(&**pvc)
                     ));
                     continue;
                 }
@@ -815,11 +816,11 @@ fn encrypted_volumes(inputs: &Inputs) -> Finding {
         match found {
             None => problems.push(format!(
                 "{} uses StorageClass/{class}, which is not in the cluster",
-                key(&**pvc)
+                object_key(&**pvc)
             )),
             Some(c) if !encrypts(c) => problems.push(format!(
                 "{} uses StorageClass/{class}, which does not encrypt",
-                key(&**pvc)
+                object_key(&**pvc)
             )),
             Some(_) => {}
         }
@@ -896,7 +897,7 @@ fn declared_bindings(inputs: &Inputs) -> Finding {
         if !undeclared.is_empty() {
             problems.push(format!(
                 "{} grants {} to {}: the operator did not make it for a declared access grant",
-                key(&**binding),
+                object_key(&**binding),
                 binding.role_ref.name,
                 undeclared.join(", ")
             ));
