@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use ft_operator::api::FranceTravailTenant;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::rbac::v1::ClusterRole;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client};
@@ -103,6 +104,35 @@ pub async fn install_crds(client: &Client) -> anyhow::Result<()> {
             let api: Api<FranceTravailTenant> = Api::all(client.clone());
             async move { Ok(api.list(&Default::default()).await.ok().map(|_| ())) }
         },
+    )
+    .await
+}
+
+/// Installs the ClusterRoles access grants bind, as the chart does.
+pub async fn install_access_roles(client: &Client) -> anyhow::Result<()> {
+    let api: Api<ClusterRole> = Api::all(client.clone());
+    for role in ft_operator::access::cluster_roles()? {
+        let name = role.metadata.name.clone().unwrap_or_default();
+        api.patch(
+            &name,
+            &PatchParams::apply("ft-e2e").force(),
+            &Patch::Apply(&role),
+        )
+        .await
+        .with_context(|| format!("installing ClusterRole {name}"))?;
+    }
+    Ok(())
+}
+
+/// Deletes a tenant and waits until it is gone: its finalizer has run. The operator must be
+/// running, or the tenant stays.
+pub async fn delete_tenant(client: &Client, name: &str) -> anyhow::Result<()> {
+    let tenants: Api<FranceTravailTenant> = Api::all(client.clone());
+    tenants.delete(name, &Default::default()).await?;
+    wait_for(
+        &format!("tenant {name} to be gone"),
+        Duration::from_secs(120),
+        || async { Ok(tenants.get_opt(name).await?.is_none().then_some(())) },
     )
     .await
 }

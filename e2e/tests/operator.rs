@@ -333,16 +333,18 @@ async fn the_api_server_refuses_invalid_tenants_naming_the_field() -> anyhow::Re
         (
             "grant without expiry",
             Box::new(|t| {
-                t["spec"]["access"][0]
+                t["spec"]["access"]["grants"][0]
                     .as_object_mut()
                     .map(|g| g.remove("expires"));
             }),
-            &["spec.access[0].expires", "Required"],
+            &["spec.access.grants[0].expires", "Required"],
         ),
         (
             "shared identity",
-            Box::new(|t| t["spec"]["access"][1]["subject"]["name"] = json!("system:masters")),
-            &["spec.access[1].subject.name", "CLD-14"],
+            Box::new(|t| {
+                t["spec"]["access"]["grants"][1]["subject"]["name"] = json!("system:masters")
+            }),
+            &["spec.access.grants[1].subject.name", "CLD-14"],
         ),
         (
             "flow naming an undeclared environment",

@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use ft_e2e::{
-    Operator, TestNodes, cluster, ensure_namespace, example_tenant, free_port, install_crds, node,
-    restricted_pod, unique, wait_for,
+    Operator, TestNodes, cluster, delete_tenant, ensure_namespace, example_tenant, free_port,
+    install_crds, node, restricted_pod, unique, wait_for,
 };
 use ft_operator::api::{ComplianceReport, ControlResult, FranceTravailTenant};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
@@ -210,13 +210,7 @@ async fn tenant_pods_are_confined_to_allowed_regions_at_admission() -> anyhow::R
         },
     )
     .await?;
-    tenants.delete(&name, &DeleteParams::default()).await?;
-    wait_for(
-        "the tenant to be gone",
-        Duration::from_secs(120),
-        || async { Ok(tenants.get_opt(&name).await?.is_none().then_some(())) },
-    )
-    .await?;
+    delete_tenant(&client, &name).await?;
     nodes.delete(&client).await?;
     drop(operator);
     Ok(())
@@ -299,13 +293,7 @@ async fn without_mutating_policies_the_operators_webhook_confines_pods() -> anyh
     let elsewhere = admitted(&client, "default", &plain).await?;
     assert!(terms(&elsewhere).is_empty());
 
-    tenants.delete(&name, &DeleteParams::default()).await?;
-    wait_for(
-        "the tenant to be gone",
-        Duration::from_secs(120),
-        || async { Ok(tenants.get_opt(&name).await?.is_none().then_some(())) },
-    )
-    .await?;
+    delete_tenant(&client, &name).await?;
     drop(operator);
     Api::<MutatingWebhookConfiguration>::all(client.clone())
         .delete("ft-operator-pod-placement", &DeleteParams::default())

@@ -296,7 +296,7 @@ fn bench_controls(c: &mut Criterion) {
     }
     let catalogue = Catalogue::embedded().expect("embedded catalogue");
     let now = Time(case.now);
-    let previous = next_report(&catalogue, &evaluations, None, Some(1), &now);
+    let previous = next_report(&catalogue, &evaluations, None, Some(1), &now, None);
 
     let mut group = c.benchmark_group("controls");
     group.throughput(Throughput::Elements(PODS as u64));
@@ -304,7 +304,7 @@ fn bench_controls(c: &mut Criterion) {
         b.iter(|| evaluate(black_box(&case.inputs())))
     });
     group.throughput(Throughput::Elements(evaluations.len() as u64));
-    group.bench_function("next_report(first)", |b| {
+    group.bench_function("next_report(first, None)", |b| {
         b.iter(|| {
             next_report(
                 black_box(&catalogue),
@@ -312,10 +312,11 @@ fn bench_controls(c: &mut Criterion) {
                 None,
                 Some(1),
                 &now,
+                None,
             )
         })
     });
-    group.bench_function("next_report(unchanged)", |b| {
+    group.bench_function("next_report(unchanged, None)", |b| {
         b.iter(|| {
             next_report(
                 black_box(&catalogue),
@@ -323,6 +324,7 @@ fn bench_controls(c: &mut Criterion) {
                 Some(black_box(&previous)),
                 Some(1),
                 &now,
+                None,
             )
         })
     });

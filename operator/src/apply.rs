@@ -13,6 +13,7 @@ use std::sync::Mutex;
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::core::v1::{LimitRange, Namespace, ResourceQuota};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::rbac::v1::RoleBinding;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -21,6 +22,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use crate::access::undeclared_subjects;
 use crate::api::{ComplianceReport, FIELD_MANAGER, labels};
 use crate::build::Desired;
 use crate::error::{Error, Result};
@@ -72,7 +74,7 @@ macro_rules! namespaced_child {
         }
     )*};
 }
-namespaced_child!(NetworkPolicy, ResourceQuota, LimitRange);
+namespaced_child!(NetworkPolicy, ResourceQuota, LimitRange, RoleBinding);
 
 /// What one pass of `apply` changed, for Events, metrics and logs.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -161,6 +163,7 @@ impl Applier<'_> {
             network_policies,
             resource_quotas,
             limit_ranges,
+            role_bindings,
             compliance_reports,
             validating_admission_policies,
             validating_admission_policy_bindings,
@@ -169,6 +172,11 @@ impl Applier<'_> {
         } = desired;
         let mut report = ApplyReport::default();
         let observed = self.observed;
+
+        // Rights no longer granted go before anything else is attempted: no failure further
+        // down can keep a lapsed grant bound (2.4.c).
+        self.prune(role_bindings, &observed.role_bindings, &mut report)
+            .await?;
 
         // Placement admission first: bound to the namespaces by their labels, it is in place
         // before the first pod can be created in them. Refusal before confinement, so that a
@@ -220,6 +228,8 @@ impl Applier<'_> {
         self.apply_kind(resource_quotas, &self.observed.resource_quotas, &mut report)
             .await?;
         self.apply_kind(limit_ranges, &self.observed.limit_ranges, &mut report)
+            .await?;
+        self.apply_kind(role_bindings, &self.observed.role_bindings, &mut report)
             .await?;
         self.apply_kind(
             compliance_reports,
@@ -273,6 +283,50 @@ impl Applier<'_> {
         )
         .await?;
         Ok(report)
+    }
+
+    /// Only withdraws rights that are no longer wanted: for a tenant whose spec is refused,
+    /// which gets nothing new, but whose lapsed grants must still go on time (2.4.c).
+    pub async fn revoke(&self, wanted: &[RoleBinding]) -> Result<ApplyReport> {
+        let mut report = ApplyReport::default();
+        self.prune(wanted, &self.observed.role_bindings, &mut report)
+            .await?;
+        Ok(report)
+    }
+
+    /// Deletes RoleBindings of the tenant's namespaces that give a right no grant declares,
+    /// when the tenant asks for it (`access.pruneUndeclared`).
+    pub async fn remove_undeclared(
+        &self,
+        declared: &[RoleBinding],
+        namespaces: &BTreeSet<String>,
+        report: &mut ApplyReport,
+    ) -> Result<()> {
+        for binding in self.observed.role_bindings.state() {
+            let Some(ns) = binding.metadata.namespace.as_deref() else {
+                continue;
+            };
+            if !namespaces.contains(ns)
+                || binding.metadata.deletion_timestamp.is_some()
+                || undeclared_subjects(&binding, declared).is_empty()
+            {
+                continue;
+            }
+            let key = object_key(&*binding);
+            let api = RoleBinding::api(self.client.clone(), Some(ns));
+            match api
+                .delete(&binding.name_any(), &DeleteParams::background())
+                .await
+            {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => return Err(Error::kube("delete", &key, e)),
+            }
+            self.metrics.write("RoleBinding", "delete");
+            self.memo.forget(&key);
+            report.pruned.push(key);
+        }
+        Ok(())
     }
 
     async fn apply_kind<K, O>(

@@ -23,6 +23,10 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 
+use jiff::Timestamp;
+use k8s_openapi::api::rbac::v1::RoleBinding;
+
+use crate::access::role_bindings;
 use crate::admission::{Confinement, placement_policies};
 use crate::api::{
     ComplianceReport, Environment, FlowNature, FlowPort, FranceTravailTenant, Peer, ReportSpec,
@@ -73,6 +77,8 @@ pub struct Desired {
     pub network_policies: Vec<NetworkPolicy>,
     pub resource_quotas: Vec<ResourceQuota>,
     pub limit_ranges: Vec<LimitRange>,
+    /// The access grants in force, one per grant per environment (see `with_access`).
+    pub role_bindings: Vec<RoleBinding>,
     /// The tenant's one report; its status is written by the evaluator, not here.
     pub compliance_reports: Vec<ComplianceReport>,
     /// Placement admission, per environment (see `with_placement`).
@@ -99,6 +105,7 @@ impl Desired {
             network_policies,
             resource_quotas,
             limit_ranges,
+            role_bindings,
             compliance_reports,
             validating_admission_policies,
             validating_admission_policy_bindings,
@@ -114,6 +121,7 @@ impl Desired {
         push(&mut out, network_policies)?;
         push(&mut out, resource_quotas)?;
         push(&mut out, limit_ranges)?;
+        push(&mut out, role_bindings)?;
         push(&mut out, compliance_reports)?;
         Ok(out)
     }
@@ -121,6 +129,17 @@ impl Desired {
 
 pub fn namespace_name(tenant: &str, environment: &str) -> String {
     format!("{tenant}-{environment}")
+}
+
+/// The namespaces of every environment the tenant declares.
+pub fn tenant_namespaces(tenant: &FranceTravailTenant) -> BTreeSet<String> {
+    let name = tenant.name_any();
+    tenant
+        .spec
+        .environments
+        .iter()
+        .map(|e| namespace_name(&name, &e.name))
+        .collect()
 }
 
 /// Builds everything a tenant needs. The tenant must have passed `validate`.
@@ -178,6 +197,13 @@ pub fn with_placement(
             desired.mutating_admission_policy_bindings.push(binding);
         }
     }
+    desired
+}
+
+/// Adds the RoleBindings of the access grants in force at `now`: time, like the cluster's
+/// regions, is an input here, so the builders stay pure.
+pub fn with_access(mut desired: Desired, tenant: &FranceTravailTenant, now: Timestamp) -> Desired {
+    desired.role_bindings = role_bindings(tenant, now);
     desired
 }
 

@@ -2,7 +2,7 @@
 //! evaluator, and writes the report only when a result changed, announcing each control that
 //! starts failing (CLD-61) with a Warning Event on the tenant and on the report.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,11 +15,12 @@ use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{info, warn};
 
+use crate::access;
 use crate::api::{
     ComplianceReport, ControlResult, FIELD_MANAGER, FranceTravailTenant, GROUP, ReportStatus,
 };
 use crate::apply::object_key;
-use crate::build::{Desired, namespace_name};
+use crate::build::{Desired, tenant_namespaces};
 use crate::controller::Context;
 use crate::controls::{
     Catalogue, ClusterFacts, Inputs, Transition, evaluate, next_report, transitions,
@@ -159,12 +160,7 @@ impl Compliance {
         let report_key = object_key(&*stored);
         let previous = self.previous(&name, Some(&stored));
 
-        let namespaces: BTreeSet<String> = tenant
-            .spec
-            .environments
-            .iter()
-            .map(|e| namespace_name(&name, &e.name))
-            .collect();
+        let namespaces = tenant_namespaces(tenant);
         let observed = ctx.observed.view(&name, &namespaces);
         let facts = self.facts(ctx).await;
         let now = jiff::Timestamp::now();
@@ -181,6 +177,7 @@ impl Compliance {
             previous.as_ref(),
             tenant.metadata.generation,
             &Time(now),
+            Some(access::summary(tenant, now)),
         );
 
         for control in &next.controls {

@@ -31,13 +31,16 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{debug, info, instrument, warn};
 
+use crate::access;
 use crate::admission::Confinement;
 use crate::api::{
     ComplianceReport, DeletionPolicy, FIELD_MANAGER, FINALIZER, FranceTravailTenant, GROUP,
     TenantStatus, labels,
 };
 use crate::apply::{AppliedMemo, Applier, ApplyReport, owned_by};
-use crate::build::{BuildSettings, build, namespace_name, with_placement};
+use crate::build::{
+    BuildSettings, build, namespace_name, tenant_namespaces, with_access, with_placement,
+};
 use crate::compliance::Compliance;
 use crate::error::{Error, Result};
 use crate::metrics::{Metrics, TenantLabels};
@@ -141,12 +144,26 @@ impl Context {
         reason: &str,
         note: String,
     ) {
+        self.publish_related(target, None, type_, reason, note)
+            .await;
+    }
+
+    /// An Event about `target` concerning `related` too. Events with the same reason on the
+    /// same objects are folded into one series, so a distinct `related` keeps them apart.
+    pub async fn publish_related(
+        &self,
+        target: &ObjectReference,
+        related: Option<ObjectReference>,
+        type_: EventType,
+        reason: &str,
+        note: String,
+    ) {
         let event = Event {
             type_,
             reason: reason.into(),
             note: Some(truncate(note, 1000)),
             action: reason.into(),
-            secondary: None,
+            secondary: related,
         };
         if let Err(e) = self.recorder.publish(&event, target).await {
             warn!(object = ?target.name, reason, error = %e, "could not publish event");
@@ -209,6 +226,12 @@ async fn apply_tenant(tenant: &FranceTravailTenant, ctx: &Context) -> Result<Act
             .map(|e| namespace_name(&name, &e.name)),
     );
 
+    // Rights are judged at one instant for the whole pass: what is bound, journalled and
+    // listed in the status all agree.
+    let now = jiff::Timestamp::now();
+    let namespaces = tenant_namespaces(tenant);
+    let bindings_before = ctx.observed.view(&name, &namespaces).role_bindings;
+
     let validated = validate_for_cluster(tenant, &ctx.settings).map(|()| {
         let regions = allowed_regions(
             tenant,
@@ -220,28 +243,58 @@ async fn apply_tenant(tenant: &FranceTravailTenant, ctx: &Context) -> Result<Act
             ctx.placements
                 .set(namespace_name(&name, &placement.environment), placement);
         }
-        with_placement(
+        let desired = with_placement(
             build(tenant, &ctx.settings),
             tenant,
             &regions,
             ctx.settings.confinement,
-        )
+        );
+        with_access(desired, tenant, now)
     });
+    let applier = Applier {
+        client: &ctx.client,
+        observed: &ctx.observed,
+        memo: &ctx.memo,
+        metrics: &ctx.metrics,
+        tenant: &name,
+    };
+    let wanted_bindings = match &validated {
+        Ok(desired) => desired.role_bindings.clone(),
+        Err(_) => access::role_bindings(tenant, now),
+    };
     let applied = match &validated {
-        Err(invalid) => Err(Error::InvalidTenant(invalid.clone())),
+        // A refused spec gets nothing new, but its lapsed rights still go on time.
+        Err(invalid) => match applier.revoke(&wanted_bindings).await {
+            Ok(report) => {
+                journal_access(
+                    tenant,
+                    now,
+                    &report,
+                    &wanted_bindings,
+                    &bindings_before,
+                    ctx,
+                )
+                .await;
+                Err(Error::InvalidTenant(invalid.clone()))
+            }
+            Err(e) => Err(e),
+        },
         Ok(desired) => {
-            let applier = Applier {
-                client: &ctx.client,
-                observed: &ctx.observed,
-                memo: &ctx.memo,
-                metrics: &ctx.metrics,
-                tenant: &name,
-            };
-            applier.apply(desired).await
+            let mut applied = applier.apply(desired).await;
+            if let Ok(report) = &mut applied
+                && tenant.spec.access.prune_undeclared
+                && let Err(e) = applier
+                    .remove_undeclared(&desired.role_bindings, &namespaces, report)
+                    .await
+            {
+                applied = Err(e);
+            }
+            applied
         }
     };
     if let Ok(report) = &applied {
         journal(tenant, report, ctx).await;
+        journal_access(tenant, now, report, &wanted_bindings, &bindings_before, ctx).await;
     }
 
     // The controls judge what the reflectors show. After a pass that wrote children they
@@ -278,15 +331,19 @@ async fn apply_tenant(tenant: &FranceTravailTenant, ctx: &Context) -> Result<Act
         announce_transitions(tenant, &status, ctx).await;
     }
 
+    // A right lapses at its instant, not at the next resync (2.4.c): wake up then.
+    let wake = |period: Duration| {
+        Action::requeue(access::wake_after(tenant, jiff::Timestamp::now(), period))
+    };
     match applied {
-        Ok(_) if deferred => Ok(Action::requeue(SETTLING)),
-        Ok(_) => Ok(Action::requeue(RESYNC)),
+        Ok(_) if deferred => Ok(wake(SETTLING)),
+        Ok(_) => Ok(wake(RESYNC)),
         // A bad spec is not retried, but its report is kept as fresh as any other.
         Err(Error::InvalidTenant(invalid)) => {
             if changed {
                 warn!(tenant = %name, error = %invalid, "tenant refused");
             }
-            Ok(Action::requeue(RESYNC))
+            Ok(wake(RESYNC))
         }
         Err(e) => Err(e),
     }
@@ -314,9 +371,60 @@ async fn write_status(
     Ok(())
 }
 
+/// One Event and one log line per right granted, changed, restored, expired, suspended or
+/// revoked (CLD-28), with the subject, the role, the environment and the rule.
+async fn journal_access(
+    tenant: &FranceTravailTenant,
+    now: jiff::Timestamp,
+    report: &ApplyReport,
+    wanted: &[RoleBinding],
+    before: &[Arc<RoleBinding>],
+    ctx: &Context,
+) {
+    let name = tenant.name_any();
+    for change in access::journal(tenant, now, report, wanted, before) {
+        let type_ = if change.warning {
+            warn!(tenant = %name, subject = %change.subject, role = %change.role, environment = %change.environment, rule = change.rule, reason = change.reason, "{}", change.note);
+            EventType::Warning
+        } else {
+            info!(tenant = %name, subject = %change.subject, role = %change.role, environment = %change.environment, rule = change.rule, reason = change.reason, "{}", change.note);
+            EventType::Normal
+        };
+        let (namespace, binding) = change.binding;
+        let related = ObjectReference {
+            api_version: Some("rbac.authorization.k8s.io/v1".into()),
+            kind: Some("RoleBinding".into()),
+            namespace: Some(namespace),
+            name: Some(binding),
+            ..Default::default()
+        };
+        ctx.publish_related(
+            &tenant.object_ref(&()),
+            Some(related),
+            type_,
+            change.reason,
+            format!("{} ({})", change.note, change.rule),
+        )
+        .await;
+    }
+}
+
 /// One Event and one log line per kind of change (CLD-28): what was created, restored, pruned.
+/// RoleBindings are journalled one by one, by `journal_access`.
 async fn journal(tenant: &FranceTravailTenant, report: &ApplyReport, ctx: &Context) {
     let name = tenant.name_any();
+    let not_binding = |keys: &[String]| -> Vec<String> {
+        keys.iter()
+            .filter(|k| !k.starts_with("RoleBinding/"))
+            .cloned()
+            .collect()
+    };
+    let report = &ApplyReport {
+        created: not_binding(&report.created),
+        restored: not_binding(&report.restored),
+        pruned: not_binding(&report.pruned),
+        unseen: report.unseen,
+    };
     if !report.created.is_empty() {
         info!(tenant = %name, objects = ?report.created, "created");
         ctx.publish(

@@ -5,6 +5,7 @@
 //! [`apply`] (server-side apply, prune) → [`controls`] (pure evaluation) →
 //! [`status`], wired together in [`controller`].
 
+pub mod access;
 pub mod admission;
 pub mod api;
 pub mod apply;

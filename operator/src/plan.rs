@@ -4,7 +4,7 @@ use kube::Resource;
 use serde_json::Value;
 
 use crate::api::FranceTravailTenant;
-use crate::build::{BuildSettings, build};
+use crate::build::{BuildSettings, build, with_access};
 use crate::validate::{FieldError, InvalidTenant, validate_for_cluster};
 
 #[derive(Debug, thiserror::Error)]
@@ -75,7 +75,8 @@ fn parse_tenant(document: usize, doc: Value) -> Result<FranceTravailTenant, Plan
     })
 }
 
-/// Validates and builds every tenant, returning the objects as multi-document YAML.
+/// Validates and builds every tenant, returning the objects as multi-document YAML. Access
+/// grants are rendered as they stand now.
 pub fn plan(yaml: &str, settings: &BuildSettings) -> Result<String, PlanError> {
     let mut objects = Vec::new();
     for (i, tenant) in parse_tenants(yaml)?.iter().enumerate() {
@@ -84,7 +85,7 @@ pub fn plan(yaml: &str, settings: &BuildSettings) -> Result<String, PlanError> {
             source,
         })?;
         objects.extend(
-            build(tenant, settings)
+            with_access(build(tenant, settings), tenant, jiff::Timestamp::now())
                 .to_values()
                 .map_err(|e| PlanError::Render(e.to_string()))?,
         );

@@ -5,6 +5,7 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt;
 
+use crate::access;
 use crate::api::{FranceTravailTenant, ReportStatus, TenantStatus};
 use crate::build::namespace_name;
 use crate::controls::compliant_condition;
@@ -114,6 +115,7 @@ pub fn next_status(
             .iter()
             .map(|e| namespace_name(&tenant.name_any(), &e.name))
             .collect(),
+        grants: access::in_force(tenant, now.0),
     }
 }
 

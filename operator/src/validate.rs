@@ -5,7 +5,7 @@
 //! Every problem is reported, each with the path of the field, so nothing is lost between a
 //! manifest and its fix.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
 
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -241,8 +241,20 @@ pub fn validate(tenant: &FranceTravailTenant) -> Result<(), InvalidTenant> {
         check_quantity(&mut errors, "spec.storage.maxVolumeSize".into(), max);
     }
 
-    for (i, grant) in spec.access.iter().enumerate() {
-        let field = format!("spec.access[{i}]");
+    let mut holders = BTreeMap::new();
+    for (i, grant) in spec.access.grants.iter().enumerate() {
+        let field = format!("spec.access.grants[{i}]");
+        // Two grants of one role to one subject would render the same bindings.
+        if let Some(first) = holders.insert((&grant.subject, grant.role), i) {
+            errors.add(
+                format!("{field}.subject"),
+                format!(
+                    "{} already holds the {} role through spec.access.grants[{first}]: give that grant every environment, with one expiry",
+                    grant.subject,
+                    grant.role.as_str()
+                ),
+            );
+        }
         let subject = &grant.subject.name;
         if subject.starts_with("system:") || subject.contains('*') || subject.trim().is_empty() {
             errors.add(

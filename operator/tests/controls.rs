@@ -14,7 +14,7 @@ use ft_operator::api::{
     ControlResult, DeletionPolicy, FIELD_MANAGER, FranceTravailTenant, ReportStatus, Verdict,
     labels,
 };
-use ft_operator::build::{BuildSettings, Desired, build, with_placement};
+use ft_operator::build::{BuildSettings, Desired, build, with_access, with_placement};
 use ft_operator::controls::{
     Catalogue, ClusterFacts, EVALUATORS, Evaluation, Finding, Inputs, NOT_IN_THIS_VERSION,
     TenantView, compliant_condition, encrypts, evaluate, next_report, transitions,
@@ -25,6 +25,7 @@ use k8s_openapi::api::core::v1::{LimitRange, Namespace, Node, ResourceQuota};
 use k8s_openapi::api::networking::v1::{
     IPBlock, NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer,
 };
+use k8s_openapi::api::rbac::v1::Subject as RbacSubject;
 use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ManagedFieldsEntry, Time};
@@ -129,6 +130,18 @@ fn arcs<T: Clone>(items: &[T]) -> Vec<Arc<T>> {
     items.iter().cloned().map(Arc::new).collect()
 }
 
+/// An object as the API server returns it after the operator applied it: with the operator as
+/// a field manager.
+fn managed<K: Resource + Clone>(object: &K) -> K {
+    let mut object = object.clone();
+    object.meta_mut().managed_fields = Some(vec![ManagedFieldsEntry {
+        manager: Some(FIELD_MANAGER.into()),
+        operation: Some("Apply".into()),
+        ..Default::default()
+    }]);
+    object
+}
+
 /// A namespace as the API server returns it after the operator applied it: with the operator
 /// as a field manager.
 fn applied(ns: &Namespace) -> PartialObjectMeta<Namespace> {
@@ -164,11 +177,15 @@ impl Case {
 
     fn of(tenant: FranceTravailTenant) -> Self {
         // Placement admission confines pods to Paris, where both healthy nodes are.
-        let desired = with_placement(
-            build(&tenant, &BuildSettings::default()),
+        let desired = with_access(
+            with_placement(
+                build(&tenant, &BuildSettings::default()),
+                &tenant,
+                &BTreeSet::from(["eu-west-3".to_string()]),
+                Confinement::Native,
+            ),
             &tenant,
-            &BTreeSet::from(["eu-west-3".to_string()]),
-            Confinement::Native,
+            now(),
         );
         let view = TenantView {
             namespaces: desired
@@ -185,13 +202,17 @@ impl Case {
             ),
             persistent_volume_claims: pick("storage.yaml", &["offres-emploi-prod/data"]),
             persistent_volumes: pick("storage.yaml", &["pv-paris"]),
+            // The workload's own bindings, and the operator's for the grants in force.
             role_bindings: pick(
                 "bindings.yaml",
                 &[
                     "offres-emploi-prod/web-workload",
                     "offres-emploi-prod/web-workload-local",
                 ],
-            ),
+            )
+            .into_iter()
+            .chain(desired.role_bindings.iter().map(|b| Arc::new(managed(b))))
+            .collect(),
             nodes: pick("nodes.yaml", &["prod-paris-1", "general-paris-1"]),
             storage_classes: objects("storage.yaml"),
             validating_admission_policies: arcs(&desired.validating_admission_policies),
@@ -307,7 +328,7 @@ const BASELINE: [(&str, ControlResult, &str); 18] = [
     ("BAK-1", Unknown, NOT_IN_THIS_VERSION),
     ("BAK-2", Unknown, NOT_IN_THIS_VERSION),
     ("ACC-1", Pass, "OnlyDeclaredRights"),
-    ("ACC-2", Unknown, NOT_IN_THIS_VERSION),
+    ("ACC-2", Pass, "RevokedOnTime"),
     ("ACC-3", Pass, "Reviewed"),
     ("DEL-1", Unknown, NOT_IN_THIS_VERSION),
     ("REV-1", Unknown, NOT_IN_THIS_VERSION),
@@ -343,18 +364,25 @@ fn a_healthy_tenant_is_compliant() {
     let case = Case::healthy();
     let evaluations = evaluate(&case.inputs());
     let catalogue = Catalogue::embedded().expect("embedded catalogue");
-    let report = next_report(&catalogue, &evaluations, None, Some(3), &Time(case.now));
+    let report = next_report(
+        &catalogue,
+        &evaluations,
+        None,
+        Some(3),
+        &Time(case.now),
+        None,
+    );
     assert_eq!(report.result, Some(Verdict::Compliant));
-    // 11 of BASELINE pass, none is NotApplicable: all 18 apply.
-    assert_eq!(report.passed, "12/18");
+    // 13 of BASELINE pass, none is NotApplicable: all 18 apply.
+    assert_eq!(report.passed, "13/18");
     assert_eq!(report.failing, "");
     assert_eq!(report.observed_generation, Some(3));
     let (status, reason, message) = compliant_condition(&report);
     assert_eq!((status, reason), ("True", "ControlsPass"));
     assert_eq!(
         message,
-        "12/18 controls pass; not evaluated by this version of the operator: \
-         ENC-2, BAK-1, BAK-2, ACC-2, DEL-1, REV-1"
+        "13/18 controls pass; not evaluated by this version of the operator: \
+         ENC-2, BAK-1, BAK-2, DEL-1, REV-1"
     );
 }
 
@@ -1309,6 +1337,7 @@ fn bak1_is_unknown_when_the_backup_engine_could_not_be_checked() {
         None,
         None,
         &Time(case.now),
+        None,
     );
     assert_eq!(report.result, Some(Verdict::Unknown));
     let (status, reason, message) = compliant_condition(&report);
@@ -1395,13 +1424,122 @@ fn acc1_fails_for_a_service_account_of_another_namespace() {
 
 #[test]
 fn acc2_does_not_apply_without_grants() {
-    let case = Case::with_tenant(|t| t.spec.access.clear());
+    let case = Case::with_tenant(|t| t.spec.access.grants.clear());
     assert_result(&case.judge("ACC-2"), NotApplicable, "NoGrants");
 }
 
+// The operator's bindings of examples/tenant.yaml. The ids are the first ten hex digits of
+// SHA-256("<kind>\n<name>\n<role>"), worked out with `sha256sum`.
+const DEV_DEVELOPERS: &str = "offres-emploi-dev/ft-developer-7d7b824377";
+const PROD_DEVELOPERS: &str = "offres-emploi-prod/ft-viewer-7d7b824377";
+const PROD_ADMIN: &str = "offres-emploi-prod/ft-admin-172aef385e";
+
 #[test]
-fn acc2_with_grants_is_not_in_this_version() {
-    assert_not_in_this_version(&Case::healthy().judge("ACC-2"));
+fn acc2_passes_when_each_grant_in_force_is_bound_as_declared() {
+    let finding = Case::healthy().judge("ACC-2");
+    assert_result(&finding, Pass, "RevokedOnTime");
+    assert!(
+        finding.message.starts_with("2 grant(s) in force"),
+        "{}",
+        finding.message
+    );
+    assert!(!finding.message.contains("Warning"), "{}", finding.message);
+}
+
+#[test]
+fn acc2_fails_when_a_grant_in_force_is_not_bound() {
+    let mut case = Case::healthy();
+    case.view
+        .role_bindings
+        .retain(|b| key_of(&**b) != PROD_ADMIN);
+    assert_fails(
+        &case.judge("ACC-2"),
+        "RightsNotRevoked",
+        &[&format!("RoleBinding/{PROD_ADMIN} is missing")],
+    );
+}
+
+#[test]
+fn acc2_fails_when_an_expired_or_suspended_grant_is_still_bound() {
+    // The bindings of the healthy case, judged after the developers' grant expired.
+    let healthy = Case::healthy();
+    let mut case = Case::with_tenant(|t| t.spec.access.grants[0].expires = Time(now()));
+    case.view.role_bindings = healthy.view.role_bindings.clone();
+    let finding = case.judge("ACC-2");
+    assert_fails(
+        &finding,
+        "RightsNotRevoked",
+        &[
+            &format!(
+                "RoleBinding/{DEV_DEVELOPERS} still binds Group offres-emploi-developpeurs, whose grant is expired"
+            ),
+            &format!(
+                "RoleBinding/{PROD_DEVELOPERS} still binds Group offres-emploi-developpeurs, whose grant is expired"
+            ),
+        ],
+    );
+    assert!(!finding.message.contains("claire"), "{}", finding.message);
+
+    let mut case = Case::with_tenant(|t| t.spec.access.grants[1].suspended = true);
+    case.view.role_bindings = healthy.view.role_bindings.clone();
+    assert_fails(
+        &case.judge("ACC-2"),
+        "RightsNotRevoked",
+        &[&format!(
+            "RoleBinding/{PROD_ADMIN} still binds User claire.martin@example.org, whose grant is suspended"
+        )],
+    );
+}
+
+#[test]
+fn acc2_warns_of_grants_expiring_within_30_days() {
+    // Ten days from 2026-11-22 is 2026-12-02; 31 days is past the warning window.
+    let case = Case::with_tenant(|t| {
+        t.spec.access.grants[1].expires = Time(now() + days(10));
+        t.spec.access.grants[0].expires = Time(now() + days(31));
+    });
+    let finding = case.judge("ACC-2");
+    assert_result(&finding, Pass, "RevokedOnTime");
+    assert!(
+        finding.message.ends_with(
+            "Warning, expiring within 30 days: User claire.martin@example.org (admin, 2026-12-02)"
+        ),
+        "{}",
+        finding.message
+    );
+}
+
+#[test]
+fn acc1_fails_for_an_operator_binding_widened_by_hand() {
+    let mut case = Case::healthy();
+    edit(&mut case.view.role_bindings, PROD_ADMIN, |b| {
+        b.subjects.get_or_insert_with(Vec::new).push(RbacSubject {
+            kind: "User".into(),
+            name: "mallory@example.org".into(),
+            ..Default::default()
+        });
+    });
+    assert_fails(
+        &case.judge("ACC-1"),
+        "UndeclaredBindings",
+        &[&format!(
+            "RoleBinding/{PROD_ADMIN} grants ft-tenant-admin to User claire.martin@example.org, User mallory@example.org"
+        )],
+    );
+}
+
+#[test]
+fn acc1_judges_access_even_when_the_spec_is_refused() {
+    let mut case = Case::healthy();
+    case.view
+        .role_bindings
+        .push(one("bindings.yaml", "offres-emploi-prod/debug-claire"));
+    let inputs = Inputs {
+        desired: Err("spec.network: invalid"),
+        ..case.inputs()
+    };
+    assert_result(&judge("ACC-1", &inputs), Fail, "UndeclaredBindings");
+    assert_result(&judge("ACC-2", &inputs), Pass, "RevokedOnTime");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1417,7 +1555,7 @@ fn acc3_passes_when_every_right_was_reviewed_this_year() {
 
 #[test]
 fn acc3_fails_for_a_right_never_reviewed() {
-    let case = Case::with_tenant(|t| t.spec.access[0].reviewed_at = None);
+    let case = Case::with_tenant(|t| t.spec.access.grants[0].reviewed_at = None);
     let finding = case.judge("ACC-3");
     assert_fails(
         &finding,
@@ -1431,7 +1569,7 @@ fn acc3_fails_for_a_right_never_reviewed() {
 fn acc3_fails_for_a_review_over_a_year_old() {
     // 400 days before 2026-11-22 is 2025-10-18.
     let case = Case::with_tenant(|t| {
-        t.spec.access[1].reviewed_at = Some(Time(now() - days(400)));
+        t.spec.access.grants[1].reviewed_at = Some(Time(now() - days(400)));
     });
     assert_fails(
         &case.judge("ACC-3"),
@@ -1445,7 +1583,7 @@ fn acc3_fails_for_a_review_over_a_year_old() {
 #[test]
 fn acc3_passes_for_a_review_364_days_old() {
     let case = Case::with_tenant(|t| {
-        t.spec.access[1].reviewed_at = Some(Time(now() - days(364)));
+        t.spec.access.grants[1].reviewed_at = Some(Time(now() - days(364)));
     });
     assert_result(&case.judge("ACC-3"), Pass, "Reviewed");
 }
@@ -1453,7 +1591,7 @@ fn acc3_passes_for_a_review_364_days_old() {
 #[test]
 fn acc3_fails_for_a_review_exactly_365_days_old() {
     let case = Case::with_tenant(|t| {
-        t.spec.access[1].reviewed_at = Some(Time(now() - days(365)));
+        t.spec.access.grants[1].reviewed_at = Some(Time(now() - days(365)));
     });
     assert_fails(
         &case.judge("ACC-3"),
@@ -1466,25 +1604,25 @@ fn acc3_fails_for_a_review_exactly_365_days_old() {
 fn acc3_ignores_expired_and_suspended_rights() {
     // Expired and never reviewed; suspended and reviewed long ago: nothing is in force.
     let case = Case::with_tenant(|t| {
-        t.spec.access[0].expires = Time(now() - days(1));
-        t.spec.access[0].reviewed_at = None;
-        t.spec.access[1].suspended = true;
-        t.spec.access[1].reviewed_at = Some(Time(at("2024-01-15T00:00:00Z")));
+        t.spec.access.grants[0].expires = Time(now() - days(1));
+        t.spec.access.grants[0].reviewed_at = None;
+        t.spec.access.grants[1].suspended = true;
+        t.spec.access.grants[1].reviewed_at = Some(Time(at("2024-01-15T00:00:00Z")));
     });
     assert_result(&case.judge("ACC-3"), NotApplicable, "NoGrantsInForce");
 
     // A right that expires right now is no longer in force either.
     let case = Case::with_tenant(|t| {
-        t.spec.access[0].expires = Time(now());
-        t.spec.access[0].reviewed_at = None;
-        t.spec.access[1].suspended = true;
+        t.spec.access.grants[0].expires = Time(now());
+        t.spec.access.grants[0].reviewed_at = None;
+        t.spec.access.grants[1].suspended = true;
     });
     assert_result(&case.judge("ACC-3"), NotApplicable, "NoGrantsInForce");
 
     // The expired one stays out of the judgement when the other is in force.
     let case = Case::with_tenant(|t| {
-        t.spec.access[0].expires = Time(now() - days(1));
-        t.spec.access[0].reviewed_at = None;
+        t.spec.access.grants[0].expires = Time(now() - days(1));
+        t.spec.access.grants[0].reviewed_at = None;
     });
     assert_result(&case.judge("ACC-3"), Pass, "Reviewed");
 }
@@ -1554,6 +1692,7 @@ fn an_invalid_spec_leaves_the_drift_controls_unknown() {
         None,
         Some(4),
         &Time(case.now),
+        None,
     );
     assert_eq!(report.result, Some(Verdict::Unknown));
     assert_eq!(report.failing, "");
@@ -1577,7 +1716,14 @@ fn an_invalid_spec_with_a_failing_control_is_non_compliant() {
         ..case.inputs()
     };
     let catalogue = Catalogue::embedded().expect("embedded catalogue");
-    let report = next_report(&catalogue, &evaluate(&inputs), None, None, &Time(case.now));
+    let report = next_report(
+        &catalogue,
+        &evaluate(&inputs),
+        None,
+        None,
+        &Time(case.now),
+        None,
+    );
     assert_eq!(report.result, Some(Verdict::NonCompliant));
     assert_eq!(report.failing, "GEO-1");
 }
@@ -1627,6 +1773,7 @@ fn report_carries_each_controls_catalogue_entry() {
         None,
         Some(1),
         &t0,
+        None,
     );
     let net1 = &report.controls[0];
     assert_eq!(net1.id, "NET-1");
@@ -1649,16 +1796,23 @@ fn report_is_not_rewritten_while_nothing_changes() {
         evaluation("NET-1", Pass, "DenyByDefault"),
         evaluation("GEO-3", Unknown, NOT_IN_THIS_VERSION),
     ];
-    let first = next_report(&catalogue(), &evaluations, None, Some(1), &t0);
+    let first = next_report(&catalogue(), &evaluations, None, Some(1), &t0, None);
     assert_eq!(first.last_evaluated.as_ref(), Some(&t0));
     assert!(first.controls.iter().all(|c| c.last_transition_time == t0));
 
-    let second = next_report(&catalogue(), &evaluations, Some(&first), Some(1), &t1);
+    let second = next_report(&catalogue(), &evaluations, Some(&first), Some(1), &t1, None);
     assert_eq!(
         second, first,
         "an unchanged report must compare equal, times included"
     );
-    let third = next_report(&catalogue(), &evaluations, Some(&second), Some(1), &t2);
+    let third = next_report(
+        &catalogue(),
+        &evaluations,
+        Some(&second),
+        Some(1),
+        &t2,
+        None,
+    );
     assert_eq!(third.last_evaluated.as_ref(), Some(&t0));
     assert_eq!(third, first);
 }
@@ -1671,14 +1825,14 @@ fn report_moves_the_times_of_what_changed_only() {
         evaluation("NET-1", Pass, "DenyByDefault"),
         evaluation("GEO-1", Pass, "InAllowedCountries"),
     ];
-    let first = next_report(&catalogue(), &before, None, Some(1), &t0);
+    let first = next_report(&catalogue(), &before, None, Some(1), &t0, None);
 
     let after = [
         evaluation("CLS-1", Pass, "Marked"),
         evaluation("NET-1", Fail, "DefaultDenyMissing"),
         evaluation("GEO-1", Pass, "InAllowedCountries"),
     ];
-    let second = next_report(&catalogue(), &after, Some(&first), Some(1), &t1);
+    let second = next_report(&catalogue(), &after, Some(&first), Some(1), &t1, None);
     assert_eq!(second.last_evaluated.as_ref(), Some(&t1));
     assert_eq!(
         transition_times(&second),
@@ -1690,7 +1844,7 @@ fn report_moves_the_times_of_what_changed_only() {
     // rewritten (lastEvaluated moves) but NET-1 has been failing since t1.
     let mut still = after.clone();
     still[1].finding.message = "NetworkPolicy/offres-emploi-dev/ft-default-deny is missing".into();
-    let third = next_report(&catalogue(), &still, Some(&second), Some(1), &t2);
+    let third = next_report(&catalogue(), &still, Some(&second), Some(1), &t2, None);
     assert_eq!(third.last_evaluated.as_ref(), Some(&t2));
     assert_eq!(
         transition_times(&third),
@@ -1698,11 +1852,11 @@ fn report_moves_the_times_of_what_changed_only() {
     );
 
     // Nothing changes any more: the previous report is kept as is.
-    let fourth = next_report(&catalogue(), &still, Some(&third), Some(1), &t3);
+    let fourth = next_report(&catalogue(), &still, Some(&third), Some(1), &t3, None);
     assert_eq!(fourth, third);
 
     // A new generation of the tenant with the same results is still news.
-    let fifth = next_report(&catalogue(), &still, Some(&fourth), Some(2), &t3);
+    let fifth = next_report(&catalogue(), &still, Some(&fourth), Some(2), &t3, None);
     assert_eq!(fifth.last_evaluated.as_ref(), Some(&t3));
     assert_eq!(fifth.observed_generation, Some(2));
     assert_eq!(transition_times(&fifth)["NET-1"], &t1);
@@ -1724,7 +1878,7 @@ fn report_counts_passes_out_of_the_controls_that_apply() {
         evaluation("GEO-3", Unknown, NOT_IN_THIS_VERSION),
         evaluation("BAK-1", Unknown, "BackupEngineUnchecked"),
     ];
-    let report = next_report(&catalogue(), &evaluations, None, None, &t0);
+    let report = next_report(&catalogue(), &evaluations, None, None, &t0, None);
     assert_eq!(report.passed, "4/8");
     assert_eq!(report.failing, "ISO-2,NET-2");
     assert_eq!(report.result, Some(Verdict::NonCompliant));
@@ -1739,8 +1893,9 @@ fn report_counts_passes_out_of_the_controls_that_apply() {
 #[test]
 fn report_verdict_follows_the_worst_result() {
     let [t0, ..] = times();
-    let verdict =
-        |evaluations: &[Evaluation]| next_report(&catalogue(), evaluations, None, None, &t0).result;
+    let verdict = |evaluations: &[Evaluation]| {
+        next_report(&catalogue(), evaluations, None, None, &t0, None).result
+    };
     // Not in this version does not by itself make a tenant Unknown.
     assert_eq!(
         verdict(&[
@@ -1775,7 +1930,7 @@ fn transitions_tell_failures_from_recoveries() {
         evaluation("GEO-1", Pass, "InAllowedCountries"),
         evaluation("GEO-2", Fail, "VolumesOutsideAllowedCountries"),
     ];
-    let previous = next_report(&catalogue(), &before, None, Some(1), &t0);
+    let previous = next_report(&catalogue(), &before, None, Some(1), &t0, None);
 
     // The first report: every control is new; only failing ones are failures.
     let first = transitions(None, &previous);
@@ -1806,7 +1961,7 @@ fn transitions_tell_failures_from_recoveries() {
         evaluation("GEO-1", Pass, "InAllowedCountries"),
         evaluation("GEO-2", NotApplicable, "NoVolumes"),
     ];
-    let next = next_report(&catalogue(), &after, Some(&previous), Some(1), &t1);
+    let next = next_report(&catalogue(), &after, Some(&previous), Some(1), &t1, None);
     let changed = transitions(Some(&previous), &next);
     let summary: Vec<(&str, Option<ControlResult>, bool, bool)> = changed
         .iter()

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use common::tenant;
 use ft_operator::admission::Confinement;
 use ft_operator::api::{FINALIZER, FranceTravailTenant};
-use ft_operator::build::{BuildSettings, Desired, build, with_placement};
+use ft_operator::build::{BuildSettings, Desired, build, with_access, with_placement};
 use ft_operator::compliance::Compliance;
 use ft_operator::controller::{Context, reconcile};
 use ft_operator::metrics::Metrics;
@@ -214,7 +214,11 @@ impl Harness {
         list(&mut w.pods, std::iter::empty(), |_| {});
         list(&mut w.persistent_volume_claims, std::iter::empty(), |_| {});
         list(&mut w.persistent_volumes, std::iter::empty(), |_| {});
-        list(&mut w.role_bindings, std::iter::empty(), |_| {});
+        list(
+            &mut w.role_bindings,
+            desired.role_bindings.iter().cloned(),
+            |_| {},
+        );
         list(&mut w.storage_classes, std::iter::empty(), |_| {});
         list(
             &mut w.validating_admission_policies,
@@ -276,12 +280,13 @@ impl Harness {
 
 /// What the operator applies for `t` on the harness's cluster, whose nodes are all in Paris.
 fn desired(t: &FranceTravailTenant) -> Desired {
-    with_placement(
+    let placed = with_placement(
         build(t, &BuildSettings::default()),
         t,
         &BTreeSet::from(["eu-west-3".to_string()]),
         Confinement::Native,
-    )
+    );
+    with_access(placed, t, jiff::Timestamp::now())
 }
 
 fn node(name: &str, extra: &[(&str, &str)]) -> Node {
@@ -317,6 +322,15 @@ fn stored_tenant() -> FranceTravailTenant {
     t.metadata.finalizers = Some(vec![FINALIZER.into()]);
     t.metadata.generation = Some(3);
     t.metadata.uid = Some("uid-1".into());
+    // The example's grants, in force whenever the tests run: bound, with no expiry in sight.
+    // Whole seconds, as the API server stores them.
+    let later = jiff::Timestamp::from_second(
+        (jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24 * 180)).as_second(),
+    )
+    .unwrap();
+    for grant in &mut t.spec.access.grants {
+        grant.expires = Time(later);
+    }
     t
 }
 
@@ -502,7 +516,17 @@ async fn a_tenant_with_its_finalizer_gets_every_child_applied_then_its_status() 
         ("Unknown".into(), "NotEvaluated".into())
     );
     assert!(report_status(&calls).is_none());
-    assert_eq!(events(&calls), ["Created", "Reconciled"]);
+    // One Event per right granted: the developers on both environments, the administrator.
+    assert_eq!(
+        events(&calls),
+        [
+            "Created",
+            "AccessGranted",
+            "AccessGranted",
+            "AccessGranted",
+            "Reconciled"
+        ]
+    );
 }
 
 #[tokio::test]
@@ -800,4 +824,98 @@ async fn a_control_that_starts_failing_is_reported_once_with_events_on_tenant_an
             ("ControlPassed".to_string(), "ComplianceReport".to_string()),
         ]
     );
+}
+
+fn deletes(calls: &[Call]) -> Vec<String> {
+    calls
+        .iter()
+        .filter(|c| c.method == "DELETE")
+        .map(|c| c.path.clone())
+        .collect()
+}
+
+const ADMIN_BINDING: &str = "/apis/rbac.authorization.k8s.io/v1/namespaces/offres-emploi-prod/rolebindings/ft-admin-172aef385e";
+
+#[tokio::test]
+async fn a_lapsed_grant_loses_its_binding_and_the_change_is_journalled() {
+    let mut h = harness();
+    let mut t = h.settle(stored_tenant()).await;
+    // The administrator's right has just expired.
+    t.spec.access.grants[1].expires = Time(jiff::Timestamp::now());
+    h.reconcile(t).await.unwrap();
+    let calls = h.api.writes();
+    assert_eq!(deletes(&calls), [ADMIN_BINDING]);
+    assert_eq!(events(&calls), ["AccessExpired"]);
+    let event = calls
+        .iter()
+        .find(|c| c.path.contains("/events"))
+        .expect("an Event");
+    assert_eq!(event.body["related"]["name"], "ft-admin-172aef385e");
+    let note = event.body["note"].as_str().unwrap_or_default();
+    assert!(
+        note.contains("User claire.martin@example.org") && note.contains("(2.4.c)"),
+        "{note}"
+    );
+    // The inventory in the status no longer lists the administrator.
+    let status = tenant_status(&calls).expect("status rewritten");
+    let holders: Vec<&str> = status["grants"]
+        .as_array()
+        .expect("grants in force")
+        .iter()
+        .filter_map(|g| g["subject"]["name"].as_str())
+        .collect();
+    assert_eq!(holders, ["offres-emploi-developpeurs"]);
+}
+
+#[tokio::test]
+async fn a_refused_spec_gets_nothing_new_but_still_loses_its_lapsed_rights() {
+    let mut h = harness();
+    let mut t = h.settle(stored_tenant()).await;
+    t.spec.access.grants[1].expires = Time(jiff::Timestamp::now());
+    // The administrator's grant given twice: the spec is refused.
+    let mut twice = t.spec.access.grants[1].clone();
+    twice.environments = vec!["dev".into()];
+    t.spec.access.grants.push(twice);
+    h.reconcile(t).await.unwrap();
+    let calls = h.api.writes();
+    assert!(applies(&calls).is_empty(), "{:?}", applies(&calls));
+    assert_eq!(deletes(&calls), [ADMIN_BINDING]);
+    let status = tenant_status(&calls).expect("status rewritten");
+    assert_eq!(
+        condition(&status, "Ready"),
+        ("False".into(), "InvalidSpec".into())
+    );
+}
+
+#[tokio::test]
+async fn bindings_made_by_hand_are_deleted_only_when_the_tenant_says_so() {
+    let mut h = harness();
+    let mut t = h.settle(stored_tenant()).await;
+    let by_hand = binding(
+        "mallory-admin",
+        json!({"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": "mallory@example.org"}),
+    );
+    let workload = binding(
+        "app-reader",
+        json!({"kind": "ServiceAccount", "name": "app", "namespace": "offres-emploi-prod"}),
+    );
+    for b in [&by_hand, &workload] {
+        h.writers
+            .role_bindings
+            .apply_watcher_event(&Event::Apply(b.clone()));
+    }
+    h.reconcile(t.clone()).await.unwrap();
+    assert!(deletes(&h.api.writes()).is_empty());
+
+    h.api.calls.lock().unwrap().clear();
+    t.spec.access.prune_undeclared = true;
+    h.reconcile(t).await.unwrap();
+    let calls = h.api.writes();
+    assert_eq!(
+        deletes(&calls),
+        [
+            "/apis/rbac.authorization.k8s.io/v1/namespaces/offres-emploi-prod/rolebindings/mallory-admin"
+        ]
+    );
+    assert_eq!(events(&calls), ["UndeclaredAccessRemoved"]);
 }

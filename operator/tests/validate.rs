@@ -93,10 +93,10 @@ fn unknown_or_non_adequate_countries_are_refused() {
 
 #[test]
 fn access_grants_need_an_expiry() {
-    let yaml = example_with("      expires: \"2027-06-30T00:00:00Z\"\n", "");
+    let yaml = example_with("        expires: \"2027-06-30T00:00:00Z\"\n", "");
     let f = fields(&yaml);
     assert_eq!(f.len(), 1);
-    assert!(f[0].starts_with("spec.access[0]"), "{f:?}");
+    assert!(f[0].starts_with("spec.access.grants[0]"), "{f:?}");
     let err = plan(&yaml, &BuildSettings::default())
         .unwrap_err()
         .to_string();
@@ -110,8 +110,40 @@ fn shared_and_system_identities_are_refused() {
             "name: claire.martin@example.org",
             &format!("name: \"{bad}\""),
         );
-        assert_eq!(fields(&yaml), ["spec.access[1].subject.name"], "{bad}");
+        assert_eq!(
+            fields(&yaml),
+            ["spec.access.grants[1].subject.name"],
+            "{bad}"
+        );
     }
+}
+
+#[test]
+fn one_subject_holds_a_role_through_one_grant() {
+    // The administrator's grant given a second time, for development.
+    let yaml = example_with(
+        "        reviewedAt: \"2026-09-01T00:00:00Z\"\n\n",
+        "        reviewedAt: \"2026-09-01T00:00:00Z\"\n      - subject: {kind: User, name: claire.martin@example.org}\n        role: admin\n        environments: [dev]\n        expires: \"2027-01-31T00:00:00Z\"\n\n",
+    );
+    let err = plan(&yaml, &BuildSettings::default()).unwrap_err();
+    assert_eq!(
+        err.field_errors()
+            .iter()
+            .map(|f| f.field.as_str())
+            .collect::<Vec<_>>(),
+        ["spec.access.grants[2].subject"]
+    );
+    assert!(
+        err.to_string().contains("through spec.access.grants[1]"),
+        "{err}"
+    );
+    // The same person in another role is a different grant.
+    let other_role = yaml.replacen(
+        "role: admin\n        environments: [dev]",
+        "role: viewer\n        environments: [dev]",
+        1,
+    );
+    assert!(plan(&other_role, &BuildSettings::default()).is_ok());
 }
 
 #[test]
@@ -122,10 +154,10 @@ fn flows_and_grants_must_name_declared_environments() {
     );
     assert_eq!(fields(&yaml), ["spec.network.egress[0].environments[0]"]);
     let yaml = example_with(
-        "environments: [dev]\n      expires",
-        "environments: [qa]\n      expires",
+        "environments: [dev, prod]\n        expires",
+        "environments: [qa, prod]\n        expires",
     );
-    assert_eq!(fields(&yaml), ["spec.access[0].environments[0]"]);
+    assert_eq!(fields(&yaml), ["spec.access.grants[0].environments[0]"]);
 }
 
 #[test]
@@ -186,7 +218,9 @@ fn wrong_kind_and_unparseable_yaml_are_refused() {
 
 #[test]
 fn plan_prints_every_object_as_yaml_documents() {
-    let out = plan(&read("examples/tenant.yaml"), &BuildSettings::default()).unwrap();
+    // Grants are rendered as they stand when `plan` runs: moved far ahead, they are in force.
+    let yaml = read("examples/tenant.yaml").replace("expires: \"2027-", "expires: \"2099-");
+    let out = plan(&yaml, &BuildSettings::default()).unwrap();
     let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&out).unwrap();
     let count = |kind: &str| docs.iter().filter(|d| d["kind"] == kind).count();
     assert_eq!(count("Namespace"), 2);
@@ -194,7 +228,9 @@ fn plan_prints_every_object_as_yaml_documents() {
     assert_eq!(count("ResourceQuota"), 2);
     assert_eq!(count("LimitRange"), 2);
     assert_eq!(count("ComplianceReport"), 1);
-    assert_eq!(docs.len(), 19);
+    // The developers on both environments, the administrator on production.
+    assert_eq!(count("RoleBinding"), 3);
+    assert_eq!(docs.len(), 22);
 }
 
 #[test]

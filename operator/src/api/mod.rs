@@ -23,6 +23,10 @@ pub mod labels {
     pub const ENVIRONMENT_KIND: &str = "hosting.francetravail.fr/environment-kind";
     pub const DATA_CLASSIFICATION: &str = "hosting.francetravail.fr/data-classification";
     pub const FLOW_NATURE: &str = "hosting.francetravail.fr/flow-nature";
+    /// On a RoleBinding: the id of the access grant it renders (`access::grant_id`).
+    pub const GRANT: &str = "hosting.francetravail.fr/grant";
+    /// On a RoleBinding: the role the grant declares (`admin`, `developer`, `viewer`).
+    pub const ACCESS_ROLE: &str = "hosting.francetravail.fr/access-role";
     pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
     pub const MANAGED_BY_VALUE: &str = "ft-operator";
     /// Selects everything the operator manages, for its label-selected watches.
@@ -34,4 +38,8 @@ pub mod annotations {
     /// The flow matrix entry a NetworkPolicy renders, and the rule it implements.
     pub const FLOW: &str = "hosting.francetravail.fr/flow";
     pub const CONTROL: &str = "hosting.francetravail.fr/control";
+    /// On a RoleBinding: who the grant names, such as `User claire.martin@example.org`.
+    pub const SUBJECT: &str = "hosting.francetravail.fr/subject";
+    /// On a RoleBinding: when the grant lapses, RFC 3339.
+    pub const EXPIRES: &str = "hosting.francetravail.fr/expires";
 }

@@ -111,6 +111,22 @@ pub struct ReportStatus {
     #[serde(default)]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["id".into()]))]
     pub controls: Vec<ControlStatus>,
+    /// Who holds rights on the tenant's environments, counted (CLD-16).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access: Option<AccessSummary>,
+}
+
+/// The inventory of rights in force, privileged ones named (CLD-16).
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct AccessSummary {
+    /// Grants neither expired nor suspended.
+    pub grants_in_force: u32,
+    /// Distinct holders of the `admin` role in force.
+    pub privileged_holders: u32,
+    /// Those holders, such as `User claire.martin@example.org`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub privileged: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]

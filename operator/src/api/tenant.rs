@@ -43,8 +43,8 @@ use super::Country;
       (!has(self.network.egress) || self.network.egress.all(f, !has(f.environments) || f.environments.all(n, self.environments.exists(e, e.name == n)))))"
 ).message("every environment a flow names must be declared in spec.environments").field_path(".network"))]
 #[x_kube(validation = Rule::new(
-    "!has(self.access) || self.access.all(g, g.environments.all(n, self.environments.exists(e, e.name == n)))"
-).message("every environment an access grant names must be declared in spec.environments").field_path(".access"))]
+    "!has(self.access) || !has(self.access.grants) || self.access.grants.all(g, g.environments.all(n, self.environments.exists(e, e.name == n)))"
+).message("every environment an access grant names must be declared in spec.environments").field_path(".access.grants"))]
 pub struct TenantSpec {
     /// Human-readable name of the service.
     #[schemars(length(min = 1, max = 128))]
@@ -81,8 +81,7 @@ pub struct TenantSpec {
 
     /// Personal, expiring access rights (CLD-14, CLD-16, CLD-17, general rules 2.4.a and 2.4.c).
     #[serde(default)]
-    #[schemars(length(max = 256))]
-    pub access: Vec<AccessGrant>,
+    pub access: Access,
 
     /// What happens when the tenant is deleted (CLD-47, CLD-73, CLD-76).
     #[serde(default)]
@@ -470,6 +469,20 @@ pub struct Backup {
     pub restore_test_schedule: Option<String>,
 }
 
+/// Who may act on the tenant's environments, and what happens to rights nobody declared.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Access {
+    /// Each becomes one RoleBinding per environment while it is in force.
+    #[serde(default)]
+    #[schemars(length(max = 256))]
+    pub grants: Vec<AccessGrant>,
+    /// Delete RoleBindings made by hand in the tenant's namespaces. By default they are only
+    /// reported, as a failure of the access control (CLD-14).
+    #[serde(default)]
+    pub prune_undeclared: bool,
+}
+
 /// A personal right on some environments of the tenant, with an expiry.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -490,7 +503,7 @@ pub struct AccessGrant {
 }
 
 /// A named person or group of people: never a shared or technical identity (CLD-14).
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!self.name.startsWith('system:') && !self.name.contains('*')")
     .message("subjects must name a person or a group of people: system identities, service accounts and wildcards are refused (CLD-14)")
@@ -502,18 +515,51 @@ pub struct Subject {
     pub name: String,
 }
 
-#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(
+    Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord,
+)]
 pub enum SubjectKind {
     User,
     Group,
 }
 
-#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
+/// What a grant lets its holder do (general rule 2.4.a: read, update and execute are told apart).
+#[derive(
+    Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
+    /// Read, update and execute, and manage the environment's service accounts: privileged (CLD-16).
     Admin,
+    /// Read, update and execute outside production; read-only in production.
     Developer,
+    /// Read only, secrets excepted.
     Viewer,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Admin => "admin",
+            Self::Developer => "developer",
+            Self::Viewer => "viewer",
+        }
+    }
+}
+
+impl SubjectKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::User => "User",
+            Self::Group => "Group",
+        }
+    }
+}
+
+impl std::fmt::Display for Subject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.kind.as_str(), self.name)
+    }
 }
 
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq, Eq)]
@@ -552,4 +598,20 @@ pub struct TenantStatus {
     /// The tenant's namespaces, one per environment.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub namespaces: Vec<String>,
+    /// The rights in force: who holds which role on which environments, until when. The list
+    /// of authorised people handed over on request (general rule 2.4.a).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    pub grants: Vec<GrantInForce>,
+}
+
+/// One right in force, as listed in the tenant's status.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct GrantInForce {
+    pub subject: Subject,
+    pub role: Role,
+    #[schemars(length(max = 8))]
+    pub environments: Vec<String>,
+    pub expires: Time,
 }

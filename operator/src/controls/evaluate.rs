@@ -21,6 +21,7 @@ use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use crate::access;
 use crate::api::{ControlResult, DeletionPolicy, EnvironmentKind, FranceTravailTenant, labels};
 use crate::apply::{differs, object_key, owned_by};
 use crate::build::{DEFAULT_DENY, Desired, namespace_name};
@@ -877,26 +878,16 @@ fn restore_tests(inputs: &Inputs) -> Finding {
     not_in_this_version("Running restore tests")
 }
 
+/// Judged against the bindings the grants want at `now`, which do not depend on the rest of
+/// the spec: a tenant whose spec is refused is still judged on who can act on it.
 fn declared_bindings(inputs: &Inputs) -> Finding {
+    let declared = access::role_bindings(inputs.tenant, inputs.now);
     let mut problems = Vec::new();
     for binding in &inputs.observed.role_bindings {
-        let ns = binding.metadata.namespace.as_deref().unwrap_or_default();
-        // A workload's own service accounts are identities of the namespace, not people.
-        let undeclared: Vec<String> = binding
-            .subjects
-            .iter()
-            .flatten()
-            .filter(|s| {
-                !(s.kind == "ServiceAccount" && s.namespace.as_deref().is_none_or(|n| n == ns))
-            })
-            .map(|s| match &s.namespace {
-                Some(n) if s.kind == "ServiceAccount" => format!("{} {n}/{}", s.kind, s.name),
-                _ => format!("{} {}", s.kind, s.name),
-            })
-            .collect();
+        let undeclared = access::undeclared_subjects(binding, &declared);
         if !undeclared.is_empty() {
             problems.push(format!(
-                "{} grants {} to {}: the operator did not make it for a declared access grant",
+                "{} grants {} to {}: no access grant declares it",
                 object_key(&**binding),
                 binding.role_ref.name,
                 undeclared.join(", ")
@@ -911,11 +902,87 @@ fn declared_bindings(inputs: &Inputs) -> Finding {
     )
 }
 
+/// Every grant in force is bound in each of its environments, with the role its function calls
+/// for; no grant expired or suspended still is.
 fn expiring_rights(inputs: &Inputs) -> Finding {
-    if inputs.tenant.spec.access.is_empty() {
+    let grants = &inputs.tenant.spec.access.grants;
+    if grants.is_empty() {
         return not_applicable("NoGrants", "the tenant declares no access grant");
     }
-    not_in_this_version("Binding access grants and revoking them when they expire")
+    let declared = access::role_bindings(inputs.tenant, inputs.now);
+    let observed = |ns: Option<&String>, name: Option<&String>| {
+        inputs
+            .observed
+            .role_bindings
+            .iter()
+            .find(|b| b.metadata.namespace.as_ref() == ns && b.metadata.name.as_ref() == name)
+    };
+    let mut problems = Vec::new();
+    for want in &declared {
+        let key = object_key(want);
+        match observed(
+            want.metadata.namespace.as_ref(),
+            want.metadata.name.as_ref(),
+        ) {
+            None => problems.push(format!("{key} is missing: a grant in force is not bound")),
+            Some(have) if have.role_ref != want.role_ref || have.subjects != want.subjects => {
+                problems.push(format!(
+                    "{key} binds {} to other subjects or another role than its grant declares",
+                    have.role_ref.name
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    for grant in grants {
+        let lapsed = match access::state(grant, inputs.now) {
+            access::GrantState::InForce => continue,
+            access::GrantState::Expired => "expired",
+            access::GrantState::Suspended => "suspended",
+        };
+        let id = access::grant_id(grant);
+        for binding in inputs.observed.role_bindings.iter().filter(|b| {
+            owned_by(&b.metadata, &inputs.tenant.name_any())
+                && b.labels().get(labels::GRANT) == Some(&id)
+        }) {
+            problems.push(format!(
+                "{} still binds {}, whose grant is {lapsed}",
+                object_key(&**binding),
+                grant.subject
+            ));
+        }
+    }
+    if !problems.is_empty() {
+        return finding(ControlResult::Fail, "RightsNotRevoked", listing(&problems));
+    }
+    let in_force = access::in_force(inputs.tenant, inputs.now).len();
+    if in_force == 0 {
+        return pass(
+            "NoRightInForce",
+            "no grant is in force, and none of the expired or suspended ones is bound",
+        );
+    }
+    let mut message =
+        format!("{in_force} grant(s) in force, each bound as declared; none lapsed is bound");
+    let soon = access::expiring_soon(inputs.tenant, inputs.now);
+    if !soon.is_empty() {
+        let listed: Vec<String> = soon
+            .iter()
+            .map(|g| {
+                format!(
+                    "{} ({}, {})",
+                    g.subject,
+                    g.role.as_str(),
+                    g.expires.0.strftime("%Y-%m-%d")
+                )
+            })
+            .collect();
+        message.push_str(&format!(
+            ". Warning, expiring within 30 days: {}",
+            listed.join(", ")
+        ));
+    }
+    pass("RevokedOnTime", message)
 }
 
 fn reviewed_rights(inputs: &Inputs) -> Finding {
@@ -923,15 +990,16 @@ fn reviewed_rights(inputs: &Inputs) -> Finding {
         .tenant
         .spec
         .access
+        .grants
         .iter()
-        .filter(|g| !g.suspended && g.expires.0 > inputs.now)
+        .filter(|g| access::state(g, inputs.now) == access::GrantState::InForce)
         .collect();
     if in_force.is_empty() {
         return not_applicable("NoGrantsInForce", "no access grant is in force");
     }
     let mut problems = Vec::new();
     for grant in in_force {
-        let who = format!("{:?} {}", grant.subject.kind, grant.subject.name);
+        let who = grant.subject.to_string();
         match &grant.reviewed_at {
             None => problems.push(format!("the right of {who} was never reviewed")),
             Some(at) if inputs.now.duration_since(at.0) >= REVIEW_PERIOD => problems.push(format!(

@@ -5,15 +5,17 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::catalogue::Catalogue;
 use super::evaluate::{Evaluation, NOT_IN_THIS_VERSION};
-use crate::api::{ControlResult, ControlStatus, ReportStatus, Verdict};
+use crate::api::{AccessSummary, ControlResult, ControlStatus, ReportStatus, Verdict};
 
-/// The report status for `evaluations`, keeping `previous`'s times where nothing changed.
+/// The report status for `evaluations` and the access inventory, keeping `previous`'s times
+/// where nothing changed.
 pub fn next_report(
     catalogue: &Catalogue,
     evaluations: &[Evaluation],
     previous: Option<&ReportStatus>,
     generation: Option<i64>,
     now: &Time,
+    access: Option<AccessSummary>,
 ) -> ReportStatus {
     let before = |id: &str| previous.and_then(|p| p.controls.iter().find(|c| c.id == id));
     let controls: Vec<ControlStatus> = evaluations
@@ -67,6 +69,7 @@ pub fn next_report(
         last_evaluated: Some(now.clone()),
         observed_generation: generation,
         controls,
+        access,
     };
     // Unchanged results keep the time they were first found, so nothing is rewritten.
     if let Some(previous) = previous {
