@@ -124,11 +124,25 @@ pub async fn install_access_roles(client: &Client) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Confirms that deleting a tenant is meant (the annotation the deletion protection asks
+/// for), then deletes it.
+pub async fn confirm_and_delete(client: &Client, name: &str) -> anyhow::Result<()> {
+    let tenants: Api<FranceTravailTenant> = Api::all(client.clone());
+    let confirm = serde_json::json!({"metadata": {"annotations": {
+        ft_operator::api::annotations::CONFIRM_DELETION: name
+    }}});
+    tenants
+        .patch(name, &PatchParams::default(), &Patch::Merge(&confirm))
+        .await?;
+    tenants.delete(name, &Default::default()).await?;
+    Ok(())
+}
+
 /// Deletes a tenant and waits until it is gone: its finalizer has run. The operator must be
 /// running, or the tenant stays.
 pub async fn delete_tenant(client: &Client, name: &str) -> anyhow::Result<()> {
     let tenants: Api<FranceTravailTenant> = Api::all(client.clone());
-    tenants.delete(name, &Default::default()).await?;
+    confirm_and_delete(client, name).await?;
     wait_for(
         &format!("tenant {name} to be gone"),
         Duration::from_secs(120),
@@ -148,13 +162,15 @@ pub async fn ensure_namespace(client: &Client, name: &str) -> anyhow::Result<()>
     Ok(())
 }
 
-/// The example tenant of the repository under another name.
+/// The example tenant of the repository under another name, without a final export.
 pub fn example_tenant(file: &str, name: &str) -> anyhow::Result<FranceTravailTenant> {
     let path = workspace_root().join("examples").join(file);
     let yaml = std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
     let mut tenants = ft_operator::plan::parse_tenants(&yaml)?;
     let mut tenant = tenants.remove(0);
     tenant.metadata.name = Some(name.into());
+    // No export engine in this version: a final export would hold every deletion.
+    tenant.spec.deletion.final_export = false;
     Ok(tenant)
 }
 

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use ft_e2e::{
-    Operator, TestNodes, cluster, ensure_namespace, example_tenant, install_crds, restricted_pod,
-    serve_velero_schedules, unique, wait_for,
+    Operator, TestNodes, cluster, confirm_and_delete, ensure_namespace, example_tenant,
+    install_crds, restricted_pod, serve_velero_schedules, unique, wait_for,
 };
 use ft_operator::api::{ComplianceReport, ControlResult, FranceTravailTenant, Verdict};
 use k8s_openapi::api::core::v1::{Event, Pod};
@@ -249,7 +249,7 @@ async fn kubectl_get_compliance_follows_what_breaks_and_what_is_repaired() -> an
     wait_report(&client, &name, Verdict::Compliant, |_| true).await?;
 
     // The report goes with its tenant.
-    tenants.delete(&name, &DeleteParams::default()).await?;
+    confirm_and_delete(&client, &name).await?;
     wait_for(
         "the report to go with the tenant",
         Duration::from_secs(120),

@@ -7,7 +7,10 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
-use ft_e2e::{Operator, cluster, ensure_namespace, example_tenant, install_crds, unique, wait_for};
+use ft_e2e::{
+    Operator, cluster, confirm_and_delete, ensure_namespace, example_tenant, install_crds, unique,
+    wait_for,
+};
 use ft_operator::api::FranceTravailTenant;
 use ft_operator::build::{BuildSettings, build};
 use k8s_openapi::api::core::v1::{Event, LimitRange, Namespace, ResourceQuota};
@@ -249,7 +252,7 @@ async fn a_tenant_is_isolated_kept_in_shape_and_deleted() -> anyhow::Result<()> 
     wait_ready(&tenants, &name).await?;
 
     // Deleting the tenant deletes its namespaces, then the tenant itself.
-    tenants.delete(&name, &DeleteParams::default()).await?;
+    confirm_and_delete(&client, &name).await?;
     wait_for(
         "the tenant and its namespaces to be gone",
         Duration::from_secs(120),

@@ -253,6 +253,7 @@ impl Case {
             ),
             mutating_admission_policies: arcs(&desired.mutating_admission_policies),
             mutating_admission_policy_bindings: arcs(&desired.mutating_admission_policy_bindings),
+            key_fingerprint: Some("sha256:0123456789abcdef".into()),
         };
         let facts = ClusterFacts {
             regions: Arc::new(catalogue()),

@@ -14,6 +14,7 @@ use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::core::v1::{LimitRange, Namespace, ResourceQuota};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::RoleBinding;
+use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -51,6 +52,7 @@ macro_rules! cluster_child {
 }
 cluster_child!(
     Namespace,
+    StorageClass,
     ComplianceReport,
     ValidatingAdmissionPolicy,
     ValidatingAdmissionPolicyBinding,
@@ -164,6 +166,7 @@ impl Applier<'_> {
             resource_quotas,
             limit_ranges,
             role_bindings,
+            storage_classes,
             compliance_reports,
             validating_admission_policies,
             validating_admission_policy_bindings,
@@ -231,6 +234,8 @@ impl Applier<'_> {
             .await?;
         self.apply_kind(role_bindings, &self.observed.role_bindings, &mut report)
             .await?;
+        self.apply_kind(storage_classes, &observed.storage_classes, &mut report)
+            .await?;
         self.apply_kind(
             compliance_reports,
             &self.observed.compliance_reports,
@@ -257,6 +262,8 @@ impl Applier<'_> {
         .await?;
         self.prune(namespaces, &self.observed.namespaces, &mut report)
             .await?;
+        self.prune(storage_classes, &observed.storage_classes, &mut report)
+            .await?;
         // Bindings before their policies.
         self.prune(
             mutating_admission_policy_bindings,
@@ -279,6 +286,41 @@ impl Applier<'_> {
         self.prune(
             validating_admission_policies,
             &observed.validating_admission_policies,
+            &mut report,
+        )
+        .await?;
+        Ok(report)
+    }
+
+    /// Deletes every cluster-scoped object the operator made for the tenant, and its
+    /// RoleBindings: what goes when the tenant goes, whatever its deletion policy. Returns
+    /// what was deleted; the objects may take a moment to disappear.
+    pub async fn remove_own_objects(&self) -> Result<ApplyReport> {
+        let mut report = ApplyReport::default();
+        let o = self.observed;
+        self.prune::<RoleBinding, _>(&[], &o.role_bindings, &mut report)
+            .await?;
+        self.prune::<ComplianceReport, _>(&[], &o.compliance_reports, &mut report)
+            .await?;
+        self.prune::<StorageClass, _>(&[], &o.storage_classes, &mut report)
+            .await?;
+        self.prune::<MutatingAdmissionPolicyBinding, _>(
+            &[],
+            &o.mutating_admission_policy_bindings,
+            &mut report,
+        )
+        .await?;
+        self.prune::<MutatingAdmissionPolicy, _>(&[], &o.mutating_admission_policies, &mut report)
+            .await?;
+        self.prune::<ValidatingAdmissionPolicyBinding, _>(
+            &[],
+            &o.validating_admission_policy_bindings,
+            &mut report,
+        )
+        .await?;
+        self.prune::<ValidatingAdmissionPolicy, _>(
+            &[],
+            &o.validating_admission_policies,
             &mut report,
         )
         .await?;

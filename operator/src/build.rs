@@ -26,12 +26,15 @@ use serde::Serialize;
 use jiff::Timestamp;
 use k8s_openapi::api::rbac::v1::RoleBinding;
 
+use k8s_openapi::api::storage::v1::StorageClass;
+
 use crate::access::role_bindings;
 use crate::admission::{Confinement, placement_policies};
 use crate::api::{
     ComplianceReport, Environment, FlowNature, FlowPort, FranceTravailTenant, Peer, ReportSpec,
     annotations, labels,
 };
+use crate::encryption::{Profiles, claims_policy, storage_class};
 use crate::placement::placements;
 use crate::validate::{cidr_contains, parse_cidr};
 
@@ -58,8 +61,12 @@ impl Default for DnsEndpoint {
 }
 
 /// Cluster facts and operator settings the builders need besides the tenant.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BuildSettings {
+    /// How each CSI driver's class references the tenant key.
+    pub profiles: Profiles,
+    /// The operator's namespace, where tenant keys are kept.
+    pub key_namespace: String,
     pub dns: DnsEndpoint,
     /// The cluster's pod and service ranges. Some network plugins match `ipBlock` against pod
     /// addresses, so these ranges are carved out of every declared block: a `cidr` flow can
@@ -67,6 +74,19 @@ pub struct BuildSettings {
     pub cluster_networks: Vec<String>,
     /// How new pods are confined: told by discovery at start-up.
     pub confinement: Confinement,
+}
+
+impl Default for BuildSettings {
+    fn default() -> Self {
+        Self {
+            // The embedded catalogue loads: `tests/encryption.rs` fails otherwise.
+            profiles: Profiles::embedded().unwrap_or_else(|_| Profiles { profiles: vec![] }),
+            key_namespace: "ft-system".into(),
+            dns: DnsEndpoint::default(),
+            cluster_networks: Vec::new(),
+            confinement: Confinement::default(),
+        }
+    }
 }
 
 /// Every object the operator wants for one tenant. `apply` destructures it field by field, so
@@ -79,6 +99,8 @@ pub struct Desired {
     pub limit_ranges: Vec<LimitRange>,
     /// The access grants in force, one per grant per environment (see `with_access`).
     pub role_bindings: Vec<RoleBinding>,
+    /// The tenant's encrypted class (CLD-21), when it declares storage.
+    pub storage_classes: Vec<StorageClass>,
     /// The tenant's one report; its status is written by the evaluator, not here.
     pub compliance_reports: Vec<ComplianceReport>,
     /// Placement admission, per environment (see `with_placement`).
@@ -106,6 +128,7 @@ impl Desired {
             resource_quotas,
             limit_ranges,
             role_bindings,
+            storage_classes,
             compliance_reports,
             validating_admission_policies,
             validating_admission_policy_bindings,
@@ -122,6 +145,7 @@ impl Desired {
         push(&mut out, resource_quotas)?;
         push(&mut out, limit_ranges)?;
         push(&mut out, role_bindings)?;
+        push(&mut out, storage_classes)?;
         push(&mut out, compliance_reports)?;
         Ok(out)
     }
@@ -160,6 +184,15 @@ pub fn build(tenant: &FranceTravailTenant, settings: &BuildSettings) -> Desired 
             .push(build_limit_range(tenant, env, &ns, &labels));
     }
     desired.compliance_reports.push(build_report(tenant));
+    desired.storage_classes.extend(storage_class(
+        tenant,
+        &settings.profiles,
+        &settings.key_namespace,
+    ));
+    // The claims policy is owned by the tenant: offline, with no uid, it has no owner yet.
+    let (policy, binding) = claims_policy(tenant);
+    desired.validating_admission_policies.push(policy);
+    desired.validating_admission_policy_bindings.push(binding);
     desired
 }
 

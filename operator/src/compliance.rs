@@ -161,7 +161,8 @@ impl Compliance {
         let previous = self.previous(&name, Some(&stored));
 
         let namespaces = tenant_namespaces(tenant);
-        let observed = ctx.observed.view(&name, &namespaces);
+        let mut observed = ctx.observed.view(&name, &namespaces);
+        observed.key_fingerprint = ctx.keys.fingerprint(&name).await?;
         let facts = self.facts(ctx).await;
         let now = jiff::Timestamp::now();
         let evaluations = evaluate(&Inputs {

@@ -13,15 +13,15 @@ use k8s_openapi::api::admissionregistration::v1::{
     ValidatingAdmissionPolicyBinding,
 };
 use k8s_openapi::api::core::v1::{
-    LimitRange, Namespace, Node, ObjectReference, PersistentVolume, PersistentVolumeClaim, Pod,
-    PodSpec, ResourceQuota,
+    ConfigMap, LimitRange, Namespace, Node, ObjectReference, PersistentVolume,
+    PersistentVolumeClaim, Pod, PodSpec, ResourceQuota,
 };
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::PartialObjectMeta;
-use kube::api::{Patch, PatchParams};
+use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
@@ -35,7 +35,7 @@ use crate::access;
 use crate::admission::Confinement;
 use crate::api::{
     ComplianceReport, DeletionPolicy, FIELD_MANAGER, FINALIZER, FranceTravailTenant, GROUP,
-    TenantStatus, labels,
+    ShreddingStatus, TenantStatus, labels,
 };
 use crate::apply::{AppliedMemo, Applier, ApplyReport, owned_by};
 use crate::build::{
@@ -43,9 +43,11 @@ use crate::build::{
 };
 use crate::compliance::Compliance;
 use crate::error::{Error, Result};
+use crate::keystore::{KeyStore, MemoryKeyStore, SecretKeyStore};
 use crate::metrics::{Metrics, TenantLabels};
 use crate::observe::{Observed, empty_stores};
 use crate::placement::{PlacementIndex, allowed_regions, placements};
+use crate::shredding::{self, Step};
 use crate::status::{self, Outcome, next_status};
 use crate::validate::validate_for_cluster;
 
@@ -100,6 +102,9 @@ pub struct Context {
     pub compliance: Compliance,
     /// Each tenant namespace's placement, for the webhook.
     pub placements: PlacementIndex,
+    /// Where tenant keys are kept: a Secret per tenant in the operator's namespace when
+    /// running, in memory in tests.
+    pub keys: Arc<dyn KeyStore>,
     failures: Mutex<HashMap<String, u32>>,
 }
 
@@ -115,6 +120,7 @@ impl Context {
         Self {
             compliance,
             placements: PlacementIndex::default(),
+            keys: Arc::new(MemoryKeyStore::default()),
             recorder: Recorder::new(client.clone(), reporter),
             client,
             observed,
@@ -123,6 +129,17 @@ impl Context {
             settings,
             index: NamespaceIndex::default(),
             failures: Mutex::default(),
+        }
+    }
+
+    /// Applies and prunes the children of one tenant.
+    pub fn applier<'a>(&'a self, tenant: &'a str) -> Applier<'a> {
+        Applier {
+            client: &self.client,
+            observed: &self.observed,
+            memo: &self.memo,
+            metrics: &self.metrics,
+            tenant,
         }
     }
 
@@ -226,6 +243,9 @@ async fn apply_tenant(tenant: &FranceTravailTenant, ctx: &Context) -> Result<Act
             .map(|e| namespace_name(&name, &e.name)),
     );
 
+    // The tenant's key exists before anything is built that would use it (CLD-21, CLD-40).
+    let key_fingerprint = ctx.keys.ensure(&name).await?;
+
     // Rights are judged at one instant for the whole pass: what is bound, journalled and
     // listed in the status all agree.
     let now = jiff::Timestamp::now();
@@ -251,13 +271,7 @@ async fn apply_tenant(tenant: &FranceTravailTenant, ctx: &Context) -> Result<Act
         );
         with_access(desired, tenant, now)
     });
-    let applier = Applier {
-        client: &ctx.client,
-        observed: &ctx.observed,
-        memo: &ctx.memo,
-        metrics: &ctx.metrics,
-        tenant: &name,
-    };
+    let applier = ctx.applier(&name);
     let wanted_bindings = match &validated {
         Ok(desired) => desired.role_bindings.clone(),
         Err(_) => access::role_bindings(tenant, now),
@@ -319,12 +333,13 @@ async fn apply_tenant(tenant: &FranceTravailTenant, ctx: &Context) -> Result<Act
         Ok(_) => Outcome::Applied,
         Err(e) => Outcome::Failed(e),
     };
-    let status = next_status(
+    let mut status = next_status(
         tenant,
         outcome,
         report.as_ref(),
         &Time(jiff::Timestamp::now()),
     );
+    status.key_fingerprint = Some(key_fingerprint);
     let changed = tenant.status.as_ref() != Some(&status);
     if changed {
         write_status(tenant, &status, ctx).await?;
@@ -497,56 +512,26 @@ async fn announce_transitions(tenant: &FranceTravailTenant, next: &TenantStatus,
 /// Runs while the tenant is being deleted; the finalizer stays until this returns Ok.
 async fn cleanup(tenant: &FranceTravailTenant, ctx: &Context) -> Result<Action> {
     let name = tenant.name_any();
+    let applier = ctx.applier(&name);
     if tenant.spec.deletion.policy == DeletionPolicy::Retain {
-        info!(tenant = %name, "deletion policy Retain: namespaces and data are left in place");
+        // The namespaces, their data and the key stay; the operator's own objects go.
+        let removed = applier.remove_own_objects().await?;
+        if let Some(left) = own_objects_left(&name, ctx).first() {
+            return Err(Error::CleanupPending(left.clone()));
+        }
+        info!(tenant = %name, removed = ?removed.pruned, "deletion policy Retain: namespaces, data and key are left in place");
         ctx.publish(
             tenant,
             EventType::Normal,
             "Retained",
-            "deletion policy Retain: namespaces and their data are left in place".into(),
+            format!(
+                "deletion policy Retain: namespaces, their data and the tenant key ({}) are left in place; the operator's own objects are removed",
+                ctx.keys.location(&name)
+            ),
         )
         .await;
     } else {
-        let namespaces: Vec<_> = ctx
-            .observed
-            .namespaces
-            .state()
-            .into_iter()
-            .filter(|ns| owned_by(&ns.metadata, &name))
-            .collect();
-        if let Some(remaining) = namespaces.first() {
-            let api: Api<Namespace> = Api::all(ctx.client.clone());
-            for ns in namespaces
-                .iter()
-                .filter(|ns| ns.metadata.deletion_timestamp.is_none())
-            {
-                match api.delete(&ns.name_any(), &Default::default()).await {
-                    Ok(_) => {
-                        ctx.metrics.write("Namespace", "delete");
-                        info!(tenant = %name, namespace = %ns.name_any(), control = "CLD-47", "namespace deleted");
-                    }
-                    Err(kube::Error::Api(s)) if s.code == 404 => {}
-                    Err(e) => {
-                        return Err(Error::kube(
-                            "delete",
-                            format!("Namespace/{}", ns.name_any()),
-                            e,
-                        ));
-                    }
-                }
-            }
-            return Err(Error::CleanupPending(format!(
-                "Namespace/{}",
-                remaining.name_any()
-            )));
-        }
-        ctx.publish(
-            tenant,
-            EventType::Normal,
-            "Deleted",
-            "every namespace of the tenant is gone".into(),
-        )
-        .await;
+        shred(tenant, &applier, ctx).await?;
     }
     let forgotten = ctx.index.forget(&name);
     for ns in &forgotten {
@@ -563,6 +548,219 @@ async fn cleanup(tenant: &FranceTravailTenant, ctx: &Context) -> Result<Action> 
             .map(|c| c.id.clone()),
     );
     Ok(Action::await_change())
+}
+
+/// Crypto-shredding, one step per pass, each recorded in `status.shredding` before the next
+/// begins: the key first, then the namespaces, then the cluster objects, then the record. A
+/// pass that finds a step unfinished returns a waiting error and is retried.
+async fn shred(tenant: &FranceTravailTenant, applier: &Applier<'_>, ctx: &Context) -> Result<()> {
+    let name = tenant.name_any();
+    let now = || Time(jiff::Timestamp::now());
+    let mut progress = tenant
+        .status
+        .as_ref()
+        .and_then(|s| s.shredding.clone())
+        .unwrap_or_else(|| ShreddingStatus {
+            started_at: Some(now()),
+            ..Default::default()
+        });
+    loop {
+        let step = shredding::next_step(tenant, &progress);
+        if progress.step != step.as_str() {
+            progress.step = step.as_str().into();
+            progress.message.clear();
+            write_shredding(tenant, &progress, ctx).await?;
+        }
+        match step {
+            Step::FinalExport => {
+                progress.message = shredding::NO_EXPORT_ENGINE.into();
+                write_shredding(tenant, &progress, ctx).await?;
+                return Err(Error::ShreddingBlocked(shredding::NO_EXPORT_ENGINE.into()));
+            }
+            Step::DestroyKey => {
+                let destroyed = ctx.keys.destroy(&name).await?;
+                // Destroyed by an earlier pass that could not record it: the status knew it.
+                progress.key_fingerprint = destroyed
+                    .or_else(|| tenant.status.as_ref()?.key_fingerprint.clone())
+                    .or_else(|| Some("none: the tenant had no key".into()));
+                progress.key_destroyed_at = Some(now());
+                write_shredding(tenant, &progress, ctx).await?;
+                info!(tenant = %name, fingerprint = ?progress.key_fingerprint, control = "CLD-47", "tenant key destroyed");
+                ctx.publish(
+                    tenant,
+                    EventType::Normal,
+                    "KeyDestroyed",
+                    format!(
+                        "destroyed the tenant key {} ({}): its volumes and backups are unreadable from now on (CLD-47)",
+                        progress.key_fingerprint.as_deref().unwrap_or_default(),
+                        ctx.keys.location(&name)
+                    ),
+                )
+                .await;
+            }
+            Step::DeleteNamespaces => {
+                delete_namespaces(tenant, ctx).await?;
+                progress.namespaces_deleted_at = Some(now());
+                write_shredding(tenant, &progress, ctx).await?;
+                ctx.publish(
+                    tenant,
+                    EventType::Normal,
+                    "Deleted",
+                    "every namespace of the tenant is gone".into(),
+                )
+                .await;
+            }
+            Step::DeleteClusterObjects => {
+                let removed = applier.remove_own_objects().await?;
+                for key in removed.pruned {
+                    if !progress.deleted.contains(&key) {
+                        progress.deleted.push(key);
+                    }
+                }
+                if let Some(left) = own_objects_left(&name, ctx).first() {
+                    write_shredding(tenant, &progress, ctx).await?;
+                    return Err(Error::CleanupPending(left.clone()));
+                }
+                progress.cluster_objects_deleted_at = Some(now());
+                write_shredding(tenant, &progress, ctx).await?;
+            }
+            Step::WriteRecord => {
+                let record = shredding::record(
+                    tenant,
+                    &progress,
+                    ctx.keys.location(&name),
+                    &ctx.settings.key_namespace,
+                    &now(),
+                )
+                .map_err(|e| Error::KeyStore(format!("rendering the shredding record: {e}")))?;
+                let record_name = record.name_any();
+                let api: Api<ConfigMap> =
+                    Api::namespaced(ctx.client.clone(), &ctx.settings.key_namespace);
+                match api.create(&PostParams::default(), &record).await {
+                    Ok(_) => ctx.metrics.write("ConfigMap", "create"),
+                    // Written by a pass that could not record it: that one stands.
+                    Err(kube::Error::Api(s)) if s.code == 409 => {}
+                    Err(e) => return Err(Error::kube("create", &record_name, e)),
+                }
+                progress.record = Some(format!(
+                    "ConfigMap {}/{record_name}",
+                    ctx.settings.key_namespace
+                ));
+                write_shredding(tenant, &progress, ctx).await?;
+                let note = format!(
+                    "tenant shredded: key {} destroyed, then {} namespace(s) and {} other object(s); record in {}",
+                    progress.key_fingerprint.as_deref().unwrap_or_default(),
+                    tenant.status.as_ref().map_or(0, |s| s.namespaces.len()),
+                    progress.deleted.len(),
+                    progress.record.as_deref().unwrap_or_default()
+                );
+                info!(tenant = %name, record = ?progress.record, control = "CLD-76", "{note}");
+                let related = ObjectReference {
+                    api_version: Some("v1".into()),
+                    kind: Some("ConfigMap".into()),
+                    namespace: Some(ctx.settings.key_namespace.clone()),
+                    name: Some(record_name),
+                    ..Default::default()
+                };
+                ctx.publish_related(
+                    &tenant.object_ref(&()),
+                    Some(related.clone()),
+                    EventType::Normal,
+                    "Shredded",
+                    note.clone(),
+                )
+                .await;
+                ctx.publish_on(&related, EventType::Normal, "Shredded", note)
+                    .await;
+            }
+            Step::Done => return Ok(()),
+        }
+    }
+}
+
+/// Records the shredding's progress in the tenant's status. A merge patch: the conditions and
+/// the rest of the status stay as they are.
+async fn write_shredding(
+    tenant: &FranceTravailTenant,
+    progress: &ShreddingStatus,
+    ctx: &Context,
+) -> Result<()> {
+    let api: Api<FranceTravailTenant> = Api::all(ctx.client.clone());
+    let patch = json!({ "status": { "shredding": progress } });
+    api.patch_status(
+        &tenant.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await
+    .map_err(|e| Error::kube("write status of", tenant.name_any(), e))?;
+    ctx.metrics.write("FranceTravailTenant", "status");
+    Ok(())
+}
+
+/// Deletes the tenant's namespaces and returns once none is left.
+async fn delete_namespaces(tenant: &FranceTravailTenant, ctx: &Context) -> Result<()> {
+    let name = tenant.name_any();
+    let namespaces: Vec<_> = ctx
+        .observed
+        .namespaces
+        .state()
+        .into_iter()
+        .filter(|ns| owned_by(&ns.metadata, &name))
+        .collect();
+    let Some(remaining) = namespaces.first() else {
+        return Ok(());
+    };
+    let api: Api<Namespace> = Api::all(ctx.client.clone());
+    for ns in namespaces
+        .iter()
+        .filter(|ns| ns.metadata.deletion_timestamp.is_none())
+    {
+        match api.delete(&ns.name_any(), &Default::default()).await {
+            Ok(_) => {
+                ctx.metrics.write("Namespace", "delete");
+                info!(tenant = %name, namespace = %ns.name_any(), control = "CLD-47", "namespace deleted");
+            }
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => {
+                return Err(Error::kube(
+                    "delete",
+                    format!("Namespace/{}", ns.name_any()),
+                    e,
+                ));
+            }
+        }
+    }
+    Err(Error::CleanupPending(format!(
+        "Namespace/{}",
+        remaining.name_any()
+    )))
+}
+
+/// The operator's cluster-scoped objects and RoleBindings of the tenant still in the cluster.
+fn own_objects_left(tenant: &str, ctx: &Context) -> Vec<String> {
+    fn left<K: Resource<DynamicType = ()> + Clone>(
+        store: &kube::runtime::reflector::Store<K>,
+        tenant: &str,
+    ) -> Vec<String> {
+        store
+            .state()
+            .iter()
+            .filter(|o| owned_by(o.meta(), tenant))
+            .map(|o| crate::apply::object_key(&**o))
+            .collect()
+    }
+    let o = &ctx.observed;
+    [
+        left(&o.role_bindings, tenant),
+        left(&o.compliance_reports, tenant),
+        left(&o.storage_classes, tenant),
+        left(&o.mutating_admission_policy_bindings, tenant),
+        left(&o.mutating_admission_policies, tenant),
+        left(&o.validating_admission_policy_bindings, tenant),
+        left(&o.validating_admission_policies, tenant),
+    ]
+    .concat()
 }
 
 fn truncate(mut s: String, max: usize) -> String {
@@ -649,6 +847,10 @@ pub async fn run(
         reporter,
     );
     ctx.placements = placements;
+    ctx.keys = Arc::new(SecretKeyStore::new(
+        client.clone(),
+        ctx.settings.key_namespace.clone(),
+    ));
     let ctx = Arc::new(ctx);
     let ours = || watcher::Config::default().labels(labels::MANAGED_SELECTOR);
     let everything = watcher::Config::default;

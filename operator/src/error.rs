@@ -34,6 +34,14 @@ pub enum Error {
     #[error("{0}")]
     Catalogue(String),
 
+    /// The key store failed; the message never carries key material.
+    #[error("key store: {0}")]
+    KeyStore(String),
+
+    /// Deletion waits for something outside the operator (a final export).
+    #[error("deletion waits: {0}")]
+    ShreddingBlocked(String),
+
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
 }
@@ -60,6 +68,8 @@ impl Error {
             Error::CleanupPending(_) => "cleanup_pending",
             Error::Serialize { .. } => "serialize",
             Error::Catalogue(_) => "catalogue",
+            Error::KeyStore(_) => "key_store",
+            Error::ShreddingBlocked(_) => "shredding_blocked",
             // Apply and cleanup errors are unwrapped by the reconciler; what remains is the
             // finalizer patch itself.
             Error::Finalizer(_) => "finalizer",
@@ -68,7 +78,10 @@ impl Error {
 
     /// Errors that are expected states rather than failures: no alert, no Degraded.
     pub fn is_waiting(&self) -> bool {
-        matches!(self.category(), "cleanup_pending" | "namespace_terminating")
+        matches!(
+            self.category(),
+            "cleanup_pending" | "namespace_terminating" | "shredding_blocked"
+        )
     }
 }
 

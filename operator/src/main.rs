@@ -112,6 +112,8 @@ impl ClusterArgs {
             cluster_networks: self.cluster_networks,
             // Told by discovery when the operator runs; `plan` renders no admission policy.
             confinement: Default::default(),
+            // `run` sets the operator's namespace.
+            ..Default::default()
         }
     }
 }

@@ -154,6 +154,8 @@ impl Observed {
                 &self.mutating_admission_policy_bindings,
                 tenant,
             ),
+            // Read from the key store by the caller: the reflectors never hold Secrets.
+            key_fingerprint: None,
         }
     }
 }

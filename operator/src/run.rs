@@ -22,10 +22,14 @@ use crate::api::FranceTravailTenant;
 use crate::build::BuildSettings;
 use crate::compliance::Compliance;
 use crate::controller;
+use crate::encryption::{DELETION_PROTECTION, deletion_protection};
 use crate::metrics::Metrics;
 use crate::placement::PlacementIndex;
 use crate::server::{self, Health};
 use crate::webhook::{self, WebhookClient};
+use k8s_openapi::api::admissionregistration::v1::{
+    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+};
 
 pub struct RunConfig {
     /// The operator's own namespace: its Lease, and later its key store and records.
@@ -133,6 +137,8 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         };
         metrics.leader.set(1);
         let mut settings = config.settings;
+        settings.key_namespace = config.namespace.clone();
+        protect_tenants_from_deletion(&client).await?;
         settings.confinement = match config.confinement {
             Some(chosen) => chosen,
             None => controller::discover_confinement(&client).await,
@@ -265,4 +271,32 @@ async fn shutdown_signal() {
     {
         let _ = ctrl_c.await;
     }
+}
+
+/// Applies the cluster-wide policy that refuses to delete a tenant whose deletion was not
+/// confirmed. Before any tenant is reconciled: no tenant is ever unprotected.
+async fn protect_tenants_from_deletion(client: &kube::Client) -> anyhow::Result<()> {
+    let (policy, binding) = deletion_protection();
+    let params = kube::api::PatchParams::apply(crate::api::FIELD_MANAGER).force();
+    kube::Api::<ValidatingAdmissionPolicy>::all(client.clone())
+        .patch(
+            DELETION_PROTECTION,
+            &params,
+            &kube::api::Patch::Apply(&policy),
+        )
+        .await
+        .context("applying the tenant deletion protection policy")?;
+    kube::Api::<ValidatingAdmissionPolicyBinding>::all(client.clone())
+        .patch(
+            DELETION_PROTECTION,
+            &params,
+            &kube::api::Patch::Apply(&binding),
+        )
+        .await
+        .context("applying the tenant deletion protection binding")?;
+    info!(
+        policy = DELETION_PROTECTION,
+        "tenants can be deleted only once confirmed"
+    );
+    Ok(())
 }

@@ -116,6 +116,12 @@ pub fn next_status(
             .map(|e| namespace_name(&tenant.name_any(), &e.name))
             .collect(),
         grants: access::in_force(tenant, now.0),
+        // The controller sets it from the key store; until then the last one known stands.
+        key_fingerprint: tenant
+            .status
+            .as_ref()
+            .and_then(|s| s.key_fingerprint.clone()),
+        shredding: None,
     }
 }
 

@@ -13,6 +13,7 @@ use kube::ResourceExt;
 
 use crate::api::{EnvironmentKind, FlowPort, FranceTravailTenant, Peer};
 use crate::build::BuildSettings;
+use crate::encryption::KeyReference;
 
 /// Longest tenant name: `<tenant>-<environment>` must fit the 63 characters of a namespace.
 pub const MAX_TENANT_NAME: usize = 42;
@@ -94,6 +95,50 @@ pub fn validate_for_cluster(
                         "lies inside the cluster network {network}: flows to pods must name namespaces, so that other tenants stay unreachable (CLD-20)"
                     ),
                 );
+            }
+        }
+    }
+    if let Some(storage) = &tenant.spec.storage {
+        match settings.profiles.get(&storage.profile) {
+            None => errors.add(
+                "spec.storage.profile",
+                format!(
+                    "unknown encryption profile {:?}; this operator knows {}",
+                    storage.profile,
+                    settings.profiles.names().join(", ")
+                ),
+            ),
+            Some(profile) => {
+                let needs = profile.key_reference == KeyReference::Required;
+                if needs && storage.key_reference.is_none() {
+                    errors.add(
+                        "spec.storage.keyReference",
+                        format!(
+                            "the {} profile encrypts with a key of the provider's KMS: name the tenant's own key (CLD-40)",
+                            profile.name
+                        ),
+                    );
+                }
+                if !needs && storage.key_reference.is_some() {
+                    errors.add(
+                        "spec.storage.keyReference",
+                        format!(
+                            "the {} profile encrypts with the tenant key the operator keeps; it takes no key reference",
+                            profile.name
+                        ),
+                    );
+                }
+                for key in storage.parameters.keys() {
+                    if profile.parameters.contains_key(key) {
+                        errors.add(
+                            format!("spec.storage.parameters.{key}"),
+                            format!(
+                                "set by the {} profile: it carries the encryption",
+                                profile.name
+                            ),
+                        );
+                    }
+                }
             }
         }
     }

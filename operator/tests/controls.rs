@@ -214,13 +214,18 @@ impl Case {
             .chain(desired.role_bindings.iter().map(|b| Arc::new(managed(b))))
             .collect(),
             nodes: pick("nodes.yaml", &["prod-paris-1", "general-paris-1"]),
-            storage_classes: objects("storage.yaml"),
+            // The cluster's classes, and the tenant's own as the operator made it.
+            storage_classes: objects::<StorageClass>("storage.yaml")
+                .into_iter()
+                .chain(desired.storage_classes.iter().map(|c| Arc::new(managed(c))))
+                .collect(),
             validating_admission_policies: arcs(&desired.validating_admission_policies),
             validating_admission_policy_bindings: arcs(
                 &desired.validating_admission_policy_bindings,
             ),
             mutating_admission_policies: arcs(&desired.mutating_admission_policies),
             mutating_admission_policy_bindings: arcs(&desired.mutating_admission_policy_bindings),
+            key_fingerprint: Some("sha256:0123456789abcdef".into()),
         };
         let facts = ClusterFacts {
             regions: Arc::new(RegionCatalogue::embedded().expect("embedded region catalogue")),
@@ -324,13 +329,13 @@ const BASELINE: [(&str, ControlResult, &str); 18] = [
     ("GEO-2", Pass, "InAllowedCountries"),
     ("GEO-3", Pass, "EnforcedAtAdmission"),
     ("ENC-1", Pass, "Encrypted"),
-    ("ENC-2", Unknown, NOT_IN_THIS_VERSION),
+    ("ENC-2", Pass, "OwnKey"),
     ("BAK-1", Unknown, NOT_IN_THIS_VERSION),
     ("BAK-2", Unknown, NOT_IN_THIS_VERSION),
     ("ACC-1", Pass, "OnlyDeclaredRights"),
     ("ACC-2", Pass, "RevokedOnTime"),
     ("ACC-3", Pass, "Reviewed"),
-    ("DEL-1", Unknown, NOT_IN_THIS_VERSION),
+    ("DEL-1", Pass, "ShreddableKey"),
     ("REV-1", Unknown, NOT_IN_THIS_VERSION),
 ];
 
@@ -373,16 +378,16 @@ fn a_healthy_tenant_is_compliant() {
         None,
     );
     assert_eq!(report.result, Some(Verdict::Compliant));
-    // 13 of BASELINE pass, none is NotApplicable: all 18 apply.
-    assert_eq!(report.passed, "13/18");
+    // 15 of BASELINE pass, none is NotApplicable: all 18 apply.
+    assert_eq!(report.passed, "15/18");
     assert_eq!(report.failing, "");
     assert_eq!(report.observed_generation, Some(3));
     let (status, reason, message) = compliant_condition(&report);
     assert_eq!((status, reason), ("True", "ControlsPass"));
     assert_eq!(
         message,
-        "13/18 controls pass; not evaluated by this version of the operator: \
-         ENC-2, BAK-1, BAK-2, DEL-1, REV-1"
+        "15/18 controls pass; not evaluated by this version of the operator: \
+         BAK-1, BAK-2, REV-1"
     );
 }
 
@@ -1144,13 +1149,63 @@ fn geo3_fails_when_a_mutating_policy_is_missing() {
 #[test]
 fn geo3_is_unknown_when_no_admission_policy_was_built() {
     let mut case = Case::healthy();
+    // Built without placement: only the claims policy.
     case.desired = build(&case.tenant, &BuildSettings::default());
     assert_result(&case.judge("GEO-3"), Unknown, "NotBuilt");
 }
 
 #[test]
-fn enc2_is_not_in_this_version() {
-    assert_not_in_this_version(&Case::healthy().judge("ENC-2"));
+fn enc2_passes_with_the_tenant_key_its_class_and_its_claims_policy() {
+    let finding = Case::healthy().judge("ENC-2");
+    assert_result(&finding, Pass, "OwnKey");
+    assert!(
+        finding.message.contains("sha256:0123456789abcdef"),
+        "{}",
+        finding.message
+    );
+}
+
+#[test]
+fn enc2_fails_without_a_key_or_storage() {
+    let mut case = Case::healthy();
+    case.view.key_fingerprint = None;
+    assert_result(&case.judge("ENC-2"), Fail, "NoTenantKey");
+    let case = Case::with_tenant(|t| t.spec.storage = None);
+    assert_result(&case.judge("ENC-2"), Fail, "NoStorageDeclared");
+}
+
+#[test]
+fn enc2_fails_for_a_volume_not_provisioned_by_the_tenant_class() {
+    let mut case = Case::healthy();
+    // Volumes of encrypting classes, but not the tenant's own: not encrypted with its key.
+    case.view
+        .persistent_volumes
+        .extend(pick("storage.yaml", &["pv-frankfurt"]));
+    remove(&mut case.view.storage_classes, "ft-offres-emploi-encrypted");
+    let finding = case.judge("ENC-2");
+    assert_fails(
+        &finding,
+        "NotEncryptedWithTenantKey",
+        &[
+            "StorageClass/ft-offres-emploi-encrypted is missing",
+            "PersistentVolume/pv-frankfurt was provisioned by gp3-encrypted, not by the tenant's ft-offres-emploi-encrypted",
+        ],
+    );
+    assert!(!finding.message.contains("pv-paris"), "{}", finding.message);
+}
+
+#[test]
+fn enc2_fails_when_the_claims_policy_is_missing() {
+    let mut case = Case::healthy();
+    remove(
+        &mut case.view.validating_admission_policies,
+        "ft-claims-offres-emploi",
+    );
+    assert_fails(
+        &case.judge("ENC-2"),
+        "NotEncryptedWithTenantKey",
+        &["ValidatingAdmissionPolicy/ft-claims-offres-emploi is missing"],
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1642,13 +1697,16 @@ fn del1_fails_when_deletion_retains_the_data() {
 }
 
 #[test]
-fn del1_with_crypto_shredding_is_not_in_this_version() {
+fn del1_passes_when_the_key_to_destroy_first_exists() {
     let case = Case::healthy();
     assert_eq!(
         case.tenant.spec.deletion.policy,
         DeletionPolicy::CryptoShred
     );
-    assert_not_in_this_version(&case.judge("DEL-1"));
+    assert_result(&case.judge("DEL-1"), Pass, "ShreddableKey");
+    let mut case = Case::healthy();
+    case.view.key_fingerprint = None;
+    assert_result(&case.judge("DEL-1"), Fail, "NoTenantKey");
 }
 
 #[test]
@@ -1674,7 +1732,9 @@ fn an_invalid_spec_leaves_the_drift_controls_unknown() {
         desired: Err(why),
         ..case.inputs()
     };
-    let drift = ["CLS-1", "ISO-1", "ISO-2", "NET-1", "NET-2", "GEO-3"];
+    let drift = [
+        "CLS-1", "ISO-1", "ISO-2", "NET-1", "NET-2", "GEO-3", "ENC-2",
+    ];
     for id in drift {
         let finding = judge(id, &inputs);
         assert_result(&finding, Unknown, "InvalidSpec");
@@ -1700,7 +1760,7 @@ fn an_invalid_spec_leaves_the_drift_controls_unknown() {
     assert_eq!((status, reason), ("Unknown", "ControlsUndetermined"));
     assert_eq!(
         message,
-        "could not evaluate: CLS-1, ISO-1, ISO-2, NET-1, NET-2, GEO-3"
+        "could not evaluate: CLS-1, ISO-1, ISO-2, NET-1, NET-2, GEO-3, ENC-2"
     );
 }
 

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use common::tenant;
 use ft_operator::admission::Confinement;
-use ft_operator::api::{FINALIZER, FranceTravailTenant};
+use ft_operator::api::{FINALIZER, FranceTravailTenant, ShreddingStatus};
 use ft_operator::build::{BuildSettings, Desired, build, with_access, with_placement};
 use ft_operator::compliance::Compliance;
 use ft_operator::controller::{Context, reconcile};
@@ -219,7 +219,11 @@ impl Harness {
             desired.role_bindings.iter().cloned(),
             |_| {},
         );
-        list(&mut w.storage_classes, std::iter::empty(), |_| {});
+        list(
+            &mut w.storage_classes,
+            desired.storage_classes.iter().cloned(),
+            |_| {},
+        );
         list(
             &mut w.validating_admission_policies,
             desired.validating_admission_policies.iter().cloned(),
@@ -272,6 +276,7 @@ impl Harness {
         let mut report = desired(&t).compliance_reports[0].clone();
         report.status = Some(serde_json::from_value(status).unwrap());
         report.metadata.resource_version = Some("1000".into());
+        report.metadata.managed_fields = ours();
         self.writers
             .compliance_reports
             .apply_watcher_event(&Event::Apply(report));
@@ -629,60 +634,215 @@ async fn an_invalid_tenant_gets_no_child_and_a_status_naming_the_field() {
     assert_eq!(events(&calls), ["InvalidSpec"]);
 }
 
-#[tokio::test]
-async fn deletion_removes_the_namespaces_before_the_finalizer() {
-    let mut h = harness();
-    let mut t = stored_tenant();
-    t.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::now()));
-    h.observe(&desired(&t), |_| {});
+/// The last `status.shredding` the operator wrote, as the tenant would then hold it.
+fn shredding(calls: &[Call]) -> Option<ShreddingStatus> {
+    calls
+        .iter()
+        .rev()
+        .filter(|c| c.path.ends_with("/offres-emploi/status"))
+        .find_map(|c| c.body["status"].get("shredding").cloned())
+        .map(|v| serde_json::from_value(v).unwrap())
+}
 
+fn finalizer_removed(calls: &[Call]) -> bool {
+    calls
+        .iter()
+        .any(|c| c.method == "PATCH" && c.body.to_string().contains("/metadata/finalizers/0"))
+}
+
+/// A settled tenant whose deletion has been requested.
+async fn deleting(h: &mut Harness) -> FranceTravailTenant {
+    let mut t = stored_tenant();
+    // The final export waits for an export engine; see the test of that below.
+    t.spec.deletion.final_export = false;
+    let mut t = h.settle(t).await;
+    t.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::now()));
+    t
+}
+
+#[tokio::test]
+async fn deletion_destroys_the_key_first_then_the_namespaces_then_the_rest_and_records_it() {
+    let mut h = harness();
+    let mut t = deleting(&mut h).await;
+    let fingerprint = t.status.as_ref().unwrap().key_fingerprint.clone().unwrap();
+
+    // First pass: the key goes, then the namespaces are deleted; they take a while.
     let pending = h.reconcile(t.clone()).await;
     assert_eq!(pending.unwrap_err().category(), "cleanup_pending");
     let calls = h.api.writes();
-    let mut deletes: Vec<&str> = calls
+    let key_recorded = calls
         .iter()
-        .filter(|c| c.method == "DELETE")
-        .map(|c| c.path.as_str())
-        .collect();
-    deletes.sort();
+        .position(|c| c.body.to_string().contains("keyDestroyedAt"))
+        .expect("the key's destruction is recorded");
+    let first_namespace_delete = calls
+        .iter()
+        .position(|c| c.method == "DELETE" && c.path.starts_with("/api/v1/namespaces/"))
+        .expect("namespaces deleted");
+    assert!(key_recorded < first_namespace_delete, "{calls:#?}");
+    let mut deleted = deletes(&calls);
+    deleted.sort();
     assert_eq!(
-        deletes,
+        deleted,
         [
             "/api/v1/namespaces/offres-emploi-dev",
             "/api/v1/namespaces/offres-emploi-prod"
         ]
     );
-    assert!(
-        !calls
-            .iter()
-            .any(|c| c.body.to_string().contains("/metadata/finalizers")),
-        "finalizer kept"
+    assert!(!finalizer_removed(&calls));
+    let progress = shredding(&calls).unwrap();
+    assert_eq!(progress.step, "DeleteNamespaces");
+    assert_eq!(
+        progress.key_fingerprint.as_deref(),
+        Some(fingerprint.as_str())
     );
+    assert!(events(&calls).contains(&"KeyDestroyed".to_string()));
+    // The key store holds it no more.
+    let again = h.ctx.keys.fingerprint("offres-emploi").await.unwrap();
+    assert_eq!(again, None);
 
-    // Once the namespaces are gone, the finalizer goes.
-    let mut h = harness();
+    // The namespaces are gone, and the cluster objects go: then the record, then the finalizer.
+    t.status.as_mut().unwrap().shredding = Some(progress);
     h.observe_nothing();
-    h.reconcile(t).await.unwrap();
+    h.api.calls.lock().unwrap().clear();
+    h.reconcile(t.clone()).await.unwrap();
     let calls = h.api.writes();
-    let last = calls.iter().rev().find(|c| c.method == "PATCH").unwrap();
-    assert_eq!(last.content_type, "application/json-patch+json");
-    assert!(last.body.to_string().contains("/metadata/finalizers/0"));
-    assert_eq!(events(&calls), ["Deleted"]);
+    let record = calls
+        .iter()
+        .find(|c| c.method == "POST" && c.path == "/api/v1/namespaces/ft-system/configmaps")
+        .expect("a shredding record");
+    let body = record.body["data"]["record.yaml"].as_str().unwrap();
+    for field in [
+        "keyDestroyedAt:",
+        "namespacesDeletedAt:",
+        "clusterObjectsDeletedAt:",
+        "startedAt:",
+        "recordedAt:",
+        "offres-emploi-prod",
+        fingerprint.as_str(),
+    ] {
+        assert!(body.contains(field), "{field} missing from:\n{body}");
+    }
+    assert!(record.body["metadata"].get("ownerReferences").is_none());
+    assert!(finalizer_removed(&calls));
+    let progress = shredding(&calls).unwrap();
+    assert_eq!(progress.step, "Done");
+    assert!(
+        progress
+            .record
+            .unwrap()
+            .starts_with("ConfigMap ft-system/ft-shredding-offres-emploi-")
+    );
+    assert!(events(&calls).contains(&"Shredded".to_string()));
 }
 
 #[tokio::test]
-async fn deletion_with_retain_leaves_the_namespaces_and_releases_the_tenant() {
+async fn a_restarted_operator_resumes_the_shredding_where_it_stopped() {
+    let mut h = harness();
+    let mut t = deleting(&mut h).await;
+    h.reconcile(t.clone()).await.unwrap_err();
+    let progress = shredding(&h.api.writes()).unwrap();
+    assert_eq!(progress.step, "DeleteNamespaces");
+
+    // A new operator (new key store, new caches), the namespaces still there.
+    let mut h = harness();
+    t.status.as_mut().unwrap().shredding = Some(progress.clone());
+    h.observe(&desired(&t), |_| {});
+    let pending = h.reconcile(t.clone()).await;
+    assert_eq!(pending.unwrap_err().category(), "cleanup_pending");
+    let calls = h.api.writes();
+    // The key is not destroyed twice, nor its time rewritten.
+    assert!(!events(&calls).contains(&"KeyDestroyed".to_string()));
+    assert_eq!(deletes(&calls).len(), 2);
+    assert!(calls.iter().all(|c| {
+        !c.body.to_string().contains("keyDestroyedAt")
+            || c.body
+                .to_string()
+                .contains(&progress.key_destroyed_at.as_ref().unwrap().0.to_string())
+    }),);
+
+    // Stopped after the record was written but before the finalizer went: it goes now.
+    let mut h = harness();
+    let mut done = progress;
+    done.namespaces_deleted_at = done.key_destroyed_at.clone();
+    done.cluster_objects_deleted_at = done.key_destroyed_at.clone();
+    done.record = Some("ConfigMap ft-system/ft-shredding-offres-emploi-uid1".into());
+    t.status.as_mut().unwrap().shredding = Some(done);
+    h.observe_nothing();
+    h.reconcile(t).await.unwrap();
+    let calls = h.api.writes();
+    assert!(finalizer_removed(&calls));
+    assert!(!calls.iter().any(|c| c.path.contains("/configmaps")));
+}
+
+#[tokio::test]
+async fn a_final_export_blocks_the_shredding_before_anything_is_destroyed() {
+    let mut h = harness();
+    let mut t = deleting(&mut h).await;
+    t.spec.deletion.final_export = true;
+    let blocked = h.reconcile(t).await.unwrap_err();
+    assert_eq!(blocked.category(), "shredding_blocked");
+    let calls = h.api.writes();
+    assert!(deletes(&calls).is_empty());
+    assert!(
+        h.ctx
+            .keys
+            .fingerprint("offres-emploi")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let progress = shredding(&calls).unwrap();
+    assert_eq!(progress.step, "FinalExport");
+    assert!(
+        progress.message.contains("no export engine"),
+        "{}",
+        progress.message
+    );
+}
+
+#[tokio::test]
+async fn deletion_with_retain_keeps_namespaces_and_key_and_removes_the_operators_objects() {
     let mut h = harness();
     let mut t = stored_tenant();
     t.spec.deletion.policy = ft_operator::api::DeletionPolicy::Retain;
+    let mut t = h.settle(t).await;
     t.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::now()));
-    h.observe(&desired(&t), |_| {});
-
-    h.reconcile(t).await.unwrap();
+    let pending = h.reconcile(t.clone()).await;
+    assert_eq!(pending.unwrap_err().category(), "cleanup_pending");
     let calls = h.api.writes();
-    assert!(!calls.iter().any(|c| c.method == "DELETE"), "{calls:?}");
-    let last = calls.iter().rev().find(|c| c.method == "PATCH").unwrap();
-    assert!(last.body.to_string().contains("/metadata/finalizers/0"));
+    let deleted = deletes(&calls);
+    assert!(
+        !deleted
+            .iter()
+            .any(|d| d.starts_with("/api/v1/namespaces/offres-emploi")
+                && d.matches('/').count() == 4),
+        "{deleted:?}"
+    );
+    for kind in [
+        "storageclasses/ft-offres-emploi-encrypted",
+        "rolebindings/",
+        "validatingadmissionpolicies/ft-claims-offres-emploi",
+        "compliancereports/offres-emploi",
+    ] {
+        assert!(
+            deleted.iter().any(|d| d.contains(kind)),
+            "{kind} not deleted: {deleted:?}"
+        );
+    }
+    assert!(
+        h.ctx
+            .keys
+            .fingerprint("offres-emploi")
+            .await
+            .unwrap()
+            .is_some()
+    );
+
+    let mut h2 = harness();
+    h2.observe_nothing();
+    h2.reconcile(t).await.unwrap();
+    let calls = h2.api.writes();
+    assert!(finalizer_removed(&calls));
     assert_eq!(events(&calls), ["Retained"]);
 }
 
@@ -704,9 +864,20 @@ async fn once_the_children_are_seen_the_report_is_written_and_the_tenant_is_comp
         control(&report, "NET-1")["rules"],
         json!(["CLD-20", "CLD-36"])
     );
-    assert_eq!(control(&report, "ENC-2")["result"], "Unknown");
-    assert_eq!(control(&report, "ENC-2")["reason"], "NotInThisVersion");
+    // The tenant's key was made, and only its fingerprint is shown.
     let status = tenant_status(&calls).unwrap();
+    let fingerprint = status["keyFingerprint"]
+        .as_str()
+        .expect("a key fingerprint");
+    assert!(fingerprint.starts_with("sha256:"), "{fingerprint}");
+    assert_eq!(fingerprint.len(), "sha256:".len() + 16);
+    assert_eq!(control(&report, "ENC-2")["result"], "Pass");
+    assert!(
+        control(&report, "ENC-2")["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(fingerprint)
+    );
     assert_eq!(
         condition(&status, "Compliant"),
         ("True".into(), "ControlsPass".into())

@@ -230,7 +230,11 @@ fn plan_prints_every_object_as_yaml_documents() {
     assert_eq!(count("ComplianceReport"), 1);
     // The developers on both environments, the administrator on production.
     assert_eq!(count("RoleBinding"), 3);
-    assert_eq!(docs.len(), 22);
+    // The tenant's encrypted class, and the policy that admits claims on it only.
+    assert_eq!(count("StorageClass"), 1);
+    assert_eq!(count("ValidatingAdmissionPolicy"), 1);
+    assert_eq!(count("ValidatingAdmissionPolicyBinding"), 1);
+    assert_eq!(docs.len(), 25);
 }
 
 #[test]

@@ -42,4 +42,8 @@ pub mod annotations {
     pub const SUBJECT: &str = "hosting.francetravail.fr/subject";
     /// On a RoleBinding: when the grant lapses, RFC 3339.
     pub const EXPIRES: &str = "hosting.francetravail.fr/expires";
+    /// On a tenant: its own name, to confirm that deleting it, and shredding its data, is meant.
+    pub const CONFIRM_DELETION: &str = "hosting.francetravail.fr/confirm-deletion";
+    /// On a key Secret: the key's fingerprint, safe to show.
+    pub const KEY_FINGERPRINT: &str = "hosting.francetravail.fr/key-fingerprint";
 }

@@ -441,6 +441,17 @@ pub struct Storage {
     /// Largest volume a single claim may request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_volume_size: Option<Quantity>,
+    /// The tenant's key in the provider's key management service, for the profiles whose disks
+    /// the cloud encrypts (`aws-ebs`: a KMS key ARN; `gce-pd`: a Cloud KMS key; `azure-disk`:
+    /// a disk encryption set id; `ceph-rbd`: the KMS id of the Ceph-CSI configuration).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    pub key_reference: Option<String>,
+    /// Further parameters of the storage class (pool, cluster id, disk type). The parameters
+    /// that carry the encryption are the profile's and cannot be overridden here.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(length(max = 16))]
+    pub parameters: BTreeMap<String, String>,
 }
 
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -603,6 +614,44 @@ pub struct TenantStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 256))]
     pub grants: Vec<GrantInForce>,
+    /// A fingerprint of the tenant's key (never the key): the first 16 hex digits of the
+    /// SHA-256 of the key, prefixed `sha256:`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_fingerprint: Option<String>,
+    /// The crypto-shredding in progress, once the tenant is being deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shredding: Option<ShreddingStatus>,
+}
+
+/// Where a tenant's deletion stands, step by step (CLD-47, CLD-76). Each step's time is set
+/// once, when it is done; the operator resumes from the first step without one.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ShreddingStatus {
+    /// The step in progress: `FinalExport`, `DestroyKey`, `DeleteNamespaces`,
+    /// `DeleteClusterObjects`, `WriteRecord` or `Done`.
+    pub step: String,
+    /// What the step waits for, if anything.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// The fingerprint of the key that was destroyed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_fingerprint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_destroyed_at: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespaces_deleted_at: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_objects_deleted_at: Option<Time>,
+    /// The cluster-scoped objects and RoleBindings deleted so far, as `Kind/name`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 512))]
+    pub deleted: Vec<String>,
+    /// The shredding record, `ConfigMap <operator namespace>/<name>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record: Option<String>,
 }
 
 /// One right in force, as listed in the tenant's status.

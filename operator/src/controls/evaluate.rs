@@ -25,6 +25,7 @@ use crate::access;
 use crate::api::{ControlResult, DeletionPolicy, EnvironmentKind, FranceTravailTenant, labels};
 use crate::apply::{differs, object_key, owned_by};
 use crate::build::{DEFAULT_DENY, Desired, namespace_name};
+use crate::encryption::class_name;
 use crate::regions::{Location, REGION_LABEL, RegionCatalogue};
 use crate::validate::quantity_nanos;
 
@@ -62,6 +63,8 @@ pub struct TenantView {
     pub validating_admission_policy_bindings: Vec<Arc<ValidatingAdmissionPolicyBinding>>,
     pub mutating_admission_policies: Vec<Arc<MutatingAdmissionPolicy>>,
     pub mutating_admission_policy_bindings: Vec<Arc<MutatingAdmissionPolicyBinding>>,
+    /// The fingerprint of the tenant's key in the key store, if it has one.
+    pub key_fingerprint: Option<String>,
 }
 
 /// Facts about the cluster as a whole.
@@ -719,21 +722,33 @@ fn placement_admission(inputs: &Inputs) -> Finding {
         Ok(d) => d,
         Err(f) => return f,
     };
-    if desired.validating_admission_policies.is_empty() {
+    let placement: Vec<_> = desired
+        .validating_admission_policies
+        .iter()
+        .filter(|p| is_placement(*p))
+        .cloned()
+        .collect();
+    if placement.is_empty() {
         return finding(
             ControlResult::Unknown,
             "NotBuilt",
             "no placement admission policy was built for the tenant",
         );
     }
+    let placement_bindings: Vec<_> = desired
+        .validating_admission_policy_bindings
+        .iter()
+        .filter(|b| is_placement(*b))
+        .cloned()
+        .collect();
     let observed = inputs.observed;
     let mut problems = drift(
-        &desired.validating_admission_policies,
+        &placement,
         &observed.validating_admission_policies,
         spec_mismatch,
     );
     problems.extend(drift(
-        &desired.validating_admission_policy_bindings,
+        &placement_bindings,
         &observed.validating_admission_policy_bindings,
         spec_mismatch,
     ));
@@ -760,6 +775,14 @@ fn placement_admission(inputs: &Inputs) -> Finding {
             "new pods of each environment are {confined} and refused by a ValidatingAdmissionPolicy if they could leave the allowed regions"
         ),
     )
+}
+
+fn is_placement<K: Resource>(object: &K) -> bool {
+    object
+        .meta()
+        .name
+        .as_deref()
+        .is_some_and(|n| n.starts_with("ft-placement-"))
 }
 
 /// Whether a StorageClass turns encryption on, by the parameters of the common drivers:
@@ -834,8 +857,109 @@ fn encrypted_volumes(inputs: &Inputs) -> Finding {
     )
 }
 
-fn tenant_key(_: &Inputs) -> Finding {
-    not_in_this_version("A key of the tenant's own in the key store")
+/// The tenant's key is in the key store, its class is in place as built, and every volume of
+/// the tenant was provisioned by that class (CLD-21, CLD-40).
+fn tenant_key(inputs: &Inputs) -> Finding {
+    let name = inputs.tenant.name_any();
+    let Some(storage) = &inputs.tenant.spec.storage else {
+        return finding(
+            ControlResult::Fail,
+            "NoStorageDeclared",
+            "the tenant declares no spec.storage: it has no encrypted class of its own, so none of its volumes can be shown to be encrypted with its key",
+        );
+    };
+    let Some(fingerprint) = &inputs.observed.key_fingerprint else {
+        return finding(
+            ControlResult::Fail,
+            "NoTenantKey",
+            format!("tenant {name} has no key in the key store"),
+        );
+    };
+    let desired = match built(inputs) {
+        Ok(d) => d,
+        Err(unknown) => return unknown,
+    };
+    let own = class_name(&name);
+    let mut problems = Vec::new();
+    let want = desired
+        .storage_classes
+        .iter()
+        .find(|c| c.metadata.name.as_deref() == Some(own.as_str()));
+    let have = inputs
+        .observed
+        .storage_classes
+        .iter()
+        .find(|c| c.metadata.name.as_deref() == Some(own.as_str()));
+    match (want, have) {
+        (_, None) => problems.push(format!("StorageClass/{own} is missing")),
+        (Some(want), Some(have)) => {
+            let (w, h) = (json!(want), json!(&**have));
+            if differs(&w, &h) {
+                problems.push(format!(
+                    "StorageClass/{own} differs from the {} profile's",
+                    storage.profile
+                ));
+            }
+        }
+        (None, Some(_)) => {}
+    }
+    let claims_policy: Vec<_> = desired
+        .validating_admission_policies
+        .iter()
+        .filter(|p| !is_placement(*p))
+        .cloned()
+        .collect();
+    let claims_binding: Vec<_> = desired
+        .validating_admission_policy_bindings
+        .iter()
+        .filter(|b| !is_placement(*b))
+        .cloned()
+        .collect();
+    problems.extend(drift(
+        &claims_policy,
+        &inputs.observed.validating_admission_policies,
+        spec_mismatch,
+    ));
+    problems.extend(drift(
+        &claims_binding,
+        &inputs.observed.validating_admission_policy_bindings,
+        spec_mismatch,
+    ));
+    for pv in &inputs.observed.persistent_volumes {
+        let class = pv
+            .spec
+            .as_ref()
+            .and_then(|s| s.storage_class_name.as_deref())
+            .unwrap_or_default();
+        if class != own {
+            let claim = pv
+                .spec
+                .as_ref()
+                .and_then(|s| s.claim_ref.as_ref())
+                .map(|c| {
+                    format!(
+                        ", bound to {}/{}",
+                        c.namespace.as_deref().unwrap_or_default(),
+                        c.name.as_deref().unwrap_or_default()
+                    )
+                })
+                .unwrap_or_default();
+            problems.push(format!(
+                "{}{claim} was provisioned by {}, not by the tenant's {own}",
+                object_key(&**pv),
+                if class.is_empty() { "no class" } else { class }
+            ));
+        }
+    }
+    judge(
+        problems,
+        "NotEncryptedWithTenantKey",
+        "OwnKey",
+        format!(
+            "the tenant key {fingerprint} is in the key store; StorageClass/{own} ({}) encrypts every volume of the tenant",
+            storage.profile
+        ),
+    )
 }
 
 fn backups(inputs: &Inputs) -> Finding {
@@ -1025,7 +1149,19 @@ fn crypto_shredding(inputs: &Inputs) -> Finding {
             "spec.deletion.policy is Retain: deleting the tenant would leave its data in place (CLD-47)",
         );
     }
-    not_in_this_version("Destroying the tenant's key before its data")
+    match &inputs.observed.key_fingerprint {
+        None => finding(
+            ControlResult::Fail,
+            "NoTenantKey",
+            "the tenant has no key in the key store: deleting it could not make its data unreadable first",
+        ),
+        Some(fingerprint) => pass(
+            "ShreddableKey",
+            format!(
+                "deleting the tenant destroys its key {fingerprint} before its namespaces, once the deletion is confirmed; a record of each step is kept"
+            ),
+        ),
+    }
 }
 
 fn final_export(inputs: &Inputs) -> Finding {

@@ -1,0 +1,244 @@
+//! End-to-end: a tenant's own key and encrypted class, and crypto-shredding, against a real API
+//! server. The tenant gets its key Secret and class; a claim on another class is refused in its
+//! namespaces and accepted elsewhere; an unconfirmed deletion is refused; a confirmed one
+//! destroys the key first, then the namespaces, then the rest, survives the operator being
+//! killed midway, and leaves one record with every step's time.
+
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use ft_e2e::{
+    Operator, TestNodes, cluster, confirm_and_delete, ensure_namespace, example_tenant,
+    install_access_roles, install_crds, unique, wait_for,
+};
+use ft_operator::api::{ComplianceReport, FranceTravailTenant};
+use k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicy;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, PersistentVolumeClaim, Secret};
+use k8s_openapi::api::storage::v1::StorageClass;
+use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::{Api, Client};
+use serde_json::json;
+
+const OPERATOR_NAMESPACE: &str = "ft-system";
+const SETTLE: Duration = Duration::from_secs(60);
+
+fn claim(name: &str, class: &str) -> anyhow::Result<PersistentVolumeClaim> {
+    Ok(serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {
+            "storageClassName": class,
+            "accessModes": ["ReadWriteOnce"],
+            "resources": {"requests": {"storage": "1Gi"}}
+        }
+    }))?)
+}
+
+/// Creates a claim, retrying while the admission policies are not yet in force; returns the
+/// API server's refusal, if it refuses.
+async fn try_claim(
+    client: &Client,
+    namespace: &str,
+    pvc: &PersistentVolumeClaim,
+) -> anyhow::Result<Option<String>> {
+    let api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), namespace);
+    match api.create(&PostParams::default(), pvc).await {
+        Ok(_) => Ok(None),
+        Err(kube::Error::Api(s)) => Ok(Some(s.message)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn exists<K>(api: &Api<K>, name: &str) -> anyhow::Result<bool>
+where
+    K: kube::Resource + Clone + k8s_openapi::serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    Ok(api.get_opt(name).await?.is_some())
+}
+
+#[tokio::test]
+#[ignore = "e2e: needs a Kubernetes API server; set KUBECONFIG and run `cargo test -p ft-e2e -- --ignored --test-threads=1`"]
+async fn a_confirmed_deletion_destroys_the_key_first_and_leaves_a_record() -> anyhow::Result<()> {
+    let client = cluster().await?;
+    install_crds(&client).await?;
+    install_access_roles(&client).await?;
+    ensure_namespace(&client, OPERATOR_NAMESPACE).await?;
+    let nodes = TestNodes::create(&client).await?;
+    let operator = Operator::start(OPERATOR_NAMESPACE, &unique("e2e-lease"))?;
+
+    let name = unique("e2e-shred");
+    let (dev, prod) = (format!("{name}-dev"), format!("{name}-prod"));
+    let class = format!("ft-{name}-encrypted");
+    let key_name = format!("ft-key-{name}");
+    let tenants: Api<FranceTravailTenant> = Api::all(client.clone());
+    tenants
+        .create(
+            &PostParams::default(),
+            &example_tenant("tenant.yaml", &name)?,
+        )
+        .await?;
+
+    // Its key, in the operator's namespace, and its class.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
+    let classes: Api<StorageClass> = Api::all(client.clone());
+    wait_for("the key Secret and the class", SETTLE, || async {
+        Ok((exists(&secrets, &key_name).await? && exists(&classes, &class).await?).then_some(()))
+    })
+    .await?;
+    let made = classes.get(&class).await?;
+    assert_eq!(made.reclaim_policy.as_deref(), Some("Delete"));
+    assert_eq!(made.provisioner, "driver.longhorn.io");
+    let fingerprint = wait_for("the key fingerprint in the status", SETTLE, || async {
+        Ok(tenants
+            .get(&name)
+            .await?
+            .status
+            .and_then(|s| s.key_fingerprint))
+    })
+    .await?;
+    // No key in any tenant namespace.
+    for ns in [&dev, &prod] {
+        let in_tenant: Api<Secret> = Api::namespaced(client.clone(), ns);
+        let found = in_tenant.list(&ListParams::default()).await?;
+        assert!(
+            found
+                .items
+                .iter()
+                .all(|s| s.type_.as_deref() != Some("hosting.francetravail.fr/tenant-key")),
+            "a key Secret in {ns}"
+        );
+    }
+
+    // A claim on another class is refused in the tenant's namespace, accepted in `default`.
+    let refusal = wait_for("claims on other classes to be refused", SETTLE, || async {
+        let pvc = claim(&unique("other"), "standard")?;
+        let refused = try_claim(&client, &dev, &pvc).await?;
+        if refused.is_none() {
+            let api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &dev);
+            api.delete(
+                pvc.metadata.name.as_deref().unwrap_or_default(),
+                &DeleteParams::default(),
+            )
+            .await?;
+        }
+        Ok(refused)
+    })
+    .await?;
+    assert!(
+        refusal.contains("CLD-21") && refusal.contains(&class),
+        "{refusal}"
+    );
+    assert_eq!(
+        try_claim(&client, &dev, &claim("data", &class)?).await?,
+        None
+    );
+    let elsewhere = claim(&unique("elsewhere"), "standard")?;
+    assert_eq!(try_claim(&client, "default", &elsewhere).await?, None);
+    Api::<PersistentVolumeClaim>::namespaced(client.clone(), "default")
+        .delete(
+            elsewhere.metadata.name.as_deref().unwrap_or_default(),
+            &DeleteParams::default(),
+        )
+        .await?;
+
+    // An unconfirmed deletion is refused, saying what to do.
+    let refused = tenants.delete(&name, &DeleteParams::default()).await;
+    let Err(kube::Error::Api(status)) = refused else {
+        bail!("an unconfirmed deletion was accepted: {refused:?}");
+    };
+    assert!(
+        status.message.contains(&format!(
+            "kubectl annotate francetravailtenant {name} hosting.francetravail.fr/confirm-deletion={name}"
+        )),
+        "{}",
+        status.message
+    );
+    assert!(exists(&tenants, &name).await?);
+
+    // Confirmed: the key goes first. The operator is killed as soon as it has.
+    confirm_and_delete(&client, &name).await?;
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    wait_for("the key Secret to go", SETTLE, || async {
+        Ok((!exists(&secrets, &key_name).await?).then_some(()))
+    })
+    .await?;
+    let both_namespaces_there_when_key_went =
+        exists(&namespaces, &dev).await? || exists(&namespaces, &prod).await?;
+    drop(operator);
+    assert!(
+        both_namespaces_there_when_key_went,
+        "the namespaces were gone before the key"
+    );
+    assert!(
+        exists(&tenants, &name).await?,
+        "the tenant went without its operator"
+    );
+
+    // A new operator completes it.
+    let operator = Operator::start(OPERATOR_NAMESPACE, &unique("e2e-lease"))?;
+    wait_for(
+        "the tenant to be shredded",
+        Duration::from_secs(180),
+        || async { Ok((!exists(&tenants, &name).await?).then_some(())) },
+    )
+    .await?;
+    for ns in [&dev, &prod] {
+        assert!(!exists(&namespaces, ns).await?, "{ns} left");
+    }
+    assert!(!exists(&classes, &class).await?, "{class} left");
+    let reports: Api<ComplianceReport> = Api::all(client.clone());
+    assert!(!exists(&reports, &name).await?);
+    let policies: Api<ValidatingAdmissionPolicy> = Api::all(client.clone());
+    for policy in [format!("ft-claims-{name}"), format!("ft-placement-{dev}")] {
+        assert!(!exists(&policies, &policy).await?, "{policy} left");
+    }
+
+    // One record, in the operator's namespace, with every step's time in order.
+    let records: Api<ConfigMap> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
+    let found = records
+        .list(&ListParams::default().labels(&format!(
+            "hosting.francetravail.fr/shredding-record=true,hosting.francetravail.fr/tenant={name}"
+        )))
+        .await?;
+    assert_eq!(found.items.len(), 1);
+    let body = found.items[0]
+        .data
+        .as_ref()
+        .and_then(|d| d.get("record.yaml"))
+        .context("record.yaml")?;
+    eprintln!("e2e: shredding record\n{body}");
+    let record: serde_json::Value = serde_saphyr::from_str(body)?;
+    assert_eq!(record["keyFingerprint"], fingerprint.as_str());
+    let time = |field: &str| -> anyhow::Result<jiff::Timestamp> {
+        record[field]
+            .as_str()
+            .with_context(|| format!("{field} missing"))?
+            .parse()
+            .with_context(|| format!("{field} is not a time"))
+    };
+    let steps = [
+        "deletionRequestedAt",
+        "startedAt",
+        "keyDestroyedAt",
+        "namespacesDeletedAt",
+        "clusterObjectsDeletedAt",
+        "recordedAt",
+    ];
+    for pair in steps.windows(2) {
+        assert!(
+            time(pair[0])? <= time(pair[1])?,
+            "{} after {}",
+            pair[0],
+            pair[1]
+        );
+    }
+    assert!(!body.contains("CRYPTO_KEY_VALUE"));
+    records
+        .delete(
+            found.items[0].metadata.name.as_deref().unwrap_or_default(),
+            &DeleteParams::default(),
+        )
+        .await?;
+    nodes.delete(&client).await?;
+    drop(operator);
+    Ok(())
+}

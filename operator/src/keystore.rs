@@ -1,0 +1,302 @@
+//! The tenants' keys (CLD-21, CLD-40, CLD-47): 256 random bits from the OS generator per tenant,
+//! kept in a key store behind a small trait. The key itself never leaves this module except
+//! into the store: `TenantKey` has no Debug or Display of its bytes, is zeroized when dropped,
+//! and everything else (status, Events, logs, the shredding record) sees only its fingerprint.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+use futures::future::BoxFuture;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{DeleteParams, PostParams, Preconditions};
+use kube::{Api, Client};
+use ring::rand::{SecureRandom, SystemRandom};
+use zeroize::Zeroizing;
+
+use crate::api::{annotations, labels};
+use crate::error::{Error, Result};
+
+/// Key length: AES-256.
+pub const KEY_BYTES: usize = 32;
+
+/// The Secret type of key Secrets, so they are told apart from any other.
+pub const SECRET_TYPE: &str = "hosting.francetravail.fr/tenant-key";
+
+/// One tenant's key. Its bytes are wiped from memory when it is dropped.
+pub struct TenantKey(Zeroizing<[u8; KEY_BYTES]>);
+
+impl TenantKey {
+    /// 256 bits from the operating system's generator.
+    pub fn generate() -> Result<Self> {
+        let mut bytes = Zeroizing::new([0u8; KEY_BYTES]);
+        SystemRandom::new()
+            .fill(bytes.as_mut())
+            .map_err(|_| Error::KeyStore("the OS random generator failed".into()))?;
+        Ok(Self(bytes))
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        let array: [u8; KEY_BYTES] = bytes.try_into().map_err(|_| {
+            Error::KeyStore(format!(
+                "a tenant key is {KEY_BYTES} bytes, found {}",
+                bytes.len()
+            ))
+        })?;
+        Ok(Self(Zeroizing::new(array)))
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        self.0.as_ref()
+    }
+
+    /// Safe to show: `sha256:` and the first 16 hex digits of the SHA-256 of the key. It
+    /// identifies the key in the shredding record without revealing it.
+    pub fn fingerprint(&self) -> String {
+        fingerprint(self.bytes())
+    }
+}
+
+pub fn fingerprint(key: &[u8]) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, key);
+    format!("sha256:{}", hex(&digest.as_ref()[..8]))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl std::fmt::Debug for TenantKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TenantKey({}, redacted)", self.fingerprint())
+    }
+}
+
+/// Where tenant keys live. Every operation is idempotent.
+pub trait KeyStore: Send + Sync {
+    /// The fingerprint of the tenant's key, creating the key if it has none.
+    fn ensure(&self, tenant: &str) -> BoxFuture<'_, Result<String>>;
+    /// The fingerprint of the tenant's key, if it has one.
+    fn fingerprint(&self, tenant: &str) -> BoxFuture<'_, Result<Option<String>>>;
+    /// Destroys the tenant's key. Returns the fingerprint of the key destroyed, or `None` when
+    /// there was none (already destroyed).
+    fn destroy(&self, tenant: &str) -> BoxFuture<'_, Result<Option<String>>>;
+    /// Where a tenant's key is kept, for the shredding record, such as `Secret ft-system/ft-key-a`.
+    fn location(&self, tenant: &str) -> String;
+}
+
+/// The embedded key store: one Secret per tenant, `ft-key-<tenant>`, in the operator's own
+/// namespace, which tenants cannot read. Only that namespace's Secrets are ever read, and only
+/// by name: the operator lists and watches no Secret.
+pub struct SecretKeyStore {
+    client: Client,
+    namespace: String,
+}
+
+impl SecretKeyStore {
+    pub fn new(client: Client, namespace: impl Into<String>) -> Self {
+        Self {
+            client,
+            namespace: namespace.into(),
+        }
+    }
+
+    fn api(&self) -> Api<Secret> {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    async fn read(&self, tenant: &str) -> Result<Option<TenantKey>> {
+        let name = secret_name(tenant);
+        let secret = self
+            .api()
+            .get_opt(&name)
+            .await
+            .map_err(|e| Error::kube("read", self.location(tenant), e))?;
+        let Some(secret) = secret else {
+            return Ok(None);
+        };
+        let bytes = secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get("key"))
+            .ok_or_else(|| Error::KeyStore(format!("{} holds no key", self.location(tenant))))?;
+        // The copy deserialised from the API is wiped once read.
+        let raw = Zeroizing::new(bytes.0.clone());
+        TenantKey::from_bytes(&raw).map(Some)
+    }
+}
+
+pub fn secret_name(tenant: &str) -> String {
+    format!("ft-key-{tenant}")
+}
+
+/// The Secret holding a tenant's key.
+pub fn key_secret(tenant: &str, namespace: &str, key: &TenantKey) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(secret_name(tenant)),
+            namespace: Some(namespace.into()),
+            labels: Some(BTreeMap::from([
+                (labels::TENANT.into(), tenant.into()),
+                (labels::MANAGED_BY.into(), labels::MANAGED_BY_VALUE.into()),
+            ])),
+            annotations: Some(BTreeMap::from([(
+                annotations::KEY_FINGERPRINT.into(),
+                key.fingerprint(),
+            )])),
+            ..Default::default()
+        },
+        type_: Some(SECRET_TYPE.into()),
+        immutable: Some(true),
+        // `key` is the key itself; the `CRYPTO_*` entries are the same key in the form CSI
+        // drivers that read a passphrase from a Secret take it (Longhorn).
+        data: Some(BTreeMap::from([
+            ("key".to_string(), ByteString(key.bytes().to_vec())),
+            (
+                "CRYPTO_KEY_VALUE".to_string(),
+                ByteString(hex(key.bytes()).into_bytes()),
+            ),
+            (
+                "CRYPTO_KEY_PROVIDER".to_string(),
+                ByteString(b"secret".to_vec()),
+            ),
+            (
+                "CRYPTO_KEY_CIPHER".to_string(),
+                ByteString(b"aes-xts-plain64".to_vec()),
+            ),
+            (
+                "CRYPTO_KEY_HASH".to_string(),
+                ByteString(b"sha256".to_vec()),
+            ),
+            ("CRYPTO_KEY_SIZE".to_string(), ByteString(b"256".to_vec())),
+            ("CRYPTO_PBKDF".to_string(), ByteString(b"argon2i".to_vec())),
+        ])),
+        ..Default::default()
+    }
+}
+
+impl KeyStore for SecretKeyStore {
+    fn ensure(&self, tenant: &str) -> BoxFuture<'_, Result<String>> {
+        let tenant = tenant.to_string();
+        Box::pin(async move {
+            if let Some(key) = self.read(&tenant).await? {
+                return Ok(key.fingerprint());
+            }
+            let key = TenantKey::generate()?;
+            let mut secret = key_secret(&tenant, &self.namespace, &key);
+            match self.api().create(&PostParams::default(), &secret).await {
+                Ok(_) => Ok(key.fingerprint()),
+                // Made meanwhile by another pass: that one is the key.
+                Err(kube::Error::Api(s)) if s.code == 409 => {
+                    if let Some(data) = secret.data.as_mut() {
+                        data.clear();
+                    }
+                    self.read(&tenant)
+                        .await?
+                        .map(|k| k.fingerprint())
+                        .ok_or_else(|| Error::KeyStore("the key vanished while made".into()))
+                }
+                Err(e) => Err(Error::kube("create", self.location(&tenant), e)),
+            }
+        })
+    }
+
+    fn fingerprint(&self, tenant: &str) -> BoxFuture<'_, Result<Option<String>>> {
+        let tenant = tenant.to_string();
+        Box::pin(async move { Ok(self.read(&tenant).await?.map(|k| k.fingerprint())) })
+    }
+
+    fn destroy(&self, tenant: &str) -> BoxFuture<'_, Result<Option<String>>> {
+        let tenant = tenant.to_string();
+        Box::pin(async move {
+            let name = secret_name(&tenant);
+            let Some(secret) = self
+                .api()
+                .get_opt(&name)
+                .await
+                .map_err(|e| Error::kube("read", self.location(&tenant), e))?
+            else {
+                return Ok(None);
+            };
+            let fingerprint = secret
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(annotations::KEY_FINGERPRINT))
+                .cloned();
+            // Foreground with no grace: the Secret is gone from etcd when this returns. The
+            // uid precondition makes sure the Secret read is the one deleted.
+            let params = DeleteParams {
+                grace_period_seconds: Some(0),
+                preconditions: Some(Preconditions {
+                    uid: secret.metadata.uid.clone(),
+                    resource_version: None,
+                }),
+                ..Default::default()
+            };
+            match self.api().delete(&name, &params).await {
+                Ok(_) => Ok(fingerprint.or_else(|| Some("unknown".into()))),
+                Err(kube::Error::Api(s)) if s.code == 404 => Ok(None),
+                Err(e) => Err(Error::kube("delete", self.location(&tenant), e)),
+            }
+        })
+    }
+
+    fn location(&self, tenant: &str) -> String {
+        format!("Secret {}/{}", self.namespace, secret_name(tenant))
+    }
+}
+
+/// Keys in memory, for tests and the offline plan.
+#[derive(Default)]
+pub struct MemoryKeyStore(Mutex<HashMap<String, TenantKey>>);
+
+impl MemoryKeyStore {
+    pub fn contains(&self, tenant: &str) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(tenant)
+    }
+}
+
+impl KeyStore for MemoryKeyStore {
+    fn ensure(&self, tenant: &str) -> BoxFuture<'_, Result<String>> {
+        let result = (|| {
+            let mut keys = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(key) = keys.get(tenant) {
+                return Ok(key.fingerprint());
+            }
+            let key = TenantKey::generate()?;
+            let fingerprint = key.fingerprint();
+            keys.insert(tenant.to_string(), key);
+            Ok(fingerprint)
+        })();
+        Box::pin(async move { result })
+    }
+
+    fn fingerprint(&self, tenant: &str) -> BoxFuture<'_, Result<Option<String>>> {
+        let found = self
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(tenant)
+            .map(TenantKey::fingerprint);
+        Box::pin(async move { Ok(found) })
+    }
+
+    fn destroy(&self, tenant: &str) -> BoxFuture<'_, Result<Option<String>>> {
+        let removed = self
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(tenant)
+            .map(|k| k.fingerprint());
+        Box::pin(async move { Ok(removed) })
+    }
+
+    fn location(&self, tenant: &str) -> String {
+        format!("memory/{tenant}")
+    }
+}
