@@ -15,7 +15,7 @@ use ft_operator::api::{ComplianceReport, FranceTravailTenant};
 use k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicy;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, PersistentVolumeClaim, Secret};
 use k8s_openapi::api::storage::v1::StorageClass;
-use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::json;
 
@@ -154,6 +154,18 @@ async fn a_confirmed_deletion_destroys_the_key_first_and_leaves_a_record() -> an
     );
     assert!(exists(&tenants, &name).await?);
 
+    // Who confirms is written by admission, never by hand.
+    let forged = tenants
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {
+                "hosting.francetravail.fr/deletion-confirmed-by": "someone-else"
+            }}})),
+        )
+        .await;
+    assert!(forged.is_err(), "a forged confirmation was accepted");
+
     // Confirmed: the key goes first. The operator is killed as soon as it has.
     confirm_and_delete(&client, &name).await?;
     let namespaces: Api<Namespace> = Api::all(client.clone());
@@ -208,6 +220,8 @@ async fn a_confirmed_deletion_destroys_the_key_first_and_leaves_a_record() -> an
     eprintln!("e2e: shredding record\n{body}");
     let record: serde_json::Value = serde_saphyr::from_str(body)?;
     assert_eq!(record["keyFingerprint"], fingerprint.as_str());
+    let confirmed = record["deletionConfirmedBy"].as_str().unwrap_or_default();
+    assert!(confirmed.starts_with("user "), "{confirmed}");
     let time = |field: &str| -> anyhow::Result<jiff::Timestamp> {
         record[field]
             .as_str()

@@ -39,6 +39,10 @@ pub trait Child:
     Resource<DynamicType = ()> + Clone + Debug + Serialize + DeserializeOwned + Send + Sync + 'static
 {
     fn api(client: Client, namespace: Option<&str>) -> Api<Self>;
+
+    /// Kinds whose fields cannot change once made (a StorageClass's parameters): when the
+    /// server refuses the change as invalid, the object is deleted and made again.
+    const REPLACE_WHEN_IMMUTABLE: bool = false;
 }
 
 macro_rules! cluster_child {
@@ -50,9 +54,16 @@ macro_rules! cluster_child {
         }
     )*};
 }
+impl Child for StorageClass {
+    fn api(client: Client, _: Option<&str>) -> Api<Self> {
+        Api::all(client)
+    }
+    // Volumes already provisioned keep their class's parameters; only new ones get the new.
+    const REPLACE_WHEN_IMMUTABLE: bool = true;
+}
+
 cluster_child!(
     Namespace,
-    StorageClass,
     ComplianceReport,
     ValidatingAdmissionPolicy,
     ValidatingAdmissionPolicyBinding,
@@ -416,10 +427,19 @@ impl Applier<'_> {
             }
 
             let params = PatchParams::apply(FIELD_MANAGER).force();
-            let applied = api
-                .patch(&name, &params, &Patch::Apply(&body))
-                .await
-                .map_err(|e| Error::kube("apply", &key, e))?;
+            let applied = match api.patch(&name, &params, &Patch::Apply(&body)).await {
+                Err(kube::Error::Api(s))
+                    if s.code == 422 && K::REPLACE_WHEN_IMMUTABLE && found.is_some() =>
+                {
+                    api.delete(&name, &DeleteParams::foreground())
+                        .await
+                        .map_err(|e| Error::kube("replace", &key, e))?;
+                    self.metrics.write(K::kind(&()).as_ref(), "delete");
+                    api.patch(&name, &params, &Patch::Apply(&body)).await
+                }
+                other => other,
+            }
+            .map_err(|e| Error::kube("apply", &key, e))?;
             self.metrics.write(K::kind(&()).as_ref(), "apply");
             let new_version = applied.resource_version();
             match found {

@@ -22,14 +22,11 @@ use crate::api::FranceTravailTenant;
 use crate::build::BuildSettings;
 use crate::compliance::Compliance;
 use crate::controller;
-use crate::encryption::{DELETION_PROTECTION, deletion_protection};
+use crate::encryption::{DELETION_PROTECTION, deletion_confirmation_recorder, deletion_protection};
 use crate::metrics::Metrics;
 use crate::placement::PlacementIndex;
 use crate::server::{self, Health};
 use crate::webhook::{self, WebhookClient};
-use k8s_openapi::api::admissionregistration::v1::{
-    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
-};
 
 pub struct RunConfig {
     /// The operator's own namespace: its Lease, and later its key store and records.
@@ -138,11 +135,11 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         metrics.leader.set(1);
         let mut settings = config.settings;
         settings.key_namespace = config.namespace.clone();
-        protect_tenants_from_deletion(&client).await?;
         settings.confinement = match config.confinement {
             Some(chosen) => chosen,
             None => controller::discover_confinement(&client).await,
         };
+        protect_tenants_from_deletion(&client, settings.confinement).await?;
         info!(confinement = ?settings.confinement, "placement admission");
         let placements = PlacementIndex::default();
         let webhook = if settings.confinement == Confinement::Webhook {
@@ -275,28 +272,42 @@ async fn shutdown_signal() {
 
 /// Applies the cluster-wide policy that refuses to delete a tenant whose deletion was not
 /// confirmed. Before any tenant is reconciled: no tenant is ever unprotected.
-async fn protect_tenants_from_deletion(client: &kube::Client) -> anyhow::Result<()> {
+async fn protect_tenants_from_deletion(
+    client: &kube::Client,
+    confinement: Confinement,
+) -> anyhow::Result<()> {
     let (policy, binding) = deletion_protection();
-    let params = kube::api::PatchParams::apply(crate::api::FIELD_MANAGER).force();
-    kube::Api::<ValidatingAdmissionPolicy>::all(client.clone())
-        .patch(
-            DELETION_PROTECTION,
-            &params,
-            &kube::api::Patch::Apply(&policy),
-        )
-        .await
-        .context("applying the tenant deletion protection policy")?;
-    kube::Api::<ValidatingAdmissionPolicyBinding>::all(client.clone())
-        .patch(
-            DELETION_PROTECTION,
-            &params,
-            &kube::api::Patch::Apply(&binding),
-        )
-        .await
-        .context("applying the tenant deletion protection binding")?;
+    apply_cluster_object(client, &policy).await?;
+    apply_cluster_object(client, &binding).await?;
+    // Where MutatingAdmissionPolicies are served, who confirms a deletion is recorded too.
+    if confinement == Confinement::Native {
+        let (recorder, recorder_binding) = deletion_confirmation_recorder();
+        apply_cluster_object(client, &recorder).await?;
+        apply_cluster_object(client, &recorder_binding).await?;
+    }
     info!(
         policy = DELETION_PROTECTION,
         "tenants can be deleted only once confirmed"
     );
+    Ok(())
+}
+
+async fn apply_cluster_object<K>(client: &kube::Client, object: &K) -> anyhow::Result<()>
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::ClusterResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::Serialize
+        + serde::de::DeserializeOwned,
+{
+    let name = object.meta().name.clone().unwrap_or_default();
+    kube::Api::<K>::all(client.clone())
+        .patch(
+            &name,
+            &kube::api::PatchParams::apply(crate::api::FIELD_MANAGER).force(),
+            &kube::api::Patch::Apply(object),
+        )
+        .await
+        .with_context(|| format!("applying {} {name}", K::kind(&())))?;
     Ok(())
 }

@@ -79,9 +79,16 @@ pub fn record_name(tenant: &FranceTravailTenant) -> String {
     format!("ft-shredding-{}-{short}", tenant.name_any())
 }
 
-/// Who confirmed the deletion, as far as the API server recorded it: the field manager that
-/// set the confirmation annotation, and when.
+/// Who confirmed the deletion, as the API server recorded it: the authenticated user written at
+/// admission, else the field manager that set the confirmation annotation, and when.
 pub fn confirmed_by(tenant: &FranceTravailTenant) -> String {
+    if let Some(user) = tenant
+        .annotations()
+        .get(annotations::DELETION_CONFIRMED_BY)
+        .filter(|u| !u.is_empty())
+    {
+        return format!("user {user}");
+    }
     let field = format!("f:{}", annotations::CONFIRM_DELETION);
     tenant
         .metadata

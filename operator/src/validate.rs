@@ -11,6 +11,7 @@ use std::net::IpAddr;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::ResourceExt;
 
+use crate::api::KeyStoreKind;
 use crate::api::{EnvironmentKind, FlowPort, FranceTravailTenant, Peer};
 use crate::build::BuildSettings;
 use crate::encryption::KeyReference;
@@ -99,6 +100,12 @@ pub fn validate_for_cluster(
         }
     }
     if let Some(storage) = &tenant.spec.storage {
+        if storage.key_store == KeyStoreKind::Transit {
+            errors.add(
+                "spec.storage.keyStore",
+                "Transit (an external Vault or OpenBao transit engine) is not available in this version of the operator; use Kubernetes, the key store in the operator's own namespace",
+            );
+        }
         match settings.profiles.get(&storage.profile) {
             None => errors.add(
                 "spec.storage.profile",

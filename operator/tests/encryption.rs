@@ -6,11 +6,12 @@ mod common;
 use ft_operator::api::{ShreddingStatus, annotations};
 use ft_operator::build::BuildSettings;
 use ft_operator::encryption::{
-    KeyReference, Profiles, claims_policy, class_name, deletion_protection, storage_class,
+    KeyReference, Profiles, claims_policy, class_name, deletion_confirmation_recorder,
+    deletion_protection, storage_class,
 };
 use ft_operator::keystore::{KeyStore, MemoryKeyStore, TenantKey, fingerprint, key_secret};
 use ft_operator::plan::plan;
-use ft_operator::shredding::{Step, next_step, record, record_name};
+use ft_operator::shredding::{Step, confirmed_by, next_step, record, record_name};
 use k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
@@ -169,6 +170,17 @@ fn cloud_profiles_take_the_tenant_key_reference_and_extra_parameters_cannot_over
 }
 
 #[test]
+fn a_key_store_this_version_cannot_use_is_refused_not_ignored() {
+    let yaml = common::read("examples/tenant.yaml").replace(
+        "    profile: longhorn\n",
+        "    profile: longhorn\n    keyStore: Transit\n",
+    );
+    let err = plan(&yaml, &BuildSettings::default()).unwrap_err();
+    assert_eq!(err.field_errors()[0].field, "spec.storage.keyStore");
+    assert!(err.to_string().contains("not available"), "{err}");
+}
+
+#[test]
 fn an_unknown_profile_is_refused_naming_the_ones_known() {
     let yaml = common::read("examples/tenant.yaml")
         .replace("    profile: longhorn\n", "    profile: tape\n");
@@ -256,6 +268,35 @@ fn deleting_a_tenant_needs_its_name_in_the_confirmation_annotation() {
         binding.spec.policy_name,
         policy.metadata.name.unwrap_or_default()
     );
+}
+
+#[test]
+fn who_confirms_a_deletion_is_written_at_admission_and_preferred_by_the_record() {
+    let (recorder, _) = deletion_confirmation_recorder();
+    let spec = recorder.spec.expect("spec");
+    let patch = spec.mutations.expect("mutations")[0]
+        .json_patch
+        .clone()
+        .and_then(|p| p.expression)
+        .unwrap_or_default();
+    assert!(patch.contains("request.userInfo.username"), "{patch}");
+    assert!(
+        patch.contains(annotations::DELETION_CONFIRMED_BY),
+        "{patch}"
+    );
+    let condition = &spec.match_conditions.expect("conditions")[0].expression;
+    assert!(
+        condition.contains(annotations::CONFIRM_DELETION),
+        "{condition}"
+    );
+
+    let mut t = tenant();
+    assert_eq!(confirmed_by(&t), "unrecorded");
+    t.metadata.annotations = Some(std::collections::BTreeMap::from([(
+        annotations::DELETION_CONFIRMED_BY.to_string(),
+        "claire.martin@example.org".to_string(),
+    )]));
+    assert_eq!(confirmed_by(&t), "user claire.martin@example.org");
 }
 
 // -------------------------------------------------------------------------------------------

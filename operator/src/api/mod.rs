@@ -44,6 +44,9 @@ pub mod annotations {
     pub const EXPIRES: &str = "hosting.francetravail.fr/expires";
     /// On a tenant: its own name, to confirm that deleting it, and shredding its data, is meant.
     pub const CONFIRM_DELETION: &str = "hosting.francetravail.fr/confirm-deletion";
+    /// On a tenant: who set `CONFIRM_DELETION`, as the API server authenticated them, written
+    /// at admission (where MutatingAdmissionPolicies are served), never by hand.
+    pub const DELETION_CONFIRMED_BY: &str = "hosting.francetravail.fr/deletion-confirmed-by";
     /// On a key Secret: the key's fingerprint, safe to show.
     pub const KEY_FINGERPRINT: &str = "hosting.francetravail.fr/key-fingerprint";
 }

@@ -459,7 +459,8 @@ pub enum KeyStoreKind {
     /// A Secret in the operator's own namespace, which tenants cannot read.
     #[default]
     Kubernetes,
-    /// An external Vault or OpenBao transit engine.
+    /// An external Vault or OpenBao transit engine: not available in this version, refused
+    /// with a message naming the field.
     Transit,
 }
 
