@@ -108,6 +108,25 @@ pub async fn install_crds(client: &Client) -> anyhow::Result<()> {
     .await
 }
 
+/// `kubectl auth can-i VERB RESOURCE -n NAMESPACE --as USER`: the API server's own answer.
+pub fn can_i(user: &str, verb: &str, resource: &str, namespace: &str) -> anyhow::Result<bool> {
+    let output = Command::new("kubectl")
+        .args([
+            "auth", "can-i", verb, resource, "-n", namespace, "--as", user,
+        ])
+        .output()
+        .context("running kubectl (needed by this test)")?;
+    let answer = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    match answer.as_str() {
+        "yes" => Ok(true),
+        "no" => Ok(false),
+        _ => bail!(
+            "kubectl auth can-i answered {answer:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        ),
+    }
+}
+
 /// Installs the ClusterRoles access grants bind, as the chart does.
 pub async fn install_access_roles(client: &Client) -> anyhow::Result<()> {
     let api: Api<ClusterRole> = Api::all(client.clone());

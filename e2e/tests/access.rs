@@ -3,12 +3,11 @@
 //! within two seconds and the answer turns to no; a binding made by hand fails the access
 //! control and is deleted once the tenant asks for it; a grant to a system group is refused.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use ft_e2e::{
-    Operator, TestNodes, cluster, delete_tenant, ensure_namespace, example_tenant,
+    Operator, TestNodes, can_i, cluster, delete_tenant, ensure_namespace, example_tenant,
     install_access_roles, install_crds, serve_velero_schedules, unique, wait_for,
 };
 use ft_operator::api::{
@@ -24,25 +23,6 @@ use serde_json::json;
 const OPERATOR_NAMESPACE: &str = "ft-system";
 const SETTLE: Duration = Duration::from_secs(60);
 const ALICE: &str = "alice@example.org";
-
-/// `kubectl auth can-i VERB RESOURCE -n NAMESPACE --as USER`: the API server's own answer.
-fn can_i(user: &str, verb: &str, resource: &str, namespace: &str) -> anyhow::Result<bool> {
-    let output = Command::new("kubectl")
-        .args([
-            "auth", "can-i", verb, resource, "-n", namespace, "--as", user,
-        ])
-        .output()
-        .context("running kubectl (needed by this test)")?;
-    let answer = String::from_utf8_lossy(&output.stdout).trim().to_string();
-    match answer.as_str() {
-        "yes" => Ok(true),
-        "no" => Ok(false),
-        _ => bail!(
-            "kubectl auth can-i answered {answer:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        ),
-    }
-}
 
 fn grant(user: &str, role: Role, environments: &[&str], expires: jiff::Timestamp) -> AccessGrant {
     AccessGrant {

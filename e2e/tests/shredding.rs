@@ -8,12 +8,14 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use ft_e2e::{
-    Operator, TestNodes, cluster, confirm_and_delete, ensure_namespace, example_tenant,
+    Operator, TestNodes, can_i, cluster, confirm_and_delete, ensure_namespace, example_tenant,
     install_access_roles, install_crds, unique, wait_for,
 };
-use ft_operator::api::{ComplianceReport, FranceTravailTenant};
+use ft_operator::api::{ComplianceReport, ControlResult, FranceTravailTenant};
 use k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicy;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, PersistentVolumeClaim, Secret};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Namespace, PersistentVolume, PersistentVolumeClaim, Secret,
+};
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
@@ -131,6 +133,50 @@ async fn a_confirmed_deletion_destroys_the_key_first_and_leaves_a_record() -> an
         try_claim(&client, &dev, &claim("data", &class)?).await?,
         None
     );
+
+    // A volume not provisioned by the tenant's class, bound to one of its claims, fails ENC-2.
+    let stray_pv = unique("pv-stray");
+    let pv: PersistentVolume = serde_json::from_value(json!({
+        "metadata": {"name": stray_pv},
+        "spec": {
+            "storageClassName": "standard",
+            "capacity": {"storage": "1Gi"},
+            "accessModes": ["ReadWriteOnce"],
+            "hostPath": {"path": "/tmp/stray"},
+            "claimRef": {"namespace": dev, "name": "bound"}
+        }
+    }))?;
+    let volumes: Api<PersistentVolume> = Api::all(client.clone());
+    volumes.create(&PostParams::default(), &pv).await?;
+    let mut bound = claim("bound", &class)?;
+    if let Some(spec) = bound.spec.as_mut() {
+        spec.volume_name = Some(stray_pv.clone());
+    }
+    assert_eq!(try_claim(&client, &dev, &bound).await?, None);
+    let reports: Api<ComplianceReport> = Api::all(client.clone());
+    let message = wait_for("ENC-2 to fail for the stray volume", SETTLE, || async {
+        let report = reports.get_opt(&name).await?;
+        Ok(report
+            .and_then(|r| r.status)
+            .and_then(|s| s.controls.into_iter().find(|c| c.id == "ENC-2"))
+            .filter(|c| c.result == ControlResult::Fail)
+            .map(|c| c.message))
+    })
+    .await?;
+    assert!(
+        message.contains(&format!("PersistentVolume/{stray_pv}"))
+            && message.contains("provisioned by standard"),
+        "{message}"
+    );
+    volumes.delete(&stray_pv, &DeleteParams::default()).await?;
+
+    // The key is out of reach of the tenant's own administrator.
+    let admin = "claire.martin@example.org";
+    wait_for("the administrator's grant", SETTLE, || async {
+        Ok(can_i(admin, "get", "secrets", &prod)?.then_some(()))
+    })
+    .await?;
+    assert!(!can_i(admin, "get", "secrets", OPERATOR_NAMESPACE)?);
     let elsewhere = claim(&unique("elsewhere"), "standard")?;
     assert_eq!(try_claim(&client, "default", &elsewhere).await?, None);
     Api::<PersistentVolumeClaim>::namespaced(client.clone(), "default")
@@ -197,7 +243,6 @@ async fn a_confirmed_deletion_destroys_the_key_first_and_leaves_a_record() -> an
         assert!(!exists(&namespaces, ns).await?, "{ns} left");
     }
     assert!(!exists(&classes, &class).await?, "{class} left");
-    let reports: Api<ComplianceReport> = Api::all(client.clone());
     assert!(!exists(&reports, &name).await?);
     let policies: Api<ValidatingAdmissionPolicy> = Api::all(client.clone());
     for policy in [format!("ft-claims-{name}"), format!("ft-placement-{dev}")] {
