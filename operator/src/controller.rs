@@ -245,6 +245,24 @@ async fn apply_tenant(tenant: &FranceTravailTenant, ctx: &Context) -> Result<Act
 
     // The tenant's key exists before anything is built that would use it (CLD-21, CLD-40).
     let key_fingerprint = ctx.keys.ensure(&name).await?;
+    let known = tenant
+        .status
+        .as_ref()
+        .and_then(|s| s.key_fingerprint.as_deref());
+    if let Some(lost) = known.filter(|k| *k != key_fingerprint) {
+        // The key was destroyed outside the operator: what it encrypted is unreadable now.
+        warn!(tenant = %name, lost, key = %key_fingerprint, control = "CLD-40", "tenant key replaced: the previous one was deleted outside the operator");
+        ctx.publish(
+            tenant,
+            EventType::Warning,
+            "KeyReplaced",
+            format!(
+                "the tenant key {lost} was deleted outside the operator ({}); volumes encrypted with it can no longer be read. New volumes are encrypted with a new key {key_fingerprint} (CLD-40)",
+                ctx.keys.location(&name)
+            ),
+        )
+        .await;
+    }
 
     // Rights are judged at one instant for the whole pass: what is bound, journalled and
     // listed in the status all agree.

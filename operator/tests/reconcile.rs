@@ -634,6 +634,26 @@ async fn an_invalid_tenant_gets_no_child_and_a_status_naming_the_field() {
     assert_eq!(events(&calls), ["InvalidSpec"]);
 }
 
+#[tokio::test]
+async fn a_key_deleted_outside_the_operator_is_replaced_and_said_loudly() {
+    let mut h = harness();
+    let t = h.settle(stored_tenant()).await;
+    let before = t.status.as_ref().unwrap().key_fingerprint.clone().unwrap();
+    h.ctx.keys.destroy("offres-emploi").await.unwrap();
+    h.reconcile(t).await.unwrap();
+    let calls = h.api.writes();
+    assert_eq!(events(&calls), ["KeyReplaced"]);
+    let status = tenant_status(&calls).expect("status rewritten");
+    let after = status["keyFingerprint"].as_str().unwrap();
+    assert_ne!(after, before);
+    let note = calls
+        .iter()
+        .find(|c| c.path.contains("/events"))
+        .map(|c| c.body["note"].to_string())
+        .unwrap_or_default();
+    assert!(note.contains(&before) && note.contains(after), "{note}");
+}
+
 /// The last `status.shredding` the operator wrote, as the tenant would then hold it.
 fn shredding(calls: &[Call]) -> Option<ShreddingStatus> {
     calls
