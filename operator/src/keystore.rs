@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use k8s_openapi::ByteString;
@@ -92,14 +93,36 @@ pub trait KeyStore: Send + Sync {
 pub struct SecretKeyStore {
     client: Client,
     namespace: String,
+    /// Fingerprints read lately, so that each tenant's pass does not read its Secret again.
+    seen: Mutex<HashMap<String, (Instant, String)>>,
 }
+
+/// How long a fingerprint read from the key store is trusted: a Secret deleted by hand is
+/// noticed within this time.
+const SEEN_FOR: Duration = Duration::from_secs(60);
 
 impl SecretKeyStore {
     pub fn new(client: Client, namespace: impl Into<String>) -> Self {
         Self {
             client,
             namespace: namespace.into(),
+            seen: Mutex::default(),
         }
+    }
+
+    fn recall(&self, tenant: &str) -> Option<String> {
+        let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        seen.get(tenant)
+            .filter(|(at, _)| at.elapsed() < SEEN_FOR)
+            .map(|(_, fingerprint)| fingerprint.clone())
+    }
+
+    fn remember(&self, tenant: &str, fingerprint: Option<&String>) {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        match fingerprint {
+            Some(f) => seen.insert(tenant.to_string(), (Instant::now(), f.clone())),
+            None => seen.remove(tenant),
+        };
     }
 
     fn api(&self) -> Api<Secret> {
@@ -180,71 +203,96 @@ impl KeyStore for SecretKeyStore {
     fn ensure(&self, tenant: &str) -> BoxFuture<'_, Result<String>> {
         let tenant = tenant.to_string();
         Box::pin(async move {
-            if let Some(key) = self.read(&tenant).await? {
-                return Ok(key.fingerprint());
+            if let Some(known) = self.recall(&tenant) {
+                return Ok(known);
             }
-            let key = TenantKey::generate()?;
-            let mut secret = key_secret(&tenant, &self.namespace, &key);
-            match self.api().create(&PostParams::default(), &secret).await {
-                Ok(_) => Ok(key.fingerprint()),
-                // Made meanwhile by another pass: that one is the key.
-                Err(kube::Error::Api(s)) if s.code == 409 => {
-                    if let Some(data) = secret.data.as_mut() {
-                        data.clear();
-                    }
-                    self.read(&tenant)
-                        .await?
-                        .map(|k| k.fingerprint())
-                        .ok_or_else(|| Error::KeyStore("the key vanished while made".into()))
-                }
-                Err(e) => Err(Error::kube("create", self.location(&tenant), e)),
-            }
+            let made = self.make(&tenant).await?;
+            self.remember(&tenant, Some(&made));
+            Ok(made)
         })
     }
 
     fn fingerprint(&self, tenant: &str) -> BoxFuture<'_, Result<Option<String>>> {
         let tenant = tenant.to_string();
-        Box::pin(async move { Ok(self.read(&tenant).await?.map(|k| k.fingerprint())) })
+        Box::pin(async move {
+            if let Some(known) = self.recall(&tenant) {
+                return Ok(Some(known));
+            }
+            let found = self.read(&tenant).await?.map(|k| k.fingerprint());
+            self.remember(&tenant, found.as_ref());
+            Ok(found)
+        })
     }
 
     fn destroy(&self, tenant: &str) -> BoxFuture<'_, Result<Option<String>>> {
         let tenant = tenant.to_string();
         Box::pin(async move {
-            let name = secret_name(&tenant);
-            let Some(secret) = self
-                .api()
-                .get_opt(&name)
-                .await
-                .map_err(|e| Error::kube("read", self.location(&tenant), e))?
-            else {
-                return Ok(None);
-            };
-            let fingerprint = secret
-                .metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(annotations::KEY_FINGERPRINT))
-                .cloned();
-            // Foreground with no grace: the Secret is gone from etcd when this returns. The
-            // uid precondition makes sure the Secret read is the one deleted.
-            let params = DeleteParams {
-                grace_period_seconds: Some(0),
-                preconditions: Some(Preconditions {
-                    uid: secret.metadata.uid.clone(),
-                    resource_version: None,
-                }),
-                ..Default::default()
-            };
-            match self.api().delete(&name, &params).await {
-                Ok(_) => Ok(fingerprint.or_else(|| Some("unknown".into()))),
-                Err(kube::Error::Api(s)) if s.code == 404 => Ok(None),
-                Err(e) => Err(Error::kube("delete", self.location(&tenant), e)),
-            }
+            self.remember(&tenant, None);
+            self.delete(&tenant).await
         })
     }
 
     fn location(&self, tenant: &str) -> String {
         format!("Secret {}/{}", self.namespace, secret_name(tenant))
+    }
+}
+
+impl SecretKeyStore {
+    /// Reads the tenant's key, or makes it: its fingerprint either way.
+    async fn make(&self, tenant: &str) -> Result<String> {
+        if let Some(key) = self.read(tenant).await? {
+            return Ok(key.fingerprint());
+        }
+        let key = TenantKey::generate()?;
+        let mut secret = key_secret(tenant, &self.namespace, &key);
+        match self.api().create(&PostParams::default(), &secret).await {
+            Ok(_) => Ok(key.fingerprint()),
+            // Made meanwhile by another pass: that one is the key.
+            Err(kube::Error::Api(s)) if s.code == 409 => {
+                if let Some(data) = secret.data.as_mut() {
+                    data.clear();
+                }
+                self.read(tenant)
+                    .await?
+                    .map(|k| k.fingerprint())
+                    .ok_or_else(|| Error::KeyStore("the key vanished while made".into()))
+            }
+            Err(e) => Err(Error::kube("create", self.location(tenant), e)),
+        }
+    }
+
+    /// Deletes the tenant's key Secret: the fingerprint of the key it held, if it was there.
+    async fn delete(&self, tenant: &str) -> Result<Option<String>> {
+        let name = secret_name(tenant);
+        let Some(secret) = self
+            .api()
+            .get_opt(&name)
+            .await
+            .map_err(|e| Error::kube("read", self.location(tenant), e))?
+        else {
+            return Ok(None);
+        };
+        let fingerprint = secret
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(annotations::KEY_FINGERPRINT))
+            .cloned();
+        // Foreground with no grace: the Secret is gone from etcd when this returns. The
+        // uid precondition makes sure the Secret read is the one deleted.
+        let params = DeleteParams {
+            grace_period_seconds: Some(0),
+            preconditions: Some(Preconditions {
+                uid: secret.metadata.uid.clone(),
+                resource_version: None,
+            }),
+            ..Default::default()
+        };
+        match self.api().delete(&name, &params).await {
+            Ok(_) => Ok(fingerprint.or_else(|| Some("unknown".into()))),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(None),
+            Err(e) => Err(Error::kube("delete", self.location(tenant), e)),
+        }
     }
 }
 
