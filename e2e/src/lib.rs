@@ -3,7 +3,7 @@
 
 use std::future::Future;
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -181,6 +181,21 @@ pub async fn ensure_namespace(client: &Client, name: &str) -> anyhow::Result<()>
     Ok(())
 }
 
+/// Creates the example tenant under `name`: the tenants' API, for the test to follow it.
+pub async fn create_example_tenant(
+    client: &Client,
+    name: &str,
+) -> anyhow::Result<Api<FranceTravailTenant>> {
+    let tenants: Api<FranceTravailTenant> = Api::all(client.clone());
+    tenants
+        .create(
+            &PostParams::default(),
+            &example_tenant("tenant.yaml", name)?,
+        )
+        .await?;
+    Ok(tenants)
+}
+
 /// The example tenant of the repository under another name, without a final export.
 pub fn example_tenant(file: &str, name: &str) -> anyhow::Result<FranceTravailTenant> {
     let path = workspace_root().join("examples").join(file);
@@ -231,11 +246,29 @@ impl Operator {
 
     /// Starts `ft-operator run` with extra flags.
     pub fn start_with(namespace: &str, lease: &str, extra: &[&str]) -> anyhow::Result<Operator> {
+        Self::launch(namespace, lease, extra, None)
+    }
+
+    /// Starts `ft-operator run` with another kubeconfig: another identity.
+    pub fn start_as(namespace: &str, lease: &str, kubeconfig: &Path) -> anyhow::Result<Operator> {
+        Self::launch(namespace, lease, &[], Some(kubeconfig))
+    }
+
+    fn launch(
+        namespace: &str,
+        lease: &str,
+        extra: &[&str],
+        kubeconfig: Option<&Path>,
+    ) -> anyhow::Result<Operator> {
         let binary = operator_binary()?;
         let metrics_port = free_port()?;
         let log = std::env::temp_dir().join(format!("ft-operator-e2e-{lease}-{metrics_port}.log"));
         let log_file = std::fs::File::create(&log)?;
-        let child = Command::new(binary)
+        let mut command = Command::new(binary);
+        if let Some(path) = kubeconfig {
+            command.env("KUBECONFIG", path);
+        }
+        let child = command
             .args(["run", "--namespace", namespace, "--lease-name", lease])
             .args(["--metrics-address", &format!("127.0.0.1:{metrics_port}")])
             .args(extra)

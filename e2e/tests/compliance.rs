@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use ft_e2e::{
-    Operator, TestNodes, cluster, confirm_and_delete, ensure_namespace, example_tenant,
+    Operator, TestNodes, cluster, confirm_and_delete, create_example_tenant, ensure_namespace,
     install_crds, restricted_pod, serve_velero_schedules, unique, wait_for,
 };
-use ft_operator::api::{ComplianceReport, ControlResult, FranceTravailTenant, Verdict};
+use ft_operator::api::{ComplianceReport, ControlResult, Verdict};
 use k8s_openapi::api::core::v1::{Event, Pod};
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::api::{DeleteParams, ListParams, PostParams};
@@ -115,13 +115,7 @@ async fn kubectl_get_compliance_follows_what_breaks_and_what_is_repaired() -> an
 
     let operator = Operator::start(OPERATOR_NAMESPACE, &unique("e2e-lease"))?;
     let name = unique("e2e-cmp");
-    let tenants: Api<FranceTravailTenant> = Api::all(client.clone());
-    tenants
-        .create(
-            &PostParams::default(),
-            &example_tenant("tenant.yaml", &name)?,
-        )
-        .await?;
+    let tenants = create_example_tenant(&client, &name).await?;
     let dev = format!("{name}-dev");
 
     let compliant = wait_report(&client, &name, Verdict::Compliant, |_| true).await?;

@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use ft_e2e::{
-    Operator, TestNodes, cluster, delete_tenant, ensure_namespace, example_tenant, free_port,
-    install_crds, node, restricted_pod, unique, wait_for,
+    Operator, TestNodes, cluster, create_example_tenant, delete_tenant, ensure_namespace,
+    example_tenant, free_port, install_crds, node, restricted_pod, unique, wait_for,
 };
 use ft_operator::api::{ComplianceReport, ControlResult, FranceTravailTenant};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
@@ -90,13 +90,7 @@ async fn tenant_pods_are_confined_to_allowed_regions_at_admission() -> anyhow::R
 
     let operator = Operator::start(OPERATOR_NAMESPACE, &unique("e2e-lease"))?;
     let name = unique("e2e-geo");
-    let tenants: Api<FranceTravailTenant> = Api::all(client.clone());
-    tenants
-        .create(
-            &PostParams::default(),
-            &example_tenant("tenant.yaml", &name)?,
-        )
-        .await?;
+    create_example_tenant(&client, &name).await?;
     let (prod, dev) = (format!("{name}-prod"), format!("{name}-dev"));
 
     // Admission policies take effect a moment after they are created: wait until a plain pod

@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use ft_e2e::{
-    Operator, TestNodes, can_i, cluster, confirm_and_delete, ensure_namespace, example_tenant,
-    install_access_roles, install_crds, unique, wait_for,
+    Operator, TestNodes, can_i, cluster, confirm_and_delete, create_example_tenant,
+    ensure_namespace, install_access_roles, install_crds, unique, wait_for,
 };
-use ft_operator::api::{ComplianceReport, ControlResult, FranceTravailTenant};
+use ft_operator::api::{ComplianceReport, ControlResult};
 use k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicy;
 use k8s_openapi::api::core::v1::{
     ConfigMap, Namespace, PersistentVolume, PersistentVolumeClaim, Secret,
@@ -71,13 +71,7 @@ async fn a_confirmed_deletion_destroys_the_key_first_and_leaves_a_record() -> an
     let (dev, prod) = (format!("{name}-dev"), format!("{name}-prod"));
     let class = format!("ft-{name}-encrypted");
     let key_name = format!("ft-key-{name}");
-    let tenants: Api<FranceTravailTenant> = Api::all(client.clone());
-    tenants
-        .create(
-            &PostParams::default(),
-            &example_tenant("tenant.yaml", &name)?,
-        )
-        .await?;
+    let tenants = create_example_tenant(&client, &name).await?;
 
     // Its key, in the operator's namespace, and its class.
     let secrets: Api<Secret> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);

@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod observe;
 pub mod placement;
 pub mod plan;
+pub mod rbac;
 pub mod regions;
 pub mod run;
 pub mod server;

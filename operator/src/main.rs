@@ -38,6 +38,16 @@ enum Command {
     },
     /// Print the control catalogue: what each control checks and the rules it evidences.
     Controls,
+    /// Print the operator's own least-privilege RBAC: its ServiceAccount, ClusterRole, Role
+    /// (in its namespace) and their bindings.
+    Rbac {
+        /// The operator's namespace.
+        #[arg(long, default_value = "ft-system")]
+        namespace: String,
+        /// The operator's ServiceAccount, and the name of its roles.
+        #[arg(long, default_value = "ft-operator")]
+        service_account: String,
+    },
     /// Print the version.
     Version,
 }
@@ -158,6 +168,22 @@ fn main() -> ExitCode {
         Command::Crd { output_dir } => print_crds(output_dir),
         Command::Plan { file, cluster } => run_plan(&file, cluster.settings()),
         Command::Controls => print_controls(),
+        Command::Rbac {
+            namespace,
+            service_account,
+        } => {
+            let objects = ft_operator::rbac::objects(&namespace, &service_account);
+            match serde_saphyr::to_string_multiple(&objects) {
+                Ok(yaml) => {
+                    print!("{yaml}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Run(args) => run(*args),
     }
 }
