@@ -268,7 +268,18 @@ async fn apply_tenant(tenant: &FranceTravailTenant, ctx: &Context) -> Result<Act
     // listed in the status all agree.
     let now = jiff::Timestamp::now();
     let namespaces = tenant_namespaces(tenant);
-    let bindings_before = ctx.observed.view(&name, &namespaces).role_bindings;
+    let bindings_before: Vec<Arc<RoleBinding>> = ctx
+        .observed
+        .role_bindings
+        .state()
+        .into_iter()
+        .filter(|b| {
+            b.metadata
+                .namespace
+                .as_ref()
+                .is_some_and(|ns| namespaces.contains(ns))
+        })
+        .collect();
 
     let validated = validate_for_cluster(tenant, &ctx.settings).map(|()| {
         let regions = allowed_regions(
@@ -1033,9 +1044,14 @@ pub async fn run(
                 .predicate_filter(node_placement, Default::default()),
             move |_| a1(),
         )
+        // A tenant's own class concerns that tenant only; any other class (a new default, a
+        // class changed by hand) may concern every tenant's claims.
         .watches_stream(
             storage_classes.default_backoff().touched_objects(),
-            move |_| all_tenants(),
+            move |class: StorageClass| match class.labels().get(labels::TENANT) {
+                Some(tenant) => vec![ObjectRef::new(tenant)],
+                None => all_tenants(),
+            },
         )
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)

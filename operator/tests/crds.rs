@@ -82,7 +82,10 @@ fn the_tenant_crd_is_cluster_scoped_with_status_and_columns() {
     let (scope, short_names, columns) = shape(&crd_of("FranceTravailTenant"));
     assert_eq!(scope, "Cluster");
     assert_eq!(short_names, ["ftt"]);
-    assert_eq!(columns, ["Environments", "Ready", "Compliant", "Age"]);
+    assert_eq!(
+        columns,
+        ["Environments", "Ready", "Compliant", "Age", "Shredding"]
+    );
 }
 
 #[test]

@@ -16,7 +16,7 @@ use ft_e2e::{
 };
 use ft_operator::admission::Confinement;
 use ft_operator::api::FranceTravailTenant;
-use ft_operator::build::{BuildSettings, build, with_placement};
+use ft_operator::build::{BuildSettings, build, with_access, with_placement};
 use futures::{StreamExt, TryStreamExt, stream};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
@@ -120,11 +120,15 @@ async fn direct_writes(client: &Client, prefix: &str, n: usize) -> anyhow::Resul
     let mut objects = Vec::new();
     for i in 0..n {
         let tenant = example_tenant("tenant.yaml", &format!("{prefix}-{i}"))?;
-        let desired = with_placement(
-            build(&tenant, &BuildSettings::default()),
+        let desired = with_access(
+            with_placement(
+                build(&tenant, &BuildSettings::default()),
+                &tenant,
+                &[String::from("eu-west-3")].into(),
+                Confinement::Native,
+            ),
             &tenant,
-            &[String::from("eu-west-3")].into(),
-            Confinement::Native,
+            jiff::Timestamp::now(),
         );
         objects.extend(desired.to_values()?);
     }
@@ -149,7 +153,14 @@ async fn apply(client: Client, object: serde_json::Value) -> anyhow::Result<()> 
         .api_version
         .split_once('/')
         .unwrap_or(("", types.api_version.as_str()));
-    let plural = format!("{}s", types.kind.to_ascii_lowercase()).replace("policys", "policies");
+    let kind = types.kind.to_ascii_lowercase();
+    let plural = if let Some(stem) = kind.strip_suffix('y') {
+        format!("{stem}ies")
+    } else if kind.ends_with("ss") {
+        format!("{kind}es")
+    } else {
+        format!("{kind}s")
+    };
     let resource = ApiResource {
         group: group.into(),
         version: version.into(),

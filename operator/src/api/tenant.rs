@@ -33,6 +33,7 @@ use super::Country;
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
     printcolumn(name = "Compliant", type_ = "string", json_path = ".status.conditions[?(@.type==\"Compliant\")].status"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    printcolumn(name = "Shredding", type_ = "string", json_path = ".status.shredding.step", priority = "1"),
     validation = Rule::new("size(self.metadata.name) <= 42 && !self.metadata.name.contains('.')")
         .message("metadata.name must be a DNS label of at most 42 characters: it prefixes every namespace of the tenant")
 )]
