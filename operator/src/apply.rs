@@ -338,6 +338,33 @@ impl Applier<'_> {
         Ok(report)
     }
 
+    /// What `remove_own_objects` deletes that the caches still show: deletion is done once
+    /// this is empty.
+    pub fn own_objects_left(&self) -> Vec<String> {
+        fn left<K: Resource<DynamicType = ()> + Clone>(
+            store: &Store<K>,
+            tenant: &str,
+        ) -> Vec<String> {
+            store
+                .state()
+                .iter()
+                .filter(|o| owned_by(o.meta(), tenant))
+                .map(|o| object_key(&**o))
+                .collect()
+        }
+        let (o, t) = (self.observed, self.tenant);
+        [
+            left(&o.role_bindings, t),
+            left(&o.compliance_reports, t),
+            left(&o.storage_classes, t),
+            left(&o.mutating_admission_policy_bindings, t),
+            left(&o.mutating_admission_policies, t),
+            left(&o.validating_admission_policy_bindings, t),
+            left(&o.validating_admission_policies, t),
+        ]
+        .concat()
+    }
+
     /// Only withdraws rights that are no longer wanted: for a tenant whose spec is refused,
     /// which gets nothing new, but whose lapsed grants must still go on time (2.4.c).
     pub async fn revoke(&self, wanted: &[RoleBinding]) -> Result<ApplyReport> {

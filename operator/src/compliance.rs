@@ -146,11 +146,13 @@ impl Compliance {
     }
 
     /// Evaluates the tenant and brings its report up to date. Returns the report's status, or
-    /// `None` when the tenant has no report to write to yet.
+    /// `None` when the tenant has no report to write to yet. `key_fingerprint` is what the
+    /// key store answered earlier in the same pass.
     pub async fn assess(
         &self,
         tenant: &FranceTravailTenant,
         desired: std::result::Result<&Desired, &str>,
+        key_fingerprint: &str,
         ctx: &Context,
     ) -> Result<Option<ReportStatus>> {
         let name = tenant.name_any();
@@ -162,7 +164,7 @@ impl Compliance {
 
         let namespaces = tenant_namespaces(tenant);
         let mut observed = ctx.observed.view(&name, &namespaces);
-        observed.key_fingerprint = ctx.keys.fingerprint(&name).await?;
+        observed.key_fingerprint = Some(key_fingerprint.to_string());
         let facts = self.facts(ctx).await;
         let now = jiff::Timestamp::now();
         let evaluations = evaluate(&Inputs {

@@ -346,11 +346,15 @@ async fn apply_tenant(tenant: &FranceTravailTenant, ctx: &Context) -> Result<Act
     let mut deferred = false;
     let report = match (&applied, &validated) {
         (Ok(report), Ok(desired)) if report.is_quiet() => {
-            ctx.compliance.assess(tenant, Ok(desired), ctx).await?
+            ctx.compliance
+                .assess(tenant, Ok(desired), &key_fingerprint, ctx)
+                .await?
         }
         (Err(Error::InvalidTenant(invalid)), _) => {
             let why = invalid.to_string();
-            ctx.compliance.assess(tenant, Err(&why), ctx).await?
+            ctx.compliance
+                .assess(tenant, Err(&why), &key_fingerprint, ctx)
+                .await?
         }
         _ => {
             deferred = applied.is_ok();
@@ -545,7 +549,7 @@ async fn cleanup(tenant: &FranceTravailTenant, ctx: &Context) -> Result<Action> 
     if tenant.spec.deletion.policy == DeletionPolicy::Retain {
         // The namespaces, their data and the key stay; the operator's own objects go.
         let removed = applier.remove_own_objects().await?;
-        if let Some(left) = own_objects_left(&name, ctx).first() {
+        if let Some(left) = applier.own_objects_left().first() {
             return Err(Error::CleanupPending(left.clone()));
         }
         info!(tenant = %name, removed = ?removed.pruned, "deletion policy Retain: namespaces, data and key are left in place");
@@ -646,7 +650,7 @@ async fn shred(tenant: &FranceTravailTenant, applier: &Applier<'_>, ctx: &Contex
                         progress.deleted.push(key);
                     }
                 }
-                if let Some(left) = own_objects_left(&name, ctx).first() {
+                if let Some(left) = applier.own_objects_left().first() {
                     write_shredding(tenant, &progress, ctx).await?;
                     return Err(Error::CleanupPending(left.clone()));
                 }
@@ -764,32 +768,6 @@ async fn delete_namespaces(tenant: &FranceTravailTenant, ctx: &Context) -> Resul
         "Namespace/{}",
         remaining.name_any()
     )))
-}
-
-/// The operator's cluster-scoped objects and RoleBindings of the tenant still in the cluster.
-fn own_objects_left(tenant: &str, ctx: &Context) -> Vec<String> {
-    fn left<K: Resource<DynamicType = ()> + Clone>(
-        store: &kube::runtime::reflector::Store<K>,
-        tenant: &str,
-    ) -> Vec<String> {
-        store
-            .state()
-            .iter()
-            .filter(|o| owned_by(o.meta(), tenant))
-            .map(|o| crate::apply::object_key(&**o))
-            .collect()
-    }
-    let o = &ctx.observed;
-    [
-        left(&o.role_bindings, tenant),
-        left(&o.compliance_reports, tenant),
-        left(&o.storage_classes, tenant),
-        left(&o.mutating_admission_policy_bindings, tenant),
-        left(&o.mutating_admission_policies, tenant),
-        left(&o.validating_admission_policy_bindings, tenant),
-        left(&o.validating_admission_policies, tenant),
-    ]
-    .concat()
 }
 
 fn truncate(mut s: String, max: usize) -> String {
