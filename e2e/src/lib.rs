@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use ft_operator::api::FranceTravailTenant;
+use ft_operator::velero::{Backup as VeleroBackup, BackupStorageLocation, Restore, Schedule};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::api::rbac::v1::ClusterRole;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -439,30 +440,48 @@ pub fn restricted_pod(name: &str, extra: serde_json::Value) -> anyhow::Result<Po
     Ok(serde_json::from_value(pod)?)
 }
 
-/// The cluster serves velero.io/v1 Schedules, as it would with Velero installed: a stand-in
-/// CRD, since the backup engine itself is not what is tested here.
-pub async fn serve_velero_schedules(client: &Client) -> anyhow::Result<()> {
-    let crd: CustomResourceDefinition = serde_json::from_value(serde_json::json!({
+/// Velero's namespace in the e2e cluster.
+pub const VELERO_NAMESPACE: &str = "velero";
+
+fn velero_crd(plural: &str, kind: &str) -> anyhow::Result<CustomResourceDefinition> {
+    // A fixture of Velero's definitions: its group, version, kinds and scope, and any fields.
+    // There is no Velero server here: tests play its part and set each status by hand.
+    Ok(serde_json::from_value(serde_json::json!({
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {"name": "schedules.velero.io"},
+        "metadata": {"name": format!("{plural}.velero.io")},
         "spec": {
             "group": "velero.io",
             "scope": "Namespaced",
-            "names": {"plural": "schedules", "singular": "schedule", "kind": "Schedule"},
+            "names": {"plural": plural, "singular": kind.to_lowercase(), "kind": kind},
             "versions": [{
                 "name": "v1", "served": true, "storage": true,
                 "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}
             }]
         }
-    }))?;
+    }))?)
+}
+
+const VELERO_KINDS: [(&str, &str); 4] = [
+    ("schedules", "Schedule"),
+    ("backups", "Backup"),
+    ("restores", "Restore"),
+    ("backupstoragelocations", "BackupStorageLocation"),
+];
+
+/// The cluster serves Velero's API (a fixture of its CustomResourceDefinitions), Velero's
+/// namespace exists, and it holds an available location in Gravelines, away from the test
+/// nodes in Paris.
+pub async fn install_velero(client: &Client) -> anyhow::Result<()> {
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    api.patch(
-        "schedules.velero.io",
-        &PatchParams::apply("ft-e2e").force(),
-        &Patch::Apply(&crd),
-    )
-    .await?;
+    for (plural, kind) in VELERO_KINDS {
+        api.patch(
+            &format!("{plural}.velero.io"),
+            &PatchParams::apply("ft-e2e").force(),
+            &Patch::Apply(&velero_crd(plural, kind)?),
+        )
+        .await?;
+    }
     wait_for(
         "velero.io/v1 to be served",
         Duration::from_secs(60),
@@ -471,8 +490,142 @@ pub async fn serve_velero_schedules(client: &Client) -> anyhow::Result<()> {
                 .list_api_group_resources("velero.io/v1")
                 .await
                 .ok()
+                .filter(|l| l.resources.len() >= VELERO_KINDS.len())
                 .map(|_| ()))
         },
     )
+    .await?;
+    ensure_namespace(client, VELERO_NAMESPACE).await?;
+    set_location(client, "backups-gra", "GRA7", "Available").await
+}
+
+/// The cluster does not serve Velero's API.
+pub async fn remove_velero(client: &Client) -> anyhow::Result<()> {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for (plural, _) in VELERO_KINDS {
+        match api
+            .delete(&format!("{plural}.velero.io"), &Default::default())
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    wait_for(
+        "velero.io/v1 to be gone",
+        Duration::from_secs(120),
+        || async {
+            Ok(client
+                .list_api_group_resources("velero.io/v1")
+                .await
+                .is_err()
+                .then_some(()))
+        },
+    )
     .await
+}
+
+/// Creates or changes the location `name` of Velero's namespace: its region and phase.
+pub async fn set_location(
+    client: &Client,
+    name: &str,
+    region: &str,
+    phase: &str,
+) -> anyhow::Result<()> {
+    let api: Api<BackupStorageLocation> = Api::namespaced(client.clone(), VELERO_NAMESPACE);
+    let location = serde_json::json!({
+        "apiVersion": "velero.io/v1", "kind": "BackupStorageLocation",
+        "metadata": {"name": name, "namespace": VELERO_NAMESPACE},
+        "spec": {"provider": "aws", "objectStorage": {"bucket": "ft-e2e-backups"}, "config": {"region": region}},
+        "status": {"phase": phase},
+    });
+    api.patch(
+        name,
+        &PatchParams::apply("ft-e2e").force(),
+        &Patch::Apply(&location),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Plays Velero: each of the tenant's Schedules makes a backup that completes now.
+pub async fn complete_scheduled_backups(client: &Client, tenant: &str) -> anyhow::Result<()> {
+    let schedules: Api<Schedule> = Api::namespaced(client.clone(), VELERO_NAMESPACE);
+    let backups: Api<VeleroBackup> = Api::namespaced(client.clone(), VELERO_NAMESPACE);
+    let selector = format!("{}={tenant}", ft_operator::api::labels::TENANT);
+    let found = wait_for(
+        "the tenant's Velero Schedules",
+        Duration::from_secs(120),
+        || async {
+            let list = schedules
+                .list(&kube::api::ListParams::default().labels(&selector))
+                .await?;
+            Ok((list.items.len() >= 2).then_some(list.items))
+        },
+    )
+    .await?;
+    for schedule in found {
+        let name = format!(
+            "{}-{}",
+            schedule.metadata.name.clone().unwrap_or_default(),
+            jiff::Timestamp::now().strftime("%Y%m%d%H%M%S")
+        );
+        let mut backup = VeleroBackup::new(&name, schedule.spec.template.clone());
+        backup.spec.metadata = None;
+        backup.metadata.namespace = Some(VELERO_NAMESPACE.into());
+        backup.metadata.labels = schedule.spec.template.metadata.clone().map(|m| m.labels);
+        backup.status = Some(serde_json::from_value(serde_json::json!({
+            "phase": "Completed",
+            "completionTimestamp": jiff::Timestamp::now().to_string(),
+        }))?);
+        backups.create(&PostParams::default(), &backup).await?;
+    }
+    Ok(())
+}
+
+/// Plays Velero: the restore tests the operator started for `tenant` end in `phase`, having
+/// restored every item (or not, for a failure).
+pub async fn finish_restore_tests(
+    client: &Client,
+    tenant: &str,
+    expected: usize,
+    phase: &str,
+) -> anyhow::Result<Vec<Restore>> {
+    let restores: Api<Restore> = Api::namespaced(client.clone(), VELERO_NAMESPACE);
+    let selector = format!("{}={tenant}", ft_operator::api::labels::TENANT);
+    let running = wait_for(
+        "the operator's restore tests",
+        Duration::from_secs(120),
+        || async {
+            let list = restores
+                .list(&kube::api::ListParams::default().labels(&selector))
+                .await?;
+            let running: Vec<Restore> = list
+                .items
+                .into_iter()
+                .filter(|r| r.status.is_none())
+                .collect();
+            Ok((running.len() >= expected).then_some(running))
+        },
+    )
+    .await?;
+    let (errors, restored) = if phase == "Completed" { (0, 3) } else { (2, 1) };
+    for restore in &running {
+        let mut done = restore.clone();
+        done.status = Some(serde_json::from_value(serde_json::json!({
+            "phase": phase,
+            "errors": errors,
+            "completionTimestamp": jiff::Timestamp::now().to_string(),
+            "progress": {"totalItems": 3, "itemsRestored": restored},
+        }))?);
+        restores
+            .replace(
+                &restore.metadata.name.clone().unwrap_or_default(),
+                &PostParams::default(),
+                &done,
+            )
+            .await?;
+    }
+    Ok(running)
 }

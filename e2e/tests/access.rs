@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use ft_e2e::{
     Operator, TestNodes, can_i, cluster, delete_tenant, ensure_namespace, example_tenant,
-    install_access_roles, install_crds, serve_velero_schedules, unique, wait_for,
+    install_access_roles, install_crds, install_velero, unique, wait_for,
 };
 use ft_operator::api::{
     AccessGrant, ComplianceReport, ControlResult, FranceTravailTenant, Role, Subject, SubjectKind,
@@ -93,7 +93,7 @@ async fn rights_appear_and_disappear_exactly_as_the_grants_say() -> anyhow::Resu
     let client = cluster().await?;
     install_crds(&client).await?;
     install_access_roles(&client).await?;
-    serve_velero_schedules(&client).await?;
+    install_velero(&client).await?;
     ensure_namespace(&client, OPERATOR_NAMESPACE).await?;
     let nodes = TestNodes::create(&client).await?;
     let operator = Operator::start(OPERATOR_NAMESPACE, &unique("e2e-lease"))?;

@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use ft_e2e::{
-    Operator, TestNodes, cluster, confirm_and_delete, create_example_tenant, ensure_namespace,
-    install_crds, restricted_pod, serve_velero_schedules, unique, wait_for,
+    Operator, TestNodes, cluster, complete_scheduled_backups, confirm_and_delete,
+    create_example_tenant, ensure_namespace, finish_restore_tests, install_crds, install_velero,
+    restricted_pod, unique, wait_for,
 };
 use ft_operator::api::{ComplianceReport, ControlResult, Verdict};
 use k8s_openapi::api::core::v1::{Event, Pod};
@@ -106,7 +107,7 @@ fn kubectl_get_compliance(name: &str) -> Option<String> {
 async fn kubectl_get_compliance_follows_what_breaks_and_what_is_repaired() -> anyhow::Result<()> {
     let client = cluster().await?;
     install_crds(&client).await?;
-    serve_velero_schedules(&client).await?;
+    install_velero(&client).await?;
     ensure_namespace(&client, OPERATOR_NAMESPACE).await?;
 
     // Two nodes in Paris, one of them in the production pool, and one in Virginia.
@@ -118,6 +119,9 @@ async fn kubectl_get_compliance_follows_what_breaks_and_what_is_repaired() -> an
     let tenants = create_example_tenant(&client, &name).await?;
     let dev = format!("{name}-dev");
 
+    // Velero's part: each environment's backup completes, and its restore test passes.
+    complete_scheduled_backups(&client, &name).await?;
+    finish_restore_tests(&client, &name, 2, "Completed").await?;
     let compliant = wait_report(&client, &name, Verdict::Compliant, |_| true).await?;
     let owner = compliant.owner_references().first().context("owner")?;
     assert_eq!(owner.kind, "FranceTravailTenant");

@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use ft_e2e::{
-    Operator, TestNodes, cluster, confirm_and_delete, create_example_tenant, ensure_namespace,
-    install_access_roles, install_crds, operator_binary, unique, wait_for,
+    Operator, TestNodes, cluster, complete_scheduled_backups, confirm_and_delete,
+    create_example_tenant, ensure_namespace, finish_restore_tests, install_access_roles,
+    install_crds, install_velero, operator_binary, unique, wait_for,
 };
 use ft_operator::api::ComplianceReport;
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -78,6 +79,8 @@ async fn the_operator_needs_no_more_than_its_least_privilege_rbac() -> anyhow::R
     install_crds(&client).await?;
     install_access_roles(&client).await?;
     ensure_namespace(&client, OPERATOR_NAMESPACE).await?;
+    // Velero's namespace holds the operator's Role there.
+    install_velero(&client).await?;
     apply_operator_rbac()?;
     let nodes = TestNodes::create(&client).await?;
     let kubeconfig = kubeconfig_as_operator()?;
@@ -102,6 +105,9 @@ async fn the_operator_needs_no_more_than_its_least_privilege_rbac() -> anyhow::R
         Ok((ready && reported).then_some(()))
     })
     .await?;
+    // Backups and restore tests, under the same rules.
+    complete_scheduled_backups(&client, &name).await?;
+    finish_restore_tests(&client, &name, 2, "Completed").await?;
     let bindings: Api<RoleBinding> = Api::all(client.clone());
     let selector = format!("hosting.francetravail.fr/tenant={name},hosting.francetravail.fr/grant");
     assert!(count(&bindings, &selector).await? > 0, "no grant was bound");

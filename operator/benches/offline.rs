@@ -254,6 +254,8 @@ impl Case {
             mutating_admission_policies: arcs(&desired.mutating_admission_policies),
             mutating_admission_policy_bindings: arcs(&desired.mutating_admission_policy_bindings),
             key_fingerprint: Some("sha256:0123456789abcdef".into()),
+            // No location nor Schedule: the backup controls judge, and fail, as cheaply as ever.
+            velero: Default::default(),
         };
         let facts = ClusterFacts {
             regions: Arc::new(catalogue()),
@@ -297,7 +299,15 @@ fn bench_controls(c: &mut Criterion) {
     }
     let catalogue = Catalogue::embedded().expect("embedded catalogue");
     let now = Time(case.now);
-    let previous = next_report(&catalogue, &evaluations, None, Some(1), &now, None);
+    let previous = next_report(
+        &catalogue,
+        &evaluations,
+        None,
+        Some(1),
+        &now,
+        None,
+        Vec::new(),
+    );
 
     let mut group = c.benchmark_group("controls");
     group.throughput(Throughput::Elements(PODS as u64));
@@ -314,6 +324,7 @@ fn bench_controls(c: &mut Criterion) {
                 Some(1),
                 &now,
                 None,
+                Vec::new(),
             )
         })
     });
@@ -326,6 +337,7 @@ fn bench_controls(c: &mut Criterion) {
                 Some(1),
                 &now,
                 None,
+                Vec::new(),
             )
         })
     });

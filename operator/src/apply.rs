@@ -29,6 +29,7 @@ use crate::build::Desired;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::observe::Observed;
+use crate::velero::Schedule;
 use k8s_openapi::api::admissionregistration::v1::{
     MutatingAdmissionPolicy, MutatingAdmissionPolicyBinding, ValidatingAdmissionPolicy,
     ValidatingAdmissionPolicyBinding,
@@ -87,7 +88,13 @@ macro_rules! namespaced_child {
         }
     )*};
 }
-namespaced_child!(NetworkPolicy, ResourceQuota, LimitRange, RoleBinding);
+namespaced_child!(
+    NetworkPolicy,
+    ResourceQuota,
+    LimitRange,
+    RoleBinding,
+    Schedule
+);
 
 /// What one pass of `apply` changed, for Events, metrics and logs.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -183,6 +190,7 @@ impl Applier<'_> {
             validating_admission_policy_bindings,
             mutating_admission_policies,
             mutating_admission_policy_bindings,
+            schedules,
         } = desired;
         let mut report = ApplyReport::default();
         let observed = self.observed;
@@ -253,6 +261,10 @@ impl Applier<'_> {
             &mut report,
         )
         .await?;
+        if let Some(schedules) = schedules {
+            self.apply_kind(schedules, &observed.schedules, &mut report)
+                .await?;
+        }
 
         // Namespaced children first: pruning a namespace takes its content with it anyway.
         self.prune(
@@ -273,6 +285,10 @@ impl Applier<'_> {
         .await?;
         self.prune(namespaces, &self.observed.namespaces, &mut report)
             .await?;
+        if let Some(schedules) = schedules {
+            self.prune(schedules, &observed.schedules, &mut report)
+                .await?;
+        }
         self.prune(storage_classes, &observed.storage_classes, &mut report)
             .await?;
         // Bindings before their policies.
@@ -310,6 +326,8 @@ impl Applier<'_> {
         let mut report = ApplyReport::default();
         let o = self.observed;
         self.prune::<RoleBinding, _>(&[], &o.role_bindings, &mut report)
+            .await?;
+        self.prune::<Schedule, _>(&[], &o.schedules, &mut report)
             .await?;
         self.prune::<ComplianceReport, _>(&[], &o.compliance_reports, &mut report)
             .await?;
@@ -355,6 +373,7 @@ impl Applier<'_> {
         let (o, t) = (self.observed, self.tenant);
         [
             left(&o.role_bindings, t),
+            left(&o.schedules, t),
             left(&o.compliance_reports, t),
             left(&o.storage_classes, t),
             left(&o.mutating_admission_policy_bindings, t),

@@ -34,9 +34,11 @@ use crate::api::{
     ComplianceReport, Environment, FlowNature, FlowPort, FranceTravailTenant, Peer, ReportSpec,
     annotations, labels,
 };
+use crate::backup::{DEFAULT_VELERO_NAMESPACE, schedules};
 use crate::encryption::{Profiles, claims_policy, storage_class};
 use crate::placement::placements;
 use crate::validate::{cidr_contains, parse_cidr};
+use crate::velero::Schedule;
 
 pub const DEFAULT_DENY: &str = "ft-default-deny";
 pub const ALLOW_DNS: &str = "ft-allow-dns";
@@ -74,6 +76,8 @@ pub struct BuildSettings {
     pub cluster_networks: Vec<String>,
     /// How new pods are confined: told by discovery at start-up.
     pub confinement: Confinement,
+    /// Where Velero runs: its Schedules, Backups and Restores for tenants go there.
+    pub velero_namespace: String,
 }
 
 impl Default for BuildSettings {
@@ -85,6 +89,7 @@ impl Default for BuildSettings {
             dns: DnsEndpoint::default(),
             cluster_networks: Vec::new(),
             confinement: Confinement::default(),
+            velero_namespace: DEFAULT_VELERO_NAMESPACE.into(),
         }
     }
 }
@@ -108,6 +113,9 @@ pub struct Desired {
     pub validating_admission_policy_bindings: Vec<ValidatingAdmissionPolicyBinding>,
     pub mutating_admission_policies: Vec<MutatingAdmissionPolicy>,
     pub mutating_admission_policy_bindings: Vec<MutatingAdmissionPolicyBinding>,
+    /// The Velero Schedules, one per environment (see `with_backups`). `None` while the
+    /// cluster is not known to serve Velero: its objects are then left as they are.
+    pub schedules: Option<Vec<Schedule>>,
 }
 
 impl Desired {
@@ -134,6 +142,7 @@ impl Desired {
             validating_admission_policy_bindings,
             mutating_admission_policies,
             mutating_admission_policy_bindings,
+            schedules,
         } = self;
         let mut out = Vec::new();
         push(&mut out, validating_admission_policies)?;
@@ -147,6 +156,7 @@ impl Desired {
         push(&mut out, role_bindings)?;
         push(&mut out, storage_classes)?;
         push(&mut out, compliance_reports)?;
+        push(&mut out, schedules.as_deref().unwrap_or_default())?;
         Ok(out)
     }
 }
@@ -237,6 +247,23 @@ pub fn with_placement(
 /// regions, is an input here, so the builders stay pure.
 pub fn with_access(mut desired: Desired, tenant: &FranceTravailTenant, now: Timestamp) -> Desired {
     desired.role_bindings = role_bindings(tenant, now);
+    desired
+}
+
+/// Adds the tenant's Velero Schedules, when the cluster serves Velero (`engine`: a cluster
+/// fact, like the regions). With `engine` unknown, Velero's objects are left untouched.
+pub fn with_backups(
+    mut desired: Desired,
+    tenant: &FranceTravailTenant,
+    settings: &BuildSettings,
+    engine: Option<bool>,
+) -> Desired {
+    desired.schedules = match engine {
+        Some(true) => Some(schedules(tenant, &settings.velero_namespace)),
+        // Velero is gone: nothing of it is left to apply or to prune.
+        Some(false) => Some(Vec::new()),
+        None => None,
+    };
     desired
 }
 

@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -13,13 +12,14 @@ use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::access;
 use crate::api::{
     ComplianceReport, ControlResult, FIELD_MANAGER, FranceTravailTenant, GROUP, ReportStatus,
 };
 use crate::apply::object_key;
+use crate::backup;
 use crate::build::{Desired, tenant_namespaces};
 use crate::controller::Context;
 use crate::controls::{
@@ -29,16 +29,13 @@ use crate::error::{Error, Result};
 use crate::observe::Observed;
 use crate::regions::RegionCatalogue;
 
-/// How long the answer to "does the cluster serve Velero?" is trusted.
-const FACTS_TTL: Duration = Duration::from_secs(60);
-
 /// The catalogues and cluster facts the evaluator needs, and what was last written.
 pub struct Compliance {
     pub catalogue: Catalogue,
     pub regions: Arc<RegionCatalogue>,
     /// The `--provider` flag: which provider's region codes the nodes carry.
     pub provider: Option<String>,
-    backup_engine: Mutex<Option<(Instant, Option<bool>)>>,
+    backup_engine: Mutex<Option<bool>>,
     /// The last report status written per tenant, with the resourceVersion it got: the
     /// reflector may not have seen that write yet when the tenant is next evaluated.
     written: Mutex<HashMap<String, (String, ReportStatus)>>,
@@ -88,28 +85,22 @@ impl Compliance {
             .remove(tenant);
     }
 
-    async fn facts(&self, ctx: &Context) -> ClusterFacts {
-        let cached = *self.backup_engine.lock().unwrap_or_else(|e| e.into_inner());
-        let backup_engine = match cached {
-            Some((at, known)) if at.elapsed() < FACTS_TTL => known,
-            _ => {
-                let known = match ctx.client.list_api_group_resources("velero.io/v1").await {
-                    Ok(list) => Some(list.resources.iter().any(|r| r.name == "schedules")),
-                    Err(kube::Error::Api(s)) if s.code == 404 => Some(false),
-                    Err(e) => {
-                        warn!(error = %e, "could not tell whether the cluster serves velero.io/v1");
-                        None
-                    }
-                };
-                *self.backup_engine.lock().unwrap_or_else(|e| e.into_inner()) =
-                    Some((Instant::now(), known));
-                known
-            }
-        };
+    /// Whether the cluster serves Velero's API and the operator sees its objects: `None` while
+    /// that cannot be told (discovery failed, or Velero appeared and is being listed).
+    pub fn backup_engine(&self) -> Option<bool> {
+        *self.backup_engine.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Set by the task that follows Velero's API (`controller::follow_velero`), or by tests.
+    pub fn set_backup_engine(&self, engine: Option<bool>) {
+        *self.backup_engine.lock().unwrap_or_else(|e| e.into_inner()) = engine;
+    }
+
+    fn facts(&self) -> ClusterFacts {
         ClusterFacts {
             regions: self.regions.clone(),
             provider: self.provider.clone(),
-            backup_engine,
+            backup_engine: self.backup_engine(),
         }
     }
 
@@ -165,7 +156,10 @@ impl Compliance {
         let namespaces = tenant_namespaces(tenant);
         let mut observed = ctx.observed.view(&name, &namespaces);
         observed.key_fingerprint = Some(key_fingerprint.to_string());
-        let facts = self.facts(ctx).await;
+        observed.velero = ctx
+            .observed
+            .velero_view(tenant, &ctx.settings.velero_namespace);
+        let facts = self.facts();
         let now = jiff::Timestamp::now();
         let evaluations = evaluate(&Inputs {
             tenant,
@@ -181,6 +175,11 @@ impl Compliance {
             tenant.metadata.generation,
             &Time(now),
             Some(access::summary(tenant, now)),
+            if facts.backup_engine == Some(true) {
+                backup::report(tenant, &observed.velero, now)
+            } else {
+                Vec::new()
+            },
         );
 
         for control in &next.controls {

@@ -34,12 +34,14 @@ use tracing::{debug, info, instrument, warn};
 use crate::access;
 use crate::admission::Confinement;
 use crate::api::{
-    ComplianceReport, DeletionPolicy, FIELD_MANAGER, FINALIZER, FranceTravailTenant, GROUP,
-    ShreddingStatus, TenantStatus, labels,
+    ComplianceReport, DeletionPolicy, Environment, ExportStatus, FIELD_MANAGER, FINALIZER,
+    FranceTravailTenant, GROUP, ShreddingStatus, TenantStatus, annotations, labels,
 };
 use crate::apply::{AppliedMemo, Applier, ApplyReport, owned_by};
+use crate::backup::{self, RestoreTest, VeleroView};
 use crate::build::{
-    BuildSettings, build, namespace_name, tenant_namespaces, with_access, with_placement,
+    BuildSettings, build, namespace_name, tenant_namespaces, with_access, with_backups,
+    with_placement,
 };
 use crate::compliance::Compliance;
 use crate::error::{Error, Result};
@@ -50,6 +52,7 @@ use crate::placement::{PlacementIndex, allowed_regions, placements};
 use crate::shredding::{self, Step};
 use crate::status::{self, Outcome, next_status};
 use crate::validate::validate_for_cluster;
+use crate::velero::{self, Backup as VeleroBackup, BackupStorageLocation, Restore, Schedule};
 
 /// How often a tenant is re-checked when nothing happens: its report is never older.
 pub const RESYNC: Duration = Duration::from_secs(60);
@@ -234,9 +237,32 @@ pub fn error_policy(tenant: Arc<FranceTravailTenant>, error: &Error, ctx: Arc<Co
 
 async fn apply_tenant(tenant: &FranceTravailTenant, ctx: &Context) -> Result<Action> {
     let name = tenant.name_any();
+    // Rights and restore tests are judged at one instant for the whole pass: what is bound,
+    // journalled and listed in the status all agree.
+    let now = jiff::Timestamp::now();
+    let engine = ctx.compliance.backup_engine();
+    let velero = ctx
+        .observed
+        .velero_view(tenant, &ctx.settings.velero_namespace);
+    let tests: Vec<(&Environment, RestoreTest)> = match engine {
+        Some(true) => tenant
+            .spec
+            .environments
+            .iter()
+            .map(|env| (env, backup::restore_test(tenant, &env.name, &velero, now)))
+            .collect(),
+        _ => Vec::new(),
+    };
+    // A restore test in progress has its scratch environment, built like any other.
+    let scratch: BTreeSet<String> = tests
+        .iter()
+        .filter(|(_, test)| !matches!(test, RestoreTest::Idle { .. }))
+        .map(|(env, _)| env.name.clone())
+        .collect();
+    let effective = backup::with_scratch(tenant, &scratch);
     ctx.index.record(
         &name,
-        tenant
+        effective
             .spec
             .environments
             .iter()
@@ -264,9 +290,6 @@ async fn apply_tenant(tenant: &FranceTravailTenant, ctx: &Context) -> Result<Act
         .await;
     }
 
-    // Rights are judged at one instant for the whole pass: what is bound, journalled and
-    // listed in the status all agree.
-    let now = jiff::Timestamp::now();
     let namespaces = tenant_namespaces(tenant);
     let bindings_before: Vec<Arc<RoleBinding>> = ctx
         .observed
@@ -283,22 +306,23 @@ async fn apply_tenant(tenant: &FranceTravailTenant, ctx: &Context) -> Result<Act
 
     let validated = validate_for_cluster(tenant, &ctx.settings).map(|()| {
         let regions = allowed_regions(
-            tenant,
+            &effective,
             &ctx.observed.nodes.state(),
             &ctx.compliance.regions,
             ctx.compliance.provider.as_deref(),
         );
-        for placement in placements(tenant, &regions) {
+        for placement in placements(&effective, &regions) {
             ctx.placements
                 .set(namespace_name(&name, &placement.environment), placement);
         }
         let desired = with_placement(
-            build(tenant, &ctx.settings),
-            tenant,
+            build(&effective, &ctx.settings),
+            &effective,
             &regions,
             ctx.settings.confinement,
         );
-        with_access(desired, tenant, now)
+        let desired = with_access(desired, tenant, now);
+        with_backups(desired, tenant, &ctx.settings, engine)
     });
     let applier = ctx.applier(&name);
     let wanted_bindings = match &validated {
@@ -339,6 +363,15 @@ async fn apply_tenant(tenant: &FranceTravailTenant, ctx: &Context) -> Result<Act
         journal(tenant, report, ctx).await;
         journal_access(tenant, now, report, &wanted_bindings, &bindings_before, ctx).await;
     }
+    // Restore tests and exports start once every child, the scratch namespaces included, is
+    // in place.
+    let applied = match applied {
+        Ok(report) => start_backup_work(tenant, &tests, &velero, ctx)
+            .await
+            .map(|()| report),
+        Err(e) => Err(e),
+    };
+    let export = export_status(tenant, engine, &velero, ctx).await;
 
     // The controls judge what the reflectors show. After a pass that wrote children they
     // would judge the cluster as it was before: the evaluation waits for the watch events of
@@ -373,15 +406,32 @@ async fn apply_tenant(tenant: &FranceTravailTenant, ctx: &Context) -> Result<Act
         &Time(jiff::Timestamp::now()),
     );
     status.key_fingerprint = Some(key_fingerprint);
+    if export.is_some() {
+        status.export = export;
+    }
     let changed = tenant.status.as_ref() != Some(&status);
     if changed {
         write_status(tenant, &status, ctx).await?;
         announce_transitions(tenant, &status, ctx).await;
     }
 
-    // A right lapses at its instant, not at the next resync (2.4.c): wake up then.
+    // A right lapses at its instant, not at the next resync (2.4.c), and a restore test starts
+    // on time: wake up then.
+    let next_test = tests
+        .iter()
+        .filter_map(|(_, test)| match test {
+            RestoreTest::Idle { next } => *next,
+            _ => None,
+        })
+        .min();
     let wake = |period: Duration| {
-        Action::requeue(access::wake_after(tenant, jiff::Timestamp::now(), period))
+        let now = jiff::Timestamp::now();
+        let mut after = access::wake_after(tenant, now, period);
+        if let Some(test) = next_test {
+            let until = test.duration_since(now).max(jiff::SignedDuration::ZERO);
+            after = after.min(until.try_into().unwrap_or(period));
+        }
+        Action::requeue(after)
     };
     match applied {
         Ok(_) if deferred => Ok(wake(SETTLING)),
@@ -395,6 +445,182 @@ async fn apply_tenant(tenant: &FranceTravailTenant, ctx: &Context) -> Result<Act
         }
         Err(e) => Err(e),
     }
+}
+
+/// Starts the restore tests that are due, once their scratch namespace is in place, and
+/// deletes the oldest ones beyond what is kept (CLD-26).
+async fn start_backup_work(
+    tenant: &FranceTravailTenant,
+    tests: &[(&Environment, RestoreTest)],
+    velero: &VeleroView,
+    ctx: &Context,
+) -> Result<()> {
+    let name = tenant.name_any();
+    let api: Api<Restore> = Api::namespaced(ctx.client.clone(), &velero.namespace);
+    for (env, test) in tests {
+        let RestoreTest::Due { backup, at } = test else {
+            continue;
+        };
+        let restore = backup::restore(tenant, env, backup, *at, &velero.namespace);
+        let key = format!("Restore/{}/{}", velero.namespace, restore.name_any());
+        match api.create(&PostParams::default(), &restore).await {
+            Ok(_) => {
+                ctx.metrics.write("Restore", "create");
+                let scratch = backup::scratch_namespace(&name, env);
+                info!(tenant = %name, environment = %env.name, backup = %backup, restore = %key, scratch = %scratch, control = "CLD-26", "restore test started");
+                ctx.publish(
+                    tenant,
+                    EventType::Normal,
+                    "RestoreTestStarted",
+                    format!(
+                        "restoring backup {backup} of {} into the scratch namespace {scratch}, isolated and placed like its source ({key})",
+                        env.name
+                    ),
+                )
+                .await;
+            }
+            // Made by an earlier pass that could not see it yet.
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => return Err(Error::kube("create", &key, e)),
+        }
+    }
+    for stale in backup::stale_restore_tests(tenant, velero) {
+        match api.delete(&stale, &Default::default()).await {
+            Ok(_) => ctx.metrics.write("Restore", "delete"),
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => {
+                return Err(Error::kube(
+                    "delete",
+                    format!("Restore/{}/{stale}", velero.namespace),
+                    e,
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Creates the Backups of an export that do not exist yet; returns those it created.
+async fn create_export(wanted: &[VeleroBackup], ctx: &Context) -> Result<Vec<String>> {
+    let mut created = Vec::new();
+    for backup in wanted {
+        let namespace = backup.namespace().unwrap_or_default();
+        let key = format!("Backup/{namespace}/{}", backup.name_any());
+        let api: Api<VeleroBackup> = Api::namespaced(ctx.client.clone(), &namespace);
+        match api.create(&PostParams::default(), backup).await {
+            Ok(_) => {
+                ctx.metrics.write("Backup", "create");
+                created.push(key);
+            }
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => return Err(Error::kube("create", &key, e)),
+        }
+    }
+    Ok(created)
+}
+
+/// Where the export an export annotation asks for stands, starting it if needed (CLD-73).
+/// `None` when none was asked for.
+async fn export_status(
+    tenant: &FranceTravailTenant,
+    engine: Option<bool>,
+    velero: &VeleroView,
+    ctx: &Context,
+) -> Option<ExportStatus> {
+    let token = tenant.annotations().get(annotations::EXPORT_REQUEST)?;
+    let previous = tenant.status.as_ref().and_then(|s| s.export.as_ref());
+    let mut status = ExportStatus {
+        requested: token.clone(),
+        ..Default::default()
+    };
+    let blocked = |message: &str| ExportStatus {
+        requested: token.clone(),
+        phase: "Blocked".into(),
+        message: message.into(),
+        ..Default::default()
+    };
+    if tenant.spec.backup.is_none() {
+        return Some(blocked(
+            "the tenant declares no backup location (spec.backup) to export to",
+        ));
+    }
+    match engine {
+        Some(true) => {}
+        Some(false) => return Some(blocked(backup::NO_ENGINE)),
+        None => return previous.cloned(),
+    }
+    let wanted = backup::export_backups(tenant, token, &velero.namespace);
+    // Once an export has finished, its Backups are Velero's: one deleted by retention is not
+    // made again.
+    let finished = previous.is_some_and(|p| {
+        p.requested == *token && matches!(p.phase.as_str(), "Completed" | "Failed")
+    });
+    if !finished {
+        match create_export(&wanted, ctx).await {
+            Ok(created) if !created.is_empty() => {
+                info!(tenant = %tenant.name_any(), request = %token, backups = ?created, control = "CLD-73", "export started");
+                ctx.publish(
+                    tenant,
+                    EventType::Normal,
+                    "ExportStarted",
+                    format!(
+                        "exporting every environment to {}/{} as requested ({token}): {}",
+                        velero.namespace,
+                        tenant
+                            .spec
+                            .backup
+                            .as_ref()
+                            .map(|b| b.storage_location.as_str())
+                            .unwrap_or_default(),
+                        created.join(", ")
+                    ),
+                )
+                .await;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                warn!(tenant = %tenant.name_any(), error = %e, "could not start the export");
+                return Some(blocked(&e.to_string()));
+            }
+        }
+    }
+    let progress = backup::export_progress(&wanted, &velero.backups);
+    status.location = velero
+        .location
+        .as_ref()
+        .map(|l| format!("{}/{}, {}", velero.namespace, l.name_any(), l.describe()))
+        .unwrap_or_default();
+    status.backups = progress
+        .backups
+        .iter()
+        .map(|(name, phase)| format!("{}/{name}: {phase}", velero.namespace))
+        .collect();
+    status.phase = if !progress.failed.is_empty() {
+        status.message = format!("failed: {}", progress.failed.join(", "));
+        "Failed"
+    } else if progress.completed {
+        "Completed"
+    } else {
+        "InProgress"
+    }
+    .into();
+    if status.phase == "Completed"
+        && previous.is_none_or(|p| p.phase != "Completed" || p.requested != *token)
+    {
+        info!(tenant = %tenant.name_any(), request = %token, location = %status.location, control = "CLD-73", "export completed");
+        ctx.publish(
+            tenant,
+            EventType::Normal,
+            "ExportCompleted",
+            format!(
+                "every environment is exported to {}: {}",
+                status.location,
+                status.backups.join(", ")
+            ),
+        )
+        .await;
+    }
+    Some(status)
 }
 
 async fn write_status(
@@ -605,11 +831,32 @@ async fn shred(tenant: &FranceTravailTenant, applier: &Applier<'_>, ctx: &Contex
             write_shredding(tenant, &progress, ctx).await?;
         }
         match step {
-            Step::FinalExport => {
-                progress.message = shredding::NO_EXPORT_ENGINE.into();
-                write_shredding(tenant, &progress, ctx).await?;
-                return Err(Error::ShreddingBlocked(shredding::NO_EXPORT_ENGINE.into()));
-            }
+            Step::FinalExport => match final_export(tenant, ctx).await? {
+                Ok(exports) => {
+                    progress.final_export_at = Some(now());
+                    progress.exports = exports;
+                    progress.message.clear();
+                    write_shredding(tenant, &progress, ctx).await?;
+                    info!(tenant = %name, exports = ?progress.exports, control = "CLD-73", "final export completed");
+                    ctx.publish(
+                        tenant,
+                        EventType::Normal,
+                        "FinalExported",
+                        format!(
+                            "every environment is exported before shredding: {}",
+                            progress.exports.join(", ")
+                        ),
+                    )
+                    .await;
+                }
+                Err(waiting) => {
+                    if progress.message != waiting {
+                        progress.message = waiting.clone();
+                        write_shredding(tenant, &progress, ctx).await?;
+                    }
+                    return Err(Error::ShreddingBlocked(waiting));
+                }
+            },
             Step::DestroyKey => {
                 let destroyed = ctx.keys.destroy(&name).await?;
                 // Destroyed by an earlier pass that could not record it: the status knew it.
@@ -709,6 +956,69 @@ async fn shred(tenant: &FranceTravailTenant, applier: &Applier<'_>, ctx: &Contex
             Step::Done => return Ok(()),
         }
     }
+}
+
+/// The final export before shredding (CLD-73): its Backups, once all completed, or what it
+/// waits for. Nothing is destroyed until it is done.
+async fn final_export(
+    tenant: &FranceTravailTenant,
+    ctx: &Context,
+) -> Result<std::result::Result<Vec<String>, String>> {
+    const NOTHING_DESTROYED: &str = "nothing has been destroyed. To shred without an export, set spec.deletion.finalExport to false";
+    if tenant.spec.backup.is_none() {
+        return Ok(Err(format!(
+            "spec.deletion.finalExport is set, but the tenant declares no backup location (spec.backup) to export to: {NOTHING_DESTROYED}"
+        )));
+    }
+    match ctx.compliance.backup_engine() {
+        Some(true) => {}
+        Some(false) => {
+            return Ok(Err(format!(
+                "the final export waits: {}; {NOTHING_DESTROYED}",
+                backup::NO_ENGINE
+            )));
+        }
+        None => {
+            return Ok(Err(
+                "the final export waits to tell whether the cluster serves Velero".into(),
+            ));
+        }
+    }
+    let namespace = &ctx.settings.velero_namespace;
+    let wanted = backup::export_backups(tenant, backup::FINAL_EXPORT, namespace);
+    let created = create_export(&wanted, ctx).await?;
+    if !created.is_empty() {
+        info!(tenant = %tenant.name_any(), backups = ?created, control = "CLD-73", "final export started");
+    }
+    let velero = ctx.observed.velero_view(tenant, namespace);
+    let progress = backup::export_progress(&wanted, &velero.backups);
+    if !progress.failed.is_empty() {
+        return Ok(Err(format!(
+            "the final export failed: {}; {NOTHING_DESTROYED}. Delete the failed Backups to take it again",
+            progress.failed.join(", ")
+        )));
+    }
+    if !progress.completed {
+        let done = progress
+            .backups
+            .iter()
+            .filter(|(_, phase)| phase == "Completed")
+            .count();
+        return Ok(Err(format!(
+            "the final export is in progress: {done} of {} environment(s) exported",
+            progress.backups.len()
+        )));
+    }
+    let location = velero
+        .location
+        .as_ref()
+        .map(|l| format!("{namespace}/{}, {}", l.name_any(), l.describe()))
+        .unwrap_or_default();
+    Ok(Ok(progress
+        .backups
+        .iter()
+        .map(|(name, _)| format!("Backup {namespace}/{name} in {location}"))
+        .collect()))
 }
 
 /// Records the shredding's progress in the tenant's status. A merge patch: the conditions and
@@ -915,6 +1225,10 @@ pub async fn run(
     )
     .modify(|o| managers_only(o.meta_mut()))
     .reflect(writers.validating_admission_policy_bindings);
+    mark_listed(&mut writers.schedules);
+    mark_listed(&mut writers.backups);
+    mark_listed(&mut writers.restores);
+    mark_listed(&mut writers.backup_storage_locations);
     // A cluster that does not serve MutatingAdmissionPolicies has none to watch.
     let native = ctx.settings.confinement == Confinement::Native;
     let mutating_policies = if native {
@@ -943,8 +1257,18 @@ pub async fn run(
         futures::stream::pending().boxed()
     };
 
+    // Velero may come after the operator, or never: its stores start empty and listed, and a
+    // task fills them once the cluster serves its API, waking the tenants it concerns.
+    let velero_writers = VeleroWriters {
+        schedules: writers.schedules,
+        backups: writers.backups,
+        restores: writers.restores,
+        locations: writers.backup_storage_locations,
+    };
+    let (wake, woken) = futures::channel::mpsc::unbounded();
+
     let controller = Controller::new(
-        Api::<FranceTravailTenant>::all(client),
+        Api::<FranceTravailTenant>::all(client.clone()),
         watcher::Config::default(),
     )
     .with_config(
@@ -953,6 +1277,13 @@ pub async fn run(
             .debounce(Duration::from_millis(50)),
     );
     let tenants = controller.store();
+    let velero_task = tokio::spawn(follow_velero(
+        client,
+        ctx.clone(),
+        velero_writers,
+        tenants.clone(),
+        wake,
+    ));
     // A change to a node or a storage class may concern any tenant.
     let all_tenants = move || {
         tenants
@@ -1031,6 +1362,7 @@ pub async fn run(
                 None => all_tenants(),
             },
         )
+        .reconcile_on(woken)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
@@ -1039,6 +1371,221 @@ pub async fn run(
             }
         })
         .await;
+    velero_task.abort();
+}
+
+struct VeleroWriters {
+    schedules: reflector::store::Writer<Schedule>,
+    backups: reflector::store::Writer<VeleroBackup>,
+    restores: reflector::store::Writer<Restore>,
+    locations: reflector::store::Writer<BackupStorageLocation>,
+}
+
+/// Whether the cluster serves every Velero resource the operator uses; `None` when discovery
+/// failed.
+async fn discover_velero(client: &Client) -> Option<bool> {
+    match client.list_api_group_resources(velero::API_VERSION).await {
+        Ok(list) => Some(
+            velero::RESOURCES
+                .iter()
+                .all(|wanted| list.resources.iter().any(|r| r.name == *wanted)),
+        ),
+        Err(kube::Error::Api(s)) if s.code == 404 => Some(false),
+        Err(e) => {
+            warn!(error = %e, "could not tell whether the cluster serves velero.io/v1");
+            None
+        }
+    }
+}
+
+/// What a Velero watch event asks of the controller.
+enum VeleroEvent {
+    /// The kind's objects have all been listed.
+    Listed,
+    /// These tenants are concerned.
+    Wake(Vec<String>),
+}
+
+/// Follows Velero's API: asks every minute whether the cluster serves it, and from the first
+/// time it does, watches its objects in Velero's namespace into the stores, waking the tenants
+/// they concern. The backup engine counts as present once every kind has been listed.
+async fn follow_velero(
+    client: Client,
+    ctx: Arc<Context>,
+    writers: VeleroWriters,
+    tenants: reflector::Store<FranceTravailTenant>,
+    wake: futures::channel::mpsc::UnboundedSender<ObjectRef<FranceTravailTenant>>,
+) {
+    const KINDS: usize = 4;
+    let namespace = ctx.settings.velero_namespace.clone();
+    let mut writers = Some(writers);
+    let listed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let wake_all = {
+        let (tenants, wake) = (tenants.clone(), wake.clone());
+        move || {
+            for tenant in tenants.state() {
+                let _ = wake.unbounded_send(ObjectRef::from_obj(&*tenant));
+            }
+        }
+    };
+    loop {
+        let served = discover_velero(&client).await;
+        let synced = listed.load(std::sync::atomic::Ordering::SeqCst) >= KINDS;
+        let engine = match served {
+            Some(true) if synced => Some(true),
+            // Listing, or discovery failed while the watches run: not known yet.
+            Some(true) | None => None,
+            Some(false) => Some(false),
+        };
+        let before = ctx.compliance.backup_engine();
+        // A watch that runs keeps the engine present through a failed discovery.
+        if !(served.is_none() && before == Some(true)) && before != engine {
+            info!(engine = ?engine, namespace = %namespace, "backup engine (Velero)");
+            ctx.compliance.set_backup_engine(engine);
+            wake_all();
+        }
+        if served == Some(true)
+            && let Some(writers) = writers.take()
+        {
+            info!(namespace = %namespace, "the cluster serves Velero: following its objects");
+            let events = velero_events(&client, &namespace, writers, &ctx.index, &tenants);
+            let (ctx, listed, wake, wake_all) =
+                (ctx.clone(), listed.clone(), wake.clone(), wake_all.clone());
+            tokio::spawn(events.for_each(move |event| {
+                match event {
+                    VeleroEvent::Listed => {
+                        let n = listed.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                        if n == KINDS {
+                            info!("Velero's objects are listed: the backup engine is present");
+                            ctx.compliance.set_backup_engine(Some(true));
+                            wake_all();
+                        }
+                    }
+                    VeleroEvent::Wake(names) => {
+                        for name in names {
+                            let _ = wake.unbounded_send(ObjectRef::new(&name));
+                        }
+                    }
+                }
+                futures::future::ready(())
+            }));
+        }
+        tokio::time::sleep(RESYNC).await;
+    }
+}
+
+/// The watches of Velero's objects, reflected into the stores, as one stream of events.
+fn velero_events(
+    client: &Client,
+    namespace: &str,
+    writers: VeleroWriters,
+    index: &NamespaceIndex,
+    tenants: &reflector::Store<FranceTravailTenant>,
+) -> futures::stream::BoxStream<'static, VeleroEvent> {
+    fn events<K>(
+        stream: impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+        concerns: impl Fn(&K) -> Vec<String> + Send + Sync + 'static,
+    ) -> futures::stream::BoxStream<'static, VeleroEvent>
+    where
+        K: Send + 'static,
+    {
+        stream
+            .filter_map(move |event| {
+                futures::future::ready(match event {
+                    Ok(watcher::Event::InitDone) => Some(VeleroEvent::Listed),
+                    Ok(watcher::Event::Apply(o) | watcher::Event::Delete(o)) => {
+                        Some(VeleroEvent::Wake(concerns(&o)))
+                    }
+                    Ok(_) => None,
+                    Err(e) => {
+                        debug!(error = %e, "Velero watch");
+                        None
+                    }
+                })
+            })
+            .boxed()
+    }
+    let labelled = |meta: &ObjectMeta| {
+        meta.labels
+            .as_ref()
+            .and_then(|l| l.get(labels::TENANT))
+            .cloned()
+            .into_iter()
+            .collect::<Vec<_>>()
+    };
+    let ours = || watcher::Config::default().labels(labels::MANAGED_SELECTOR);
+    let schedules = watcher(
+        Api::<Schedule>::namespaced(client.clone(), namespace),
+        ours(),
+    )
+    .default_backoff()
+    .modify(|o| managers_only(o.meta_mut()))
+    .reflect(writers.schedules);
+    let backups = watcher(
+        Api::<VeleroBackup>::namespaced(client.clone(), namespace),
+        ours(),
+    )
+    .default_backoff()
+    .modify(|o| trim_meta(&mut o.metadata))
+    .reflect(writers.backups);
+    // Every Restore: one made by hand may take a tenant's production elsewhere (CLD-54).
+    let restores = watcher(
+        Api::<Restore>::namespaced(client.clone(), namespace),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .modify(|o| trim_meta(&mut o.metadata))
+    .reflect(writers.restores);
+    let locations = watcher(
+        Api::<BackupStorageLocation>::namespaced(client.clone(), namespace),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .modify(|o| trim_meta(&mut o.metadata))
+    .reflect(writers.locations);
+    let index = index.clone();
+    let tenants = tenants.clone();
+    // Velero revalidates each location every minute: only a change of phase matters.
+    let phases: Mutex<HashMap<String, Option<String>>> = Mutex::default();
+    futures::stream::select_all([
+        events(schedules, move |o: &Schedule| labelled(&o.metadata)),
+        events(backups, move |o: &VeleroBackup| labelled(&o.metadata)),
+        events(restores, move |o: &Restore| {
+            let mut concerned = labelled(&o.metadata);
+            concerned.extend(
+                o.spec
+                    .included_namespaces
+                    .iter()
+                    .chain(o.spec.namespace_mapping.keys())
+                    .filter_map(|ns| index.tenant_of(ns)),
+            );
+            concerned
+        }),
+        events(locations, move |o: &BackupStorageLocation| {
+            let name = o.name_any();
+            let phase = o.status.as_ref().and_then(|s| s.phase.clone());
+            let changed = phases
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(name.clone(), phase.clone())
+                != Some(phase);
+            if !changed {
+                return Vec::new();
+            }
+            tenants
+                .state()
+                .iter()
+                .filter(|t| {
+                    t.spec
+                        .backup
+                        .as_ref()
+                        .is_some_and(|b| b.storage_location == name)
+                })
+                .map(|t| t.name_any())
+                .collect()
+        }),
+    ])
+    .boxed()
 }
 
 /// A store whose kind the cluster does not serve: empty, and listed.

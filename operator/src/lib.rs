@@ -9,6 +9,7 @@ pub mod access;
 pub mod admission;
 pub mod api;
 pub mod apply;
+pub mod backup;
 pub mod build;
 pub mod compliance;
 pub mod controller;
@@ -28,6 +29,7 @@ pub mod server;
 pub mod shredding;
 pub mod status;
 pub mod validate;
+pub mod velero;
 pub mod webhook;
 
 pub use error::{Error, Result};

@@ -47,6 +47,9 @@ enum Command {
         /// The operator's ServiceAccount, and the name of its roles.
         #[arg(long, default_value = "ft-operator")]
         service_account: String,
+        /// Velero's namespace, where the operator keeps Schedules, restore tests and exports.
+        #[arg(long, default_value = ft_operator::backup::DEFAULT_VELERO_NAMESPACE)]
+        velero_namespace: String,
     },
     /// Print the version.
     Version,
@@ -110,6 +113,9 @@ struct ClusterArgs {
     /// and no `cidr` flow may lie inside them.
     #[arg(long, env = "FT_CLUSTER_NETWORKS", value_delimiter = ',', value_parser = parse_network)]
     cluster_networks: Vec<String>,
+    /// Namespace Velero runs in: the tenants' Schedules, restore tests and exports go there.
+    #[arg(long, env = "FT_VELERO_NAMESPACE", default_value = ft_operator::backup::DEFAULT_VELERO_NAMESPACE)]
+    velero_namespace: String,
 }
 
 impl ClusterArgs {
@@ -120,6 +126,7 @@ impl ClusterArgs {
                 pod_labels: self.dns_pod_labels,
             },
             cluster_networks: self.cluster_networks,
+            velero_namespace: self.velero_namespace,
             // Told by discovery when the operator runs; `plan` renders no admission policy.
             confinement: Default::default(),
             // `run` sets the operator's namespace.
@@ -171,8 +178,10 @@ fn main() -> ExitCode {
         Command::Rbac {
             namespace,
             service_account,
+            velero_namespace,
         } => {
-            let objects = ft_operator::rbac::objects(&namespace, &service_account);
+            let objects =
+                ft_operator::rbac::objects(&namespace, &service_account, &velero_namespace);
             match serde_saphyr::to_string_multiple(&objects) {
                 Ok(yaml) => {
                     print!("{yaml}");

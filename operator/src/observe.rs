@@ -14,10 +14,12 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::PartialObjectMeta;
-use kube::runtime::reflector::{self, Store, store::Writer};
+use kube::runtime::reflector::{self, ObjectRef, Store, store::Writer};
 
 use crate::api::ComplianceReport;
+use crate::backup::VeleroView;
 use crate::controls::TenantView;
+use crate::velero::{Backup, BackupStorageLocation, Restore, Schedule};
 
 macro_rules! stores {
     ($( $(#[$doc:meta])* $field:ident: $kind:ty, )*) => {
@@ -70,6 +72,11 @@ stores! {
     persistent_volumes: PersistentVolume,
     nodes: Node,
     storage_classes: StorageClass,
+    /// Velero's objects in its namespace: empty until the cluster serves Velero's API.
+    schedules: Schedule,
+    backups: Backup,
+    restores: Restore,
+    backup_storage_locations: BackupStorageLocation,
 }
 
 impl Observed {
@@ -156,6 +163,62 @@ impl Observed {
             ),
             // Read from the key store by the caller: the reflectors never hold Secrets.
             key_fingerprint: None,
+            velero: VeleroView::default(),
+        }
+    }
+
+    /// What Velero holds for the tenant: its location, and the Schedules, Backups and
+    /// Restores made for it or taking one of its namespaces as their source.
+    pub fn velero_view(
+        &self,
+        tenant: &crate::api::FranceTravailTenant,
+        velero_namespace: &str,
+    ) -> VeleroView {
+        use kube::ResourceExt;
+        let name = tenant.name_any();
+        let namespaces = crate::build::tenant_namespaces(tenant);
+        let ours = |meta: &kube::api::ObjectMeta| {
+            meta.namespace.as_deref() == Some(velero_namespace)
+                && meta
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(crate::api::labels::TENANT))
+                    == Some(&name)
+        };
+        let (restores, foreign_restores) = self
+            .restores
+            .state()
+            .into_iter()
+            .filter(|r| r.metadata.namespace.as_deref() == Some(velero_namespace))
+            .filter(|r| {
+                ours(&r.metadata)
+                    || r.spec
+                        .namespace_mapping
+                        .keys()
+                        .chain(&r.spec.included_namespaces)
+                        .any(|ns| namespaces.contains(ns))
+            })
+            .partition(|r| ours(&r.metadata));
+        VeleroView {
+            namespace: velero_namespace.into(),
+            location: tenant.spec.backup.as_ref().and_then(|b| {
+                self.backup_storage_locations
+                    .get(&ObjectRef::new(&b.storage_location).within(velero_namespace))
+            }),
+            schedules: self
+                .schedules
+                .state()
+                .into_iter()
+                .filter(|o| ours(&o.metadata))
+                .collect(),
+            backups: self
+                .backups
+                .state()
+                .into_iter()
+                .filter(|o| ours(&o.metadata))
+                .collect(),
+            restores,
+            foreign_restores,
         }
     }
 }

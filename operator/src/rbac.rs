@@ -99,6 +99,21 @@ pub fn namespace_rules() -> Vec<PolicyRule> {
     ]
 }
 
+/// What the operator does in Velero's namespace: each environment's Schedule, the restore tests
+/// and exports it starts, and the locations and backups it reads (CLD-26, CLD-73).
+pub fn velero_rules() -> Vec<PolicyRule> {
+    vec![
+        rule(&["velero.io"], &["schedules"], OWN),
+        rule(&["velero.io"], &["backups"], &["list", "watch", "create"]),
+        rule(
+            &["velero.io"],
+            &["restores"],
+            &["list", "watch", "create", "delete"],
+        ),
+        rule(&["velero.io"], &["backupstoragelocations"], WATCH),
+    ]
+}
+
 fn meta(name: &str, namespace: Option<&str>) -> ObjectMeta {
     ObjectMeta {
         name: Some(name.into()),
@@ -111,9 +126,14 @@ fn meta(name: &str, namespace: Option<&str>) -> ObjectMeta {
     }
 }
 
-/// The ServiceAccount, ClusterRole, Role and their bindings for an operator running as
-/// `service_account` in `namespace`, as JSON values in the order to apply them.
-pub fn objects(namespace: &str, service_account: &str) -> Vec<serde_json::Value> {
+/// The ServiceAccount, ClusterRole, Roles (its namespace's and Velero's) and their bindings for
+/// an operator running as `service_account` in `namespace`, as JSON values in the order to
+/// apply them. Velero's namespace must exist.
+pub fn objects(
+    namespace: &str,
+    service_account: &str,
+    velero_namespace: &str,
+) -> Vec<serde_json::Value> {
     let subject = Subject {
         kind: "ServiceAccount".into(),
         name: service_account.into(),
@@ -147,6 +167,15 @@ pub fn objects(namespace: &str, service_account: &str) -> Vec<serde_json::Value>
         serde_json::to_value(RoleBinding {
             metadata: meta(service_account, Some(namespace)),
             role_ref: role_ref("Role"),
+            subjects: Some(vec![subject.clone()]),
+        }),
+        serde_json::to_value(Role {
+            metadata: meta(service_account, Some(velero_namespace)),
+            rules: Some(velero_rules()),
+        }),
+        serde_json::to_value(RoleBinding {
+            metadata: meta(service_account, Some(velero_namespace)),
+            role_ref: role_ref("Role"),
             subjects: Some(vec![subject]),
         }),
     ];
@@ -154,6 +183,8 @@ pub fn objects(namespace: &str, service_account: &str) -> Vec<serde_json::Value>
         ("v1", "ServiceAccount"),
         ("rbac.authorization.k8s.io/v1", "ClusterRole"),
         ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"),
+        ("rbac.authorization.k8s.io/v1", "Role"),
+        ("rbac.authorization.k8s.io/v1", "RoleBinding"),
         ("rbac.authorization.k8s.io/v1", "Role"),
         ("rbac.authorization.k8s.io/v1", "RoleBinding"),
     ];

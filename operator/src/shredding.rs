@@ -47,11 +47,11 @@ impl Step {
     }
 }
 
-/// The first step not done yet. The final export has no time of its own: until an export
-/// engine is installed it blocks, and a tenant asking for it waits there.
+/// The first step not done yet. The final export, when asked for, comes before anything is
+/// destroyed.
 pub fn next_step(tenant: &FranceTravailTenant, progress: &ShreddingStatus) -> Step {
     if progress.key_destroyed_at.is_none() {
-        if tenant.spec.deletion.final_export {
+        if tenant.spec.deletion.final_export && progress.final_export_at.is_none() {
             return Step::FinalExport;
         }
         return Step::DestroyKey;
@@ -67,9 +67,6 @@ pub fn next_step(tenant: &FranceTravailTenant, progress: &ShreddingStatus) -> St
     }
     Step::Done
 }
-
-/// Why the final export blocks the deletion, in this version.
-pub const NO_EXPORT_ENGINE: &str = "spec.deletion.finalExport is set, but no export engine is installed in this version of the operator: the deletion waits here, nothing has been destroyed. To shred without an export, set spec.deletion.finalExport to false";
 
 /// `ft-shredding-<tenant>-<first 8 characters of its uid>`: unique even when a tenant of the
 /// same name is made and shredded again.
@@ -120,7 +117,7 @@ pub fn confirmed_by(tenant: &FranceTravailTenant) -> String {
 pub struct Record<'a> {
     pub tenant: String,
     pub uid: String,
-    pub rules: [&'static str; 2],
+    pub rules: Vec<&'static str>,
     pub deletion_requested_at: Option<String>,
     pub deletion_confirmed_by: String,
     pub key_store: String,
@@ -129,6 +126,11 @@ pub struct Record<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub external_key: Option<String>,
     pub started_at: Option<String>,
+    /// The final export (CLD-73), taken before the key was destroyed, and where it is kept.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub final_export_at: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub final_export: Vec<String>,
     pub key_destroyed_at: Option<String>,
     pub namespaces_deleted_at: Option<String>,
     pub cluster_objects_deleted_at: Option<String>,
@@ -164,13 +166,19 @@ pub fn record(
     let body = Record {
         tenant: name.clone(),
         uid: tenant.metadata.uid.clone().unwrap_or_default(),
-        rules: ["CLD-47", "CLD-76"],
+        rules: if progress.final_export_at.is_some() {
+            vec!["CLD-47", "CLD-76", "CLD-73"]
+        } else {
+            vec!["CLD-47", "CLD-76"]
+        },
         deletion_requested_at: time(&tenant.metadata.deletion_timestamp),
         deletion_confirmed_by: confirmed_by(tenant),
         key_store,
         key_fingerprint: progress.key_fingerprint.as_deref(),
         external_key,
         started_at: time(&progress.started_at),
+        final_export_at: time(&progress.final_export_at),
+        final_export: progress.exports.clone(),
         key_destroyed_at: time(&progress.key_destroyed_at),
         namespaces_deleted_at: time(&progress.namespaces_deleted_at),
         cluster_objects_deleted_at: time(&progress.cluster_objects_deleted_at),

@@ -122,6 +122,8 @@ pub fn next_status(
             .as_ref()
             .and_then(|s| s.key_fingerprint.clone()),
         shredding: None,
+        // The controller sets it from the export's backups; until then the last one stands.
+        export: tenant.status.as_ref().and_then(|s| s.export.clone()),
     }
 }
 

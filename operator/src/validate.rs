@@ -12,7 +12,8 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::ResourceExt;
 
 use crate::api::KeyStoreKind;
-use crate::api::{EnvironmentKind, FlowPort, FranceTravailTenant, Peer};
+use crate::api::{Backup, EnvironmentKind, FlowPort, FranceTravailTenant, Peer};
+use crate::backup::{go_duration, parse_cron};
 use crate::build::BuildSettings;
 use crate::encryption::KeyReference;
 
@@ -197,6 +198,15 @@ pub fn validate(tenant: &FranceTravailTenant) -> Result<(), InvalidTenant> {
                 ),
             );
         }
+        if env.name.ends_with("-restore") || env.name.starts_with("restore-") {
+            errors.add(
+                format!("{field}.name"),
+                format!(
+                    "{:?}: names ending in -restore or starting with restore- are kept for the scratch namespaces of restore tests",
+                    env.name
+                ),
+            );
+        }
         if !environment_names.insert(env.name.as_str()) {
             errors.add(
                 format!("{field}.name"),
@@ -323,6 +333,10 @@ pub fn validate(tenant: &FranceTravailTenant) -> Result<(), InvalidTenant> {
             );
         }
         check_environments(&mut errors, &field, &grant.environments);
+    }
+
+    if let Some(backup) = &spec.backup {
+        check_backup(&mut errors, backup);
     }
 
     if errors.0.is_empty() {
@@ -539,5 +553,56 @@ pub fn cidr_contains(outer: (IpAddr, u8), inner: (IpAddr, u8)) -> bool {
             u128::from(o) & mask == u128::from(i) & mask
         }
         _ => false,
+    }
+}
+
+/// The schedules must be cron expressions Velero and the operator both read, and backups kept
+/// at least an hour and through the next run: the schema says as much, and `plan` checks it
+/// offline.
+fn check_backup(errors: &mut Errors, backup: &Backup) {
+    let schedules = [
+        ("spec.backup.schedule", Some(&backup.schedule)),
+        (
+            "spec.backup.restoreTestSchedule",
+            backup.restore_test_schedule.as_ref(),
+        ),
+    ];
+    for (field, expression) in schedules {
+        let Some(expression) = expression else {
+            continue;
+        };
+        let five_fields = expression.starts_with('@') || expression.split(' ').count() == 5;
+        let plain = expression
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || " *,-/@".contains(c));
+        if let Err(why) = parse_cron(expression).and_then(|_| {
+            (five_fields && plain)
+                .then_some(())
+                .ok_or_else(|| "it must have five fields separated by single spaces: minute, hour, day of month, month, day of week".to_string())
+        }) {
+            errors.add(
+                field,
+                format!("{expression:?} is not a cron expression Velero can run: {why}"),
+            );
+        }
+    }
+    match go_duration(&backup.retention).and_then(|d| {
+        let hours = d
+            .split_once('h')
+            .map_or(Some(0), |(h, _)| h.parse::<u64>().ok())?;
+        Some(hours)
+    }) {
+        None => errors.add(
+            "spec.backup.retention",
+            format!(
+                "{:?} is not a duration in hours, minutes and seconds, such as 720h",
+                backup.retention
+            ),
+        ),
+        Some(0) => errors.add(
+            "spec.backup.retention",
+            format!("{:?}: backups must be kept at least 1h", backup.retention),
+        ),
+        Some(_) => {}
     }
 }

@@ -14,12 +14,18 @@ use ft_operator::api::{
     ControlResult, DeletionPolicy, FIELD_MANAGER, FranceTravailTenant, ReportStatus, Verdict,
     labels,
 };
-use ft_operator::build::{BuildSettings, Desired, build, with_access, with_placement};
+use ft_operator::backup::{self, VeleroView};
+use ft_operator::build::{
+    BuildSettings, Desired, build, with_access, with_backups, with_placement,
+};
 use ft_operator::controls::{
     Catalogue, ClusterFacts, EVALUATORS, Evaluation, Finding, Inputs, NOT_IN_THIS_VERSION,
     TenantView, compliant_condition, encrypts, evaluate, next_report, transitions,
 };
 use ft_operator::regions::RegionCatalogue;
+use ft_operator::velero::{
+    Backup, BackupSpec, BackupStatus, Restore, RestoreProgress, RestoreStatus,
+};
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::{LimitRange, Namespace, Node, ResourceQuota};
 use k8s_openapi::api::networking::v1::{
@@ -155,6 +161,92 @@ fn applied(ns: &Namespace) -> PartialObjectMeta<Namespace> {
     meta.into_response_partial()
 }
 
+/// Velero as it stands when every environment of `tenant` is backed up and tested: its
+/// Schedules, a backup completed at 02:05 today, a restore test of it that passed at 05:30, and
+/// the location in Gravelines, away from the Paris nodes.
+fn backed_up(tenant: &FranceTravailTenant) -> VeleroView {
+    let schedules = backup::schedules(tenant, "velero");
+    let mut view = VeleroView {
+        namespace: "velero".into(),
+        location: pick("velero.yaml", &["velero/backups-gra"]).pop(),
+        schedules: schedules
+            .iter()
+            .map(|s| {
+                let mut s = managed(s);
+                s.metadata.creation_timestamp = Some(Time(at("2026-11-01T00:00:00Z")));
+                Arc::new(s)
+            })
+            .collect(),
+        ..Default::default()
+    };
+    for (env, schedule) in tenant.spec.environments.iter().zip(&schedules) {
+        let backup = completed_backup(schedule, "20261122020000", "2026-11-22T02:05:00Z");
+        let restore = restore_test(
+            tenant,
+            env,
+            &backup.metadata.name.clone().unwrap_or_default(),
+            "2026-11-22T05:00:00Z",
+            "Completed",
+            "2026-11-22T05:30:00Z",
+        );
+        view.backups.push(Arc::new(backup));
+        view.restores.push(Arc::new(restore));
+    }
+    view
+}
+
+/// A backup Velero made from `schedule`, labelled from its template, completed at `done`.
+fn completed_backup(schedule: &ft_operator::velero::Schedule, stamp: &str, done: &str) -> Backup {
+    let mut backup = Backup::new(
+        &format!(
+            "{}-{stamp}",
+            schedule.metadata.name.as_deref().unwrap_or_default()
+        ),
+        BackupSpec {
+            metadata: None,
+            ..schedule.spec.template.clone()
+        },
+    );
+    backup.metadata.namespace = Some("velero".into());
+    backup.metadata.labels = schedule
+        .spec
+        .template
+        .metadata
+        .as_ref()
+        .map(|m| m.labels.clone());
+    backup.metadata.creation_timestamp = Some(Time(at(done) - SignedDuration::from_mins(5)));
+    backup.status = Some(BackupStatus {
+        phase: Some("Completed".into()),
+        completion_timestamp: Some(Time(at(done))),
+        errors: None,
+    });
+    backup
+}
+
+/// The operator's restore test of `backup`, started at `started`, in `phase`.
+fn restore_test(
+    tenant: &FranceTravailTenant,
+    env: &ft_operator::api::Environment,
+    backup: &str,
+    started: &str,
+    phase: &str,
+    done: &str,
+) -> Restore {
+    let mut restore = backup::restore(tenant, env, backup, at(started), "velero");
+    restore.metadata.creation_timestamp = Some(Time(at(started)));
+    restore.status = Some(RestoreStatus {
+        phase: Some(phase.into()),
+        completion_timestamp: Some(Time(at(done))),
+        errors: Some(0),
+        progress: Some(RestoreProgress {
+            total_items: Some(12),
+            items_restored: Some(12),
+        }),
+        ..Default::default()
+    });
+    restore
+}
+
 // ---------------------------------------------------------------------------------------------
 // A tenant, what was built for it, and what the cluster holds
 // ---------------------------------------------------------------------------------------------
@@ -187,6 +279,7 @@ impl Case {
             &tenant,
             now(),
         );
+        let desired = with_backups(desired, &tenant, &BuildSettings::default(), Some(true));
         let view = TenantView {
             namespaces: desired
                 .namespaces
@@ -226,6 +319,7 @@ impl Case {
             mutating_admission_policies: arcs(&desired.mutating_admission_policies),
             mutating_admission_policy_bindings: arcs(&desired.mutating_admission_policy_bindings),
             key_fingerprint: Some("sha256:0123456789abcdef".into()),
+            velero: backed_up(&tenant),
         };
         let facts = ClusterFacts {
             regions: Arc::new(RegionCatalogue::embedded().expect("embedded region catalogue")),
@@ -299,16 +393,6 @@ fn assert_fails(finding: &Finding, reason: &str, named: &[&str]) {
     }
 }
 
-#[track_caller]
-fn assert_not_in_this_version(finding: &Finding) {
-    assert_result(finding, Unknown, NOT_IN_THIS_VERSION);
-    assert!(
-        finding.message.contains("not in this version"),
-        "{}",
-        finding.message
-    );
-}
-
 fn labels_of(ns: &mut PartialObjectMeta<Namespace>) -> &mut BTreeMap<String, String> {
     ns.metadata.labels.get_or_insert_with(BTreeMap::new)
 }
@@ -330,28 +414,24 @@ const BASELINE: [(&str, ControlResult, &str); 18] = [
     ("GEO-3", Pass, "EnforcedAtAdmission"),
     ("ENC-1", Pass, "Encrypted"),
     ("ENC-2", Pass, "OwnKey"),
-    ("BAK-1", Unknown, NOT_IN_THIS_VERSION),
-    ("BAK-2", Unknown, NOT_IN_THIS_VERSION),
+    ("BAK-1", Pass, "BackedUp"),
+    ("BAK-2", Pass, "RestoreTested"),
     ("ACC-1", Pass, "OnlyDeclaredRights"),
     ("ACC-2", Pass, "RevokedOnTime"),
     ("ACC-3", Pass, "Reviewed"),
     ("DEL-1", Pass, "ShreddableKey"),
-    ("REV-1", Unknown, NOT_IN_THIS_VERSION),
+    ("REV-1", Pass, "ExportPathReady"),
 ];
 
 #[test]
-fn a_healthy_tenant_passes_every_control_this_version_evaluates() {
+fn a_healthy_tenant_passes_every_control() {
     let case = Case::healthy();
     let found: Vec<(&str, ControlResult, String)> = evaluate(&case.inputs())
         .into_iter()
         .map(|e| (e.id, e.finding.result, e.finding.reason))
         .collect();
     for (id, result, reason) in &found {
-        let acceptable = match result {
-            Pass | NotApplicable => true,
-            Unknown => reason == NOT_IN_THIS_VERSION,
-            Fail => false,
-        };
+        let acceptable = matches!(result, Pass | NotApplicable);
         assert!(
             acceptable,
             "{id} is {result:?} ({reason}) on a healthy tenant"
@@ -376,19 +456,16 @@ fn a_healthy_tenant_is_compliant() {
         Some(3),
         &Time(case.now),
         None,
+        Vec::new(),
     );
     assert_eq!(report.result, Some(Verdict::Compliant));
-    // 15 of BASELINE pass, none is NotApplicable: all 18 apply.
-    assert_eq!(report.passed, "15/18");
+    // All 18 of BASELINE pass.
+    assert_eq!(report.passed, "18/18");
     assert_eq!(report.failing, "");
     assert_eq!(report.observed_generation, Some(3));
     let (status, reason, message) = compliant_condition(&report);
     assert_eq!((status, reason), ("True", "ControlsPass"));
-    assert_eq!(
-        message,
-        "15/18 controls pass; not evaluated by this version of the operator: \
-         BAK-1, BAK-2, REV-1"
-    );
+    assert_eq!(message, "18/18 controls pass");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1373,7 +1450,11 @@ fn bak1_fails_when_no_backup_is_declared() {
 fn bak1_fails_when_the_cluster_has_no_backup_engine() {
     let mut case = Case::healthy();
     case.facts.backup_engine = Some(false);
-    assert_fails(&case.judge("BAK-1"), "NoBackupEngine", &["velero.io/v1"]);
+    assert_fails(
+        &case.judge("BAK-1"),
+        "NoBackupEngine",
+        &["backup engine not installed", "velero.io/v1"],
+    );
 }
 
 #[test]
@@ -1393,16 +1474,161 @@ fn bak1_is_unknown_when_the_backup_engine_could_not_be_checked() {
         None,
         &Time(case.now),
         None,
+        Vec::new(),
     );
     assert_eq!(report.result, Some(Verdict::Unknown));
     let (status, reason, message) = compliant_condition(&report);
     assert_eq!((status, reason), ("Unknown", "ControlsUndetermined"));
-    assert_eq!(message, "could not evaluate: BAK-1");
+    // The restore tests and the final export depend on the engine too.
+    assert_eq!(message, "could not evaluate: BAK-1, BAK-2, REV-1");
 }
 
 #[test]
-fn bak1_with_an_engine_is_not_in_this_version() {
-    assert_not_in_this_version(&Case::healthy().judge("BAK-1"));
+fn bak1_passes_when_every_environment_is_backed_up_away_from_the_primary_region() {
+    let finding = Case::healthy().judge("BAK-1");
+    assert_result(&finding, Pass, "BackedUp");
+    for named in [
+        "velero/backups-gra",
+        "GRA7",
+        "prod at 2026-11-22 02:05",
+        "dev at",
+    ] {
+        assert!(
+            finding.message.contains(named),
+            "{named}: {}",
+            finding.message
+        );
+    }
+}
+
+fn with_location(name: &str) -> Case {
+    let mut case = Case::with_tenant(|t| {
+        t.spec.backup.as_mut().expect("backup").storage_location = name.into();
+    });
+    case.view.velero.location =
+        objects::<ft_operator::velero::BackupStorageLocation>("velero.yaml")
+            .into_iter()
+            .find(|l| l.metadata.name.as_deref() == Some(name));
+    case
+}
+
+#[test]
+fn bak1_fails_for_a_location_missing_unavailable_abroad_beside_the_nodes_or_nowhere() {
+    assert_fails(
+        &with_location("backups-lost").judge("BAK-1"),
+        "BackupsNotAssured",
+        &["BackupStorageLocation velero/backups-lost does not exist"],
+    );
+    assert_fails(
+        &with_location("backups-virginia").judge("BAK-1"),
+        "BackupsNotAssured",
+        &["us-east-1", "in US, not an allowed country", "CLD-74"],
+    );
+    assert_fails(
+        &with_location("backups-paris").judge("BAK-1"),
+        "BackupsNotAssured",
+        &["eu-west-3", "primary site", "CLD-26"],
+    );
+    // Marseille is in France and away from Paris; but Velero cannot reach it.
+    let marseille = with_location("backups-marseille").judge("BAK-1");
+    assert_fails(
+        &marseille,
+        "BackupsNotAssured",
+        &["not Available", "container ft-backups not found"],
+    );
+    assert!(
+        !marseille.message.contains("allowed country"),
+        "{}",
+        marseille.message
+    );
+    assert_fails(
+        &with_location("backups-nowhere").judge("BAK-1"),
+        "BackupsNotAssured",
+        &["declares no region", "topology.kubernetes.io/region"],
+    );
+}
+
+/// The healthy case, with production's only backup completed at `done`.
+fn with_prod_backup(stamp: &str, done: &str) -> Case {
+    let mut case = Case::healthy();
+    let backup = completed_backup(
+        &case.desired.schedules.as_ref().expect("schedules")[0],
+        stamp,
+        done,
+    );
+    case.view.velero.backups.retain(|b| !of_prod(&b.metadata));
+    case.view.velero.backups.push(Arc::new(backup));
+    case
+}
+
+fn of_prod(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> bool {
+    meta.labels
+        .as_ref()
+        .and_then(|l| l.get(labels::ENVIRONMENT))
+        .is_some_and(|e| e == "prod")
+}
+
+#[test]
+fn bak1_fails_when_a_backup_is_older_than_twice_the_schedules_period() {
+    // Daily at 02:00: at noon, a backup of 2026-11-20 02:05 is 58 hours old, over 48.
+    let case = with_prod_backup("20261120020000", "2026-11-20T02:05:00Z");
+    assert_fails(
+        &case.judge("BAK-1"),
+        "BackupsNotAssured",
+        &[
+            "environment prod",
+            "ft-offres-emploi-prod-20261120020000",
+            "48h",
+        ],
+    );
+    // One of the day before yesterday at 12:05 is under 48 hours old: it still holds.
+    let case = with_prod_backup("20261120120000", "2026-11-20T12:05:00Z");
+    assert_result(&case.judge("BAK-1"), Pass, "BackedUp");
+}
+
+#[test]
+fn bak1_waits_for_the_first_backup_then_fails_without_one() {
+    let mut case = Case::healthy();
+    case.view.velero.backups.clear();
+    // Schedules made an hour ago: the first run may not have come yet.
+    for schedule in &mut case.view.velero.schedules {
+        Arc::make_mut(schedule).metadata.creation_timestamp =
+            Some(Time(at("2026-11-22T11:00:00Z")));
+    }
+    assert_result(&case.judge("BAK-1"), Unknown, "AwaitingFirstBackup");
+    // Made three weeks ago, and still nothing.
+    for schedule in &mut case.view.velero.schedules {
+        Arc::make_mut(schedule).metadata.creation_timestamp =
+            Some(Time(at("2026-11-01T00:00:00Z")));
+    }
+    assert_fails(
+        &case.judge("BAK-1"),
+        "BackupsNotAssured",
+        &["no backup completed since Schedule ft-offres-emploi-prod"],
+    );
+}
+
+#[test]
+fn bak1_fails_when_a_schedule_is_missing_or_refused_by_velero() {
+    let mut case = Case::healthy();
+    case.view.velero.schedules.remove(1);
+    assert_fails(
+        &case.judge("BAK-1"),
+        "BackupsNotAssured",
+        &["Schedule velero/ft-offres-emploi-dev is missing"],
+    );
+    let mut case = Case::healthy();
+    let schedule = Arc::make_mut(&mut case.view.velero.schedules[0]);
+    schedule.status = Some(ft_operator::velero::ScheduleStatus {
+        phase: Some("FailedValidation".into()),
+        validation_errors: vec!["backup storage location not found".into()],
+        ..Default::default()
+    });
+    assert_fails(
+        &case.judge("BAK-1"),
+        "BackupsNotAssured",
+        &["Velero refused", "backup storage location not found"],
+    );
 }
 
 #[test]
@@ -1425,8 +1651,143 @@ fn bak2_fails_without_a_restore_test_schedule() {
 }
 
 #[test]
-fn bak2_with_a_restore_test_schedule_is_not_in_this_version() {
-    assert_not_in_this_version(&Case::healthy().judge("BAK-2"));
+fn bak2_passes_when_the_latest_restore_test_of_each_environment_passed() {
+    let finding = Case::healthy().judge("BAK-2");
+    assert_result(&finding, Pass, "RestoreTested");
+    assert!(
+        finding.message.contains("prod on 2026-11-22 05:30"),
+        "{}",
+        finding.message
+    );
+}
+
+fn with_prod_test(
+    phase: &str,
+    started: &str,
+    done: &str,
+    change: impl FnOnce(&mut RestoreStatus),
+) -> Case {
+    let mut case = Case::healthy();
+    let prod = case.tenant.spec.environments[0].clone();
+    let mut test = restore_test(
+        &case.tenant,
+        &prod,
+        "ft-offres-emploi-prod-20261122020000",
+        started,
+        phase,
+        done,
+    );
+    if let Some(status) = &mut test.status {
+        change(status);
+    }
+    case.view.velero.restores.retain(|r| !of_prod(&r.metadata));
+    case.view.velero.restores.push(Arc::new(test));
+    case
+}
+
+#[test]
+fn bak2_fails_when_the_last_restore_test_failed() {
+    let case = with_prod_test(
+        "PartiallyFailed",
+        "2026-11-22T05:00:00Z",
+        "2026-11-22T05:40:00Z",
+        |s| s.errors = Some(3),
+    );
+    assert_fails(
+        &case.judge("BAK-2"),
+        "RestoreNotAssured",
+        &["environment prod", "partially failed with 3 error(s)"],
+    );
+    let case = with_prod_test(
+        "Completed",
+        "2026-11-22T05:00:00Z",
+        "2026-11-22T05:40:00Z",
+        |s| {
+            s.progress = Some(RestoreProgress {
+                total_items: Some(12),
+                items_restored: Some(7),
+            });
+        },
+    );
+    assert_fails(
+        &case.judge("BAK-2"),
+        "RestoreNotAssured",
+        &["restored 7 of 12 item(s)"],
+    );
+    // Still running after six hours: failed.
+    let case = with_prod_test(
+        "InProgress",
+        "2026-11-22T04:00:00Z",
+        "2026-11-22T04:00:00Z",
+        |s| s.completion_timestamp = None,
+    );
+    assert_fails(
+        &case.judge("BAK-2"),
+        "RestoreNotAssured",
+        &["did not finish within 6h"],
+    );
+}
+
+#[test]
+fn bak2_fails_when_the_last_restore_test_is_overdue() {
+    // Weekly on Sundays: a test of 15 days ago is older than twice that.
+    let case = with_prod_test(
+        "Completed",
+        "2026-11-07T05:00:00Z",
+        "2026-11-07T05:30:00Z",
+        |_| {},
+    );
+    assert_fails(
+        &case.judge("BAK-2"),
+        "RestoreNotAssured",
+        &["overdue", "336h"],
+    );
+}
+
+#[test]
+fn bak2_is_unknown_while_the_first_restore_test_runs() {
+    let mut case = with_prod_test(
+        "InProgress",
+        "2026-11-22T11:00:00Z",
+        "2026-11-22T11:00:00Z",
+        |s| s.completion_timestamp = None,
+    );
+    case.view
+        .velero
+        .restores
+        .retain(|r| r.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("InProgress"));
+    let finding = case.judge("BAK-2");
+    assert_result(&finding, Unknown, "AwaitingRestoreTest");
+    assert!(
+        finding.message.contains("is running"),
+        "{}",
+        finding.message
+    );
+}
+
+#[test]
+fn bak2_fails_when_production_is_restored_outside_production() {
+    let mut case = Case::healthy();
+    let mut by_hand = Restore::new(
+        "copy-prod-to-dev",
+        ft_operator::velero::RestoreSpec {
+            backup_name: "ft-offres-emploi-prod-20261122020000".into(),
+            included_namespaces: vec!["offres-emploi-prod".into()],
+            namespace_mapping: BTreeMap::from([(
+                "offres-emploi-prod".into(),
+                "offres-emploi-dev".into(),
+            )]),
+        },
+    );
+    by_hand.metadata.namespace = Some("velero".into());
+    case.view.velero.foreign_restores.push(Arc::new(by_hand));
+    assert_fails(
+        &case.judge("BAK-2"),
+        "RestoreNotAssured",
+        &[
+            "Restore velero/copy-prod-to-dev restores the production namespace offres-emploi-prod into offres-emploi-dev",
+        ],
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1716,8 +2077,26 @@ fn rev1_does_not_apply_without_a_final_export() {
 }
 
 #[test]
-fn rev1_with_a_final_export_is_not_in_this_version() {
-    assert_not_in_this_version(&Case::healthy().judge("REV-1"));
+fn rev1_passes_when_the_export_location_is_valid_and_fails_otherwise() {
+    let finding = Case::healthy().judge("REV-1");
+    assert_result(&finding, Pass, "ExportPathReady");
+    assert!(
+        finding.message.contains("velero/backups-gra"),
+        "{}",
+        finding.message
+    );
+    assert_fails(
+        &with_location("backups-virginia").judge("REV-1"),
+        "NoExportPath",
+        &["us-east-1"],
+    );
+    let mut case = Case::healthy();
+    case.facts.backup_engine = Some(false);
+    assert_fails(
+        &case.judge("REV-1"),
+        "NoExportPath",
+        &["backup engine not installed"],
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1753,6 +2132,7 @@ fn an_invalid_spec_leaves_the_drift_controls_unknown() {
         Some(4),
         &Time(case.now),
         None,
+        Vec::new(),
     );
     assert_eq!(report.result, Some(Verdict::Unknown));
     assert_eq!(report.failing, "");
@@ -1783,6 +2163,7 @@ fn an_invalid_spec_with_a_failing_control_is_non_compliant() {
         None,
         &Time(case.now),
         None,
+        Vec::new(),
     );
     assert_eq!(report.result, Some(Verdict::NonCompliant));
     assert_eq!(report.failing, "GEO-1");
@@ -1834,6 +2215,7 @@ fn report_carries_each_controls_catalogue_entry() {
         Some(1),
         &t0,
         None,
+        Vec::new(),
     );
     let net1 = &report.controls[0];
     assert_eq!(net1.id, "NET-1");
@@ -1856,11 +2238,27 @@ fn report_is_not_rewritten_while_nothing_changes() {
         evaluation("NET-1", Pass, "DenyByDefault"),
         evaluation("GEO-3", Unknown, NOT_IN_THIS_VERSION),
     ];
-    let first = next_report(&catalogue(), &evaluations, None, Some(1), &t0, None);
+    let first = next_report(
+        &catalogue(),
+        &evaluations,
+        None,
+        Some(1),
+        &t0,
+        None,
+        Vec::new(),
+    );
     assert_eq!(first.last_evaluated.as_ref(), Some(&t0));
     assert!(first.controls.iter().all(|c| c.last_transition_time == t0));
 
-    let second = next_report(&catalogue(), &evaluations, Some(&first), Some(1), &t1, None);
+    let second = next_report(
+        &catalogue(),
+        &evaluations,
+        Some(&first),
+        Some(1),
+        &t1,
+        None,
+        Vec::new(),
+    );
     assert_eq!(
         second, first,
         "an unchanged report must compare equal, times included"
@@ -1872,6 +2270,7 @@ fn report_is_not_rewritten_while_nothing_changes() {
         Some(1),
         &t2,
         None,
+        Vec::new(),
     );
     assert_eq!(third.last_evaluated.as_ref(), Some(&t0));
     assert_eq!(third, first);
@@ -1885,14 +2284,22 @@ fn report_moves_the_times_of_what_changed_only() {
         evaluation("NET-1", Pass, "DenyByDefault"),
         evaluation("GEO-1", Pass, "InAllowedCountries"),
     ];
-    let first = next_report(&catalogue(), &before, None, Some(1), &t0, None);
+    let first = next_report(&catalogue(), &before, None, Some(1), &t0, None, Vec::new());
 
     let after = [
         evaluation("CLS-1", Pass, "Marked"),
         evaluation("NET-1", Fail, "DefaultDenyMissing"),
         evaluation("GEO-1", Pass, "InAllowedCountries"),
     ];
-    let second = next_report(&catalogue(), &after, Some(&first), Some(1), &t1, None);
+    let second = next_report(
+        &catalogue(),
+        &after,
+        Some(&first),
+        Some(1),
+        &t1,
+        None,
+        Vec::new(),
+    );
     assert_eq!(second.last_evaluated.as_ref(), Some(&t1));
     assert_eq!(
         transition_times(&second),
@@ -1904,7 +2311,15 @@ fn report_moves_the_times_of_what_changed_only() {
     // rewritten (lastEvaluated moves) but NET-1 has been failing since t1.
     let mut still = after.clone();
     still[1].finding.message = "NetworkPolicy/offres-emploi-dev/ft-default-deny is missing".into();
-    let third = next_report(&catalogue(), &still, Some(&second), Some(1), &t2, None);
+    let third = next_report(
+        &catalogue(),
+        &still,
+        Some(&second),
+        Some(1),
+        &t2,
+        None,
+        Vec::new(),
+    );
     assert_eq!(third.last_evaluated.as_ref(), Some(&t2));
     assert_eq!(
         transition_times(&third),
@@ -1912,11 +2327,27 @@ fn report_moves_the_times_of_what_changed_only() {
     );
 
     // Nothing changes any more: the previous report is kept as is.
-    let fourth = next_report(&catalogue(), &still, Some(&third), Some(1), &t3, None);
+    let fourth = next_report(
+        &catalogue(),
+        &still,
+        Some(&third),
+        Some(1),
+        &t3,
+        None,
+        Vec::new(),
+    );
     assert_eq!(fourth, third);
 
     // A new generation of the tenant with the same results is still news.
-    let fifth = next_report(&catalogue(), &still, Some(&fourth), Some(2), &t3, None);
+    let fifth = next_report(
+        &catalogue(),
+        &still,
+        Some(&fourth),
+        Some(2),
+        &t3,
+        None,
+        Vec::new(),
+    );
     assert_eq!(fifth.last_evaluated.as_ref(), Some(&t3));
     assert_eq!(fifth.observed_generation, Some(2));
     assert_eq!(transition_times(&fifth)["NET-1"], &t1);
@@ -1938,7 +2369,15 @@ fn report_counts_passes_out_of_the_controls_that_apply() {
         evaluation("GEO-3", Unknown, NOT_IN_THIS_VERSION),
         evaluation("BAK-1", Unknown, "BackupEngineUnchecked"),
     ];
-    let report = next_report(&catalogue(), &evaluations, None, None, &t0, None);
+    let report = next_report(
+        &catalogue(),
+        &evaluations,
+        None,
+        None,
+        &t0,
+        None,
+        Vec::new(),
+    );
     assert_eq!(report.passed, "4/8");
     assert_eq!(report.failing, "ISO-2,NET-2");
     assert_eq!(report.result, Some(Verdict::NonCompliant));
@@ -1954,7 +2393,7 @@ fn report_counts_passes_out_of_the_controls_that_apply() {
 fn report_verdict_follows_the_worst_result() {
     let [t0, ..] = times();
     let verdict = |evaluations: &[Evaluation]| {
-        next_report(&catalogue(), evaluations, None, None, &t0, None).result
+        next_report(&catalogue(), evaluations, None, None, &t0, None, Vec::new()).result
     };
     // Not in this version does not by itself make a tenant Unknown.
     assert_eq!(
@@ -1990,7 +2429,7 @@ fn transitions_tell_failures_from_recoveries() {
         evaluation("GEO-1", Pass, "InAllowedCountries"),
         evaluation("GEO-2", Fail, "VolumesOutsideAllowedCountries"),
     ];
-    let previous = next_report(&catalogue(), &before, None, Some(1), &t0, None);
+    let previous = next_report(&catalogue(), &before, None, Some(1), &t0, None, Vec::new());
 
     // The first report: every control is new; only failing ones are failures.
     let first = transitions(None, &previous);
@@ -2021,7 +2460,15 @@ fn transitions_tell_failures_from_recoveries() {
         evaluation("GEO-1", Pass, "InAllowedCountries"),
         evaluation("GEO-2", NotApplicable, "NoVolumes"),
     ];
-    let next = next_report(&catalogue(), &after, Some(&previous), Some(1), &t1, None);
+    let next = next_report(
+        &catalogue(),
+        &after,
+        Some(&previous),
+        Some(1),
+        &t1,
+        None,
+        Vec::new(),
+    );
     let changed = transitions(Some(&previous), &next);
     let summary: Vec<(&str, Option<ControlResult>, bool, bool)> = changed
         .iter()

@@ -3,11 +3,15 @@
 //! is also enough is shown by `e2e/tests/rbac.rs`, which runs the operator under it.
 
 use ft_operator::access::{ADMIN_ROLE, DEVELOPER_ROLE, VIEWER_ROLE};
-use ft_operator::rbac::{allows, cluster_rules, namespace_rules, objects};
+use ft_operator::rbac::{allows, cluster_rules, namespace_rules, objects, velero_rules};
 
 #[test]
 fn no_wildcard_no_escalate_no_impersonate() {
-    for rule in cluster_rules().iter().chain(namespace_rules().iter()) {
+    for rule in cluster_rules()
+        .iter()
+        .chain(namespace_rules().iter())
+        .chain(velero_rules().iter())
+    {
         for list in [&rule.api_groups, &rule.resources] {
             assert!(!list.iter().flatten().any(|v| v == "*"), "{rule:?}");
         }
@@ -113,8 +117,41 @@ fn what_the_reconciler_writes_is_allowed() {
 }
 
 #[test]
+fn velero_objects_only_in_velero_namespace_and_backups_never_deleted() {
+    let cluster = cluster_rules();
+    for resource in ["schedules", "backups", "restores", "backupstoragelocations"] {
+        for verb in ["list", "create", "delete"] {
+            assert!(
+                !allows(&cluster, verb, "velero.io", resource, None),
+                "cluster-wide {verb} {resource}"
+            );
+        }
+    }
+    let velero = velero_rules();
+    for verb in ["create", "patch", "delete", "watch"] {
+        assert!(
+            allows(&velero, verb, "velero.io", "schedules", None),
+            "{verb}"
+        );
+    }
+    assert!(allows(&velero, "create", "velero.io", "restores", None));
+    assert!(allows(&velero, "create", "velero.io", "backups", None));
+    // Backups are Velero's to expire, and locations the platform team's to manage.
+    for verb in ["delete", "patch", "update"] {
+        assert!(
+            !allows(&velero, verb, "velero.io", "backups", None),
+            "{verb}"
+        );
+        assert!(
+            !allows(&velero, verb, "velero.io", "backupstoragelocations", None),
+            "{verb}"
+        );
+    }
+}
+
+#[test]
 fn the_printed_objects_bind_the_service_account_in_its_namespace() {
-    let printed = objects("ft-system", "ft-operator");
+    let printed = objects("ft-system", "ft-operator", "backup-system");
     let kinds: Vec<&str> = printed.iter().filter_map(|o| o["kind"].as_str()).collect();
     assert_eq!(
         kinds,
@@ -123,12 +160,17 @@ fn the_printed_objects_bind_the_service_account_in_its_namespace() {
             "ClusterRole",
             "ClusterRoleBinding",
             "Role",
+            "RoleBinding",
+            "Role",
             "RoleBinding"
         ]
     );
-    for binding in [&printed[2], &printed[4]] {
+    for binding in [&printed[2], &printed[4], &printed[6]] {
         assert_eq!(binding["subjects"][0]["name"], "ft-operator");
         assert_eq!(binding["subjects"][0]["namespace"], "ft-system");
     }
     assert_eq!(printed[3]["metadata"]["namespace"], "ft-system");
+    assert_eq!(printed[5]["metadata"]["namespace"], "backup-system");
+    assert_eq!(printed[6]["metadata"]["namespace"], "backup-system");
+    assert_eq!(printed[5]["rules"][0]["apiGroups"][0], "velero.io");
 }

@@ -10,11 +10,14 @@ use std::sync::{Arc, Mutex};
 use common::tenant;
 use ft_operator::admission::Confinement;
 use ft_operator::api::{FINALIZER, FranceTravailTenant, ShreddingStatus};
-use ft_operator::build::{BuildSettings, Desired, build, with_access, with_placement};
+use ft_operator::build::{
+    BuildSettings, Desired, build, with_access, with_backups, with_placement,
+};
 use ft_operator::compliance::Compliance;
 use ft_operator::controller::{Context, reconcile};
 use ft_operator::metrics::Metrics;
 use ft_operator::observe::{ObservedWriters, empty_stores};
+use ft_operator::velero::{Backup as VeleroBackup, BackupStorageLocation, Restore, Schedule};
 use http::{Request, Response};
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -157,6 +160,8 @@ fn harness() -> Harness {
             instance: Some("test".into()),
         },
     ));
+    // Velero is installed and listed, unless a test says otherwise.
+    ctx.compliance.set_backup_engine(Some(true));
     Harness { api, ctx, writers }
 }
 
@@ -244,6 +249,19 @@ impl Harness {
             desired.mutating_admission_policy_bindings.iter().cloned(),
             |_| {},
         );
+        let (backups, restores) = backed_up(desired);
+        list(
+            &mut w.schedules,
+            desired.schedules.iter().flatten().cloned(),
+            |_| {},
+        );
+        list(&mut w.backups, backups.into_iter(), |_| {});
+        list(&mut w.restores, restores.into_iter(), |_| {});
+        list(
+            &mut w.backup_storage_locations,
+            [location("backups-gra", "GRA7")].into_iter(),
+            |_| {},
+        );
     }
 
     fn observe_nothing(&mut self) {
@@ -283,7 +301,8 @@ impl Harness {
     }
 }
 
-/// What the operator applies for `t` on the harness's cluster, whose nodes are all in Paris.
+/// What the operator applies for `t` on the harness's cluster, whose nodes are all in Paris,
+/// with Velero installed.
 fn desired(t: &FranceTravailTenant) -> Desired {
     let placed = with_placement(
         build(t, &BuildSettings::default()),
@@ -291,7 +310,69 @@ fn desired(t: &FranceTravailTenant) -> Desired {
         &BTreeSet::from(["eu-west-3".to_string()]),
         Confinement::Native,
     );
-    with_access(placed, t, jiff::Timestamp::now())
+    let settings = BuildSettings::default();
+    with_backups(
+        with_access(placed, t, jiff::Timestamp::now()),
+        t,
+        &settings,
+        Some(true),
+    )
+}
+
+/// A Velero location in `region`, available.
+fn location(name: &str, region: &str) -> BackupStorageLocation {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": "velero"},
+        "spec": {"provider": "aws", "objectStorage": {"bucket": "ft-backups"}, "config": {"region": region}},
+        "status": {"phase": "Available"},
+    }))
+    .unwrap()
+}
+
+/// A backup Velero completed for `schedule`, an hour ago.
+fn completed_backup(schedule: &Schedule) -> VeleroBackup {
+    let done = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(1);
+    let mut backup = VeleroBackup::new(
+        &format!(
+            "{}-20260101020000",
+            schedule.metadata.name.as_deref().unwrap()
+        ),
+        Default::default(),
+    );
+    backup.metadata.namespace = Some("velero".into());
+    backup.metadata.labels = schedule.spec.template.metadata.clone().map(|m| m.labels);
+    backup.status = Some(
+        serde_json::from_value(json!({"phase": "Completed", "completionTimestamp": Time(done)}))
+            .unwrap(),
+    );
+    backup
+}
+
+/// Every environment of `desired` backed up an hour ago, and that backup's restore test
+/// passed since.
+fn backed_up(desired: &Desired) -> (Vec<VeleroBackup>, Vec<Restore>) {
+    let t = stored_tenant();
+    let started = jiff::Timestamp::now() - jiff::SignedDuration::from_mins(30);
+    let mut backups = Vec::new();
+    let mut restores = Vec::new();
+    for (schedule, env) in desired.schedules.iter().flatten().zip(&t.spec.environments) {
+        let backup = completed_backup(schedule);
+        let mut restore = ft_operator::backup::restore(
+            &t,
+            env,
+            backup.metadata.name.as_deref().unwrap(),
+            started,
+            "velero",
+        );
+        restore.metadata.creation_timestamp = Some(Time(started));
+        restore.status = Some(serde_json::from_value(json!({
+            "phase": "Completed", "errors": 0, "completionTimestamp": Time(started + jiff::SignedDuration::from_mins(10)),
+            "progress": {"totalItems": 4, "itemsRestored": 4},
+        })).unwrap());
+        backups.push(backup);
+        restores.push(restore);
+    }
+    (backups, restores)
 }
 
 fn node(name: &str, extra: &[(&str, &str)]) -> Node {
@@ -336,6 +417,8 @@ fn stored_tenant() -> FranceTravailTenant {
     for grant in &mut t.spec.access.grants {
         grant.expires = Time(later);
     }
+    // Restore tests on 29 February only: none falls due while a test runs.
+    t.spec.backup.as_mut().unwrap().restore_test_schedule = Some("0 5 29 2 *".into());
     t
 }
 
@@ -795,10 +878,74 @@ async fn a_restarted_operator_resumes_the_shredding_where_it_stopped() {
 }
 
 #[tokio::test]
-async fn a_final_export_blocks_the_shredding_before_anything_is_destroyed() {
+async fn a_final_export_is_taken_before_anything_is_destroyed() {
     let mut h = harness();
     let mut t = deleting(&mut h).await;
     t.spec.deletion.final_export = true;
+
+    // First pass: one export Backup per environment is asked of Velero; nothing is destroyed.
+    let waiting = h.reconcile(t.clone()).await.unwrap_err();
+    assert_eq!(waiting.category(), "shredding_blocked");
+    let calls = h.api.writes();
+    let exports: Vec<&Call> = calls
+        .iter()
+        .filter(|c| c.method == "POST" && c.path == "/apis/velero.io/v1/namespaces/velero/backups")
+        .collect();
+    assert_eq!(exports.len(), 2, "{calls:#?}");
+    assert_eq!(
+        exports[0].body["spec"]["includedNamespaces"],
+        json!(["offres-emploi-prod"])
+    );
+    assert_eq!(exports[0].body["spec"]["storageLocation"], "backups-gra");
+    assert!(deletes(&calls).is_empty());
+    assert!(
+        h.ctx
+            .keys
+            .fingerprint("offres-emploi")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let progress = shredding(&calls).unwrap();
+    assert_eq!(progress.step, "FinalExport");
+    assert!(progress.message.contains("0 of 2"), "{}", progress.message);
+
+    // Velero completes them: the export is recorded, then the key is destroyed.
+    for export in &exports {
+        let mut backup: VeleroBackup = serde_json::from_value(export.body.clone()).unwrap();
+        backup.metadata.managed_fields = ours();
+        backup.status = Some(serde_json::from_value(json!({"phase": "Completed"})).unwrap());
+        h.writers.backups.apply_watcher_event(&Event::Apply(backup));
+    }
+    t.status.as_mut().unwrap().shredding = Some(progress);
+    h.api.calls.lock().unwrap().clear();
+    let _ = h.reconcile(t).await;
+    let calls = h.api.writes();
+    let exported = calls
+        .iter()
+        .position(|c| c.body.to_string().contains("finalExportAt"))
+        .expect("the final export is recorded");
+    let key = calls
+        .iter()
+        .position(|c| c.body.to_string().contains("keyDestroyedAt"))
+        .expect("then the key is destroyed");
+    assert!(exported < key);
+    let done = shredding(&calls).unwrap();
+    assert_eq!(done.exports.len(), 2);
+    assert!(
+        done.exports[0].contains("velero/backups-gra"),
+        "{:?}",
+        done.exports
+    );
+    assert!(events(&calls).contains(&"FinalExported".to_string()));
+}
+
+#[tokio::test]
+async fn without_velero_a_final_export_blocks_the_shredding_and_says_why() {
+    let mut h = harness();
+    let mut t = deleting(&mut h).await;
+    t.spec.deletion.final_export = true;
+    h.ctx.compliance.set_backup_engine(Some(false));
     let blocked = h.reconcile(t).await.unwrap_err();
     assert_eq!(blocked.category(), "shredding_blocked");
     let calls = h.api.writes();
@@ -813,13 +960,71 @@ async fn a_final_export_blocks_the_shredding_before_anything_is_destroyed() {
     );
     let progress = shredding(&calls).unwrap();
     assert_eq!(progress.step, "FinalExport");
-    assert!(
-        progress.message.contains("no export engine"),
-        "{}",
-        progress.message
-    );
+    for said in [
+        "backup engine not installed",
+        "nothing has been destroyed",
+        "spec.deletion.finalExport",
+    ] {
+        assert!(
+            progress.message.contains(said),
+            "{said}: {}",
+            progress.message
+        );
+    }
 }
 
+#[tokio::test]
+async fn a_first_backup_gets_a_restore_test_in_an_isolated_scratch_namespace() {
+    let mut h = harness();
+    let t = h.settle(stored_tenant()).await;
+    // Velero holds a backup of production, and no restore test yet.
+    let d = desired(&t);
+    let schedule = &d.schedules.as_ref().unwrap()[0];
+    let mut backup = completed_backup(schedule);
+    backup.metadata.managed_fields = ours();
+    list(&mut h.writers.backups, [backup].into_iter(), |_| {});
+    list(&mut h.writers.restores, std::iter::empty(), |_| {});
+
+    let _ = h.reconcile(t.clone()).await.unwrap();
+    let calls = h.api.writes();
+    let applied = applies(&calls);
+    // The scratch namespace, with its isolation and placement, before the Restore.
+    let scratch = applied
+        .iter()
+        .position(|a| a.contains("/namespaces/offres-emploi-prod-restore"))
+        .expect("the scratch namespace is applied");
+    assert!(
+        applied
+            .iter()
+            .any(|a| a.contains("offres-emploi-prod-restore/networkpolicies/ft-default-deny")),
+        "{applied:#?}"
+    );
+    let restores: Vec<&Call> = calls
+        .iter()
+        .filter(|c| c.method == "POST" && c.path == "/apis/velero.io/v1/namespaces/velero/restores")
+        .collect();
+    // dev has no backup yet: one restore test, of production.
+    assert_eq!(restores.len(), 1, "{calls:#?}");
+    let restore = &restores[0].body;
+    assert_eq!(
+        restore["spec"]["backupName"],
+        "ft-offres-emploi-prod-20260101020000"
+    );
+    assert_eq!(
+        restore["spec"]["namespaceMapping"],
+        json!({"offres-emploi-prod": "offres-emploi-prod-restore"})
+    );
+    let restore_at = calls
+        .iter()
+        .position(|c| c.path.ends_with("/velero/restores"))
+        .unwrap();
+    let scratch_at = calls
+        .iter()
+        .position(|c| c.path.contains("/namespaces/offres-emploi-prod-restore"))
+        .unwrap();
+    assert!(scratch_at < restore_at, "{scratch}");
+    assert!(events(&calls).contains(&"RestoreTestStarted".to_string()));
+}
 #[tokio::test]
 async fn deletion_with_retain_keeps_namespaces_and_key_and_removes_the_operators_objects() {
     let mut h = harness();

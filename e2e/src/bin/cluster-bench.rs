@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use ft_e2e::{
-    Operator, TestNodes, cluster, ensure_namespace, example_tenant, install_crds,
-    serve_velero_schedules, unique, wait_for,
+    Operator, TestNodes, cluster, ensure_namespace, example_tenant, install_crds, install_velero,
+    unique, wait_for,
 };
 use ft_operator::admission::Confinement;
 use ft_operator::api::FranceTravailTenant;
@@ -42,18 +42,21 @@ fn ms(d: Duration) -> String {
     format!("{:.0} ms", d.as_secs_f64() * 1000.0)
 }
 
+/// Ready, and judged: no Velero server runs here, so no backup ever completes and a tenant's
+/// report stays `Unknown` (awaiting its first backup) rather than `Compliant`.
 fn converged(t: &FranceTravailTenant) -> bool {
     t.status.as_ref().is_some_and(|s| {
         s.observed_generation == t.metadata.generation
-            && ["Ready", "Compliant"].iter().all(|ty| {
-                s.conditions
-                    .iter()
-                    .any(|c| c.type_ == *ty && c.status == "True")
-            })
+            && s.conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+            && s.conditions
+                .iter()
+                .any(|c| c.type_ == "Compliant" && c.reason != "NotEvaluated")
     })
 }
 
-/// Creates `n` tenants, `CONCURRENCY` at a time, and waits until each is Ready and Compliant.
+/// Creates `n` tenants, `CONCURRENCY` at a time, and waits until each is Ready and evaluated.
 /// Returns each tenant's time from its creation to convergence, and the total.
 async fn converge(
     client: &Client,
@@ -254,7 +257,7 @@ async fn main() -> anyhow::Result<()> {
 
     let client = cluster().await?;
     install_crds(&client).await?;
-    serve_velero_schedules(&client).await?;
+    install_velero(&client).await?;
     ensure_namespace(&client, OPERATOR_NAMESPACE).await?;
     let nodes = TestNodes::create(&client).await?;
     let operator = Operator::start(OPERATOR_NAMESPACE, &unique("bench-lease"))?;
@@ -299,7 +302,7 @@ async fn main() -> anyhow::Result<()> {
     let drift = drift_repair(&client, &last.0, last.1).await?;
     let tenants: usize = sizes.iter().sum();
 
-    println!("| tenants | Ready+Compliant p50 | p99 | total | direct writes | ratio |");
+    println!("| tenants | Ready+evaluated p50 | p99 | total | direct writes | ratio |");
     println!("|---|---|---|---|---|---|");
     for row in rows {
         println!("{row}");

@@ -27,6 +27,10 @@ pub mod labels {
     pub const GRANT: &str = "hosting.francetravail.fr/grant";
     /// On a RoleBinding: the role the grant declares (`admin`, `developer`, `viewer`).
     pub const ACCESS_ROLE: &str = "hosting.francetravail.fr/access-role";
+    /// On a Velero object: why the operator made it (`backup::purpose`).
+    pub const BACKUP_PURPOSE: &str = "hosting.francetravail.fr/backup-purpose";
+    /// On an export's Velero Backups: the export's id (`backup::export_id`).
+    pub const EXPORT: &str = "hosting.francetravail.fr/export";
     pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
     pub const MANAGED_BY_VALUE: &str = "ft-operator";
     /// Selects everything the operator manages, for its label-selected watches.
@@ -47,6 +51,11 @@ pub mod annotations {
     /// On a tenant: who set `CONFIRM_DELETION`, as the API server authenticated them, written
     /// at admission (where MutatingAdmissionPolicies are served), never by hand.
     pub const DELETION_CONFIRMED_BY: &str = "hosting.francetravail.fr/deletion-confirmed-by";
+    /// On a tenant: any new value (a date, a ticket number) asks for an export of every
+    /// environment to the tenant's backup location (CLD-73).
+    pub const EXPORT_REQUEST: &str = "hosting.francetravail.fr/export";
+    /// On a restore test's Velero Restore: the scratch namespace it restores into.
+    pub const SCRATCH_NAMESPACE: &str = "hosting.francetravail.fr/scratch-namespace";
     /// On a key Secret: the key's fingerprint, safe to show.
     pub const KEY_FINGERPRINT: &str = "hosting.francetravail.fr/key-fingerprint";
 }

@@ -114,6 +114,38 @@ pub struct ReportStatus {
     /// Who holds rights on the tenant's environments, counted (CLD-16).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access: Option<AccessSummary>,
+    /// Each environment's latest backup and restore test (CLD-26).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    pub backups: Vec<EnvironmentBackups>,
+}
+
+/// Where one environment's backups and restore tests stand (CLD-26).
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvironmentBackups {
+    pub environment: String,
+    /// The Velero Schedule, `<velero namespace>/<name>`, once it exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
+    /// The latest backup Velero completed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_backup: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_backup_at: Option<Time>,
+    /// The latest finished restore test: its Velero Restore, when it finished, and how it went
+    /// (`Passed` or `Failed`, with why).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_restore_test: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_restore_test_at: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_test_result: Option<String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub restore_test_message: String,
+    /// A restore test running now, its Velero Restore.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running_restore_test: Option<String>,
 }
 
 /// The inventory of rights in force, privileged ones named (CLD-16).

@@ -115,6 +115,9 @@ impl DataClassification {
     .message("a production environment must run on a dedicated node pool (CLD-25)")
     .field_path(".nodePool")
     .reason(Reason::FieldValueRequired))]
+#[x_kube(validation = Rule::new("!self.name.endsWith('-restore') && !self.name.startsWith('restore-')")
+    .message("environment names ending in -restore or starting with restore- are kept for the scratch namespaces of restore tests")
+    .field_path(".name"))]
 pub struct Environment {
     /// DNS label; the namespace is `<tenant>-<name>`.
     #[schemars(
@@ -465,20 +468,67 @@ pub enum KeyStoreKind {
     Transit,
 }
 
-#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+/// One field of a five-field cron expression: `*` or values, ranges and lists, each with an
+/// optional step.
+macro_rules! cron_field {
+    ($value:literal) => {
+        concat!(
+            r"(\*|(",
+            $value,
+            r")(-(",
+            $value,
+            r"))?)(/[1-9][0-9]?)?(,(\*|(",
+            $value,
+            r")(-(",
+            $value,
+            r"))?)(/[1-9][0-9]?)?)*"
+        )
+    };
+}
+
+/// The cron expressions Velero and the operator both understand: five fields (minute, hour, day
+/// of month, month, day of week) with their value ranges, or a shorthand such as `@daily`. The
+/// API server refuses anything else.
+pub const CRON_PATTERN: &str = concat!(
+    r"^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|",
+    cron_field!(r"[0-5]?[0-9]"),
+    " ",
+    cron_field!(r"[01]?[0-9]|2[0-3]"),
+    " ",
+    cron_field!(r"0?[1-9]|[12][0-9]|3[01]"),
+    " ",
+    cron_field!(r"0?[1-9]|1[0-2]|JAN|FEB|MAR|APR|MAY|JUN|JUL|AUG|SEP|OCT|NOV|DEC"),
+    " ",
+    cron_field!(r"[0-7]|SUN|MON|TUE|WED|THU|FRI|SAT"),
+    ")$"
+);
+
+/// A Go duration in hours, minutes and seconds, as Velero's `ttl` takes it: `720h`, `36h30m`.
+pub const RETENTION_PATTERN: &str = r"^([0-9]{1,6}h)?([0-9]{1,6}m)?([0-9]{1,6}s)?$";
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Backup {
-    /// Cron expression of the backup schedule.
-    #[schemars(length(min = 9, max = 100))]
+    /// When each environment is backed up: a five-field cron expression in UTC, such as
+    /// `0 2 * * *`, or `@daily`. One Velero Schedule per environment.
+    #[schemars(length(min = 6, max = 100), regex(pattern = CRON_PATTERN))]
     pub schedule: String,
-    /// How long backups are kept, as a duration such as `720h`.
-    #[schemars(length(min = 2, max = 20))]
+    /// How long each backup is kept, such as `720h` (30 days). At least one hour.
+    #[schemars(length(min = 2, max = 20), regex(pattern = RETENTION_PATTERN))]
+    #[x_kube(validation = Rule::new("self != '' && duration(self) >= duration('1h')")
+        .message("spec.backup.retention must be a duration of at least 1h, such as 720h"))]
     pub retention: String,
-    /// Name of the Velero BackupStorageLocation.
-    #[schemars(length(min = 1, max = 63))]
+    /// Name of the Velero BackupStorageLocation the backups go to. It must be in an allowed
+    /// country and outside the region the environments run in (CLD-26, CLD-74).
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub storage_location: String,
-    /// Cron expression of the restore tests.
+    /// When each environment's latest backup is restored into a scratch namespace and checked,
+    /// a cron expression like `schedule`, such as `0 4 * * 0` (CLD-26).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 6, max = 100), regex(pattern = CRON_PATTERN))]
     pub restore_test_schedule: Option<String>,
 }
 
@@ -623,6 +673,29 @@ pub struct TenantStatus {
     /// The crypto-shredding in progress, once the tenant is being deleted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shredding: Option<ShreddingStatus>,
+    /// The latest export asked for with the `hosting.francetravail.fr/export` annotation
+    /// (CLD-73): where it goes and how far it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub export: Option<ExportStatus>,
+}
+
+/// An export of every environment, requested by annotation or taken before shredding (CLD-73).
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ExportStatus {
+    /// The annotation's value that asked for it.
+    pub requested: String,
+    /// `Pending`, `InProgress`, `Completed`, `Failed`, or `Blocked` (with why).
+    pub phase: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// Where the export is kept: the Velero location and its bucket.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub location: String,
+    /// One Velero Backup per environment, `<velero namespace>/<name>: <phase>`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    pub backups: Vec<String>,
 }
 
 /// Where a tenant's deletion stands, step by step (CLD-47, CLD-76). Each step's time is set
@@ -654,6 +727,13 @@ pub struct ShreddingStatus {
     /// The shredding record, `ConfigMap <operator namespace>/<name>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub record: Option<String>,
+    /// When the final export completed, before anything was destroyed (CLD-73).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_export_at: Option<Time>,
+    /// The final export's Velero Backups, and where they are kept.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 9))]
+    pub exports: Vec<String>,
 }
 
 /// One right in force, as listed in the tenant's status.

@@ -22,10 +22,15 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::access;
-use crate::api::{ControlResult, DeletionPolicy, EnvironmentKind, FranceTravailTenant, labels};
+use crate::api::{
+    Backup, ControlResult, DeletionPolicy, EnvironmentKind, FranceTravailTenant, labels,
+};
 use crate::apply::{differs, object_key, owned_by};
+use crate::backup;
+use crate::backup::VeleroView;
 use crate::build::{DEFAULT_DENY, Desired, namespace_name};
 use crate::encryption::class_name;
+use crate::placement::allowed_regions;
 use crate::regions::{Location, REGION_LABEL, RegionCatalogue};
 use crate::validate::quantity_nanos;
 
@@ -65,6 +70,8 @@ pub struct TenantView {
     pub mutating_admission_policy_bindings: Vec<Arc<MutatingAdmissionPolicyBinding>>,
     /// The fingerprint of the tenant's key in the key store, if it has one.
     pub key_fingerprint: Option<String>,
+    /// What Velero holds for the tenant.
+    pub velero: VeleroView,
 }
 
 /// Facts about the cluster as a whole.
@@ -150,16 +157,6 @@ fn pass(reason: &str, message: impl Into<String>) -> Finding {
 
 fn not_applicable(reason: &str, message: impl Into<String>) -> Finding {
     finding(ControlResult::NotApplicable, reason, message)
-}
-
-fn not_in_this_version(what: &str) -> Finding {
-    finding(
-        ControlResult::Unknown,
-        NOT_IN_THIS_VERSION,
-        format!(
-            "{what} is not in this version of the operator, so this control cannot be shown to hold"
-        ),
-    )
 }
 
 /// Fails with every problem found, or passes with `ok`.
@@ -962,44 +959,241 @@ fn tenant_key(inputs: &Inputs) -> Finding {
     )
 }
 
-fn backups(inputs: &Inputs) -> Finding {
-    if inputs.tenant.spec.backup.is_none() {
-        return finding(
+/// Whether Velero's objects can be judged: the tenant declares backups and the cluster serves
+/// Velero. Otherwise, the finding that says why not.
+fn backup_engine<'a>(inputs: &Inputs<'a>) -> Result<&'a Backup, Finding> {
+    let Some(backup) = inputs.tenant.spec.backup.as_ref() else {
+        return Err(finding(
             ControlResult::Fail,
             "NoBackupDeclared",
             "the tenant declares no backup (spec.backup): CLD-26 requires one",
-        );
-    }
+        ));
+    };
     match inputs.facts.backup_engine {
-        Some(false) => finding(
+        Some(true) => Ok(backup),
+        Some(false) => Err(finding(
             ControlResult::Fail,
             "NoBackupEngine",
-            "the cluster does not serve velero.io/v1: install Velero so that backups can be scheduled",
-        ),
-        None => finding(
+            "backup engine not installed: the cluster does not serve velero.io/v1; install Velero so that backups can be scheduled",
+        )),
+        None => Err(finding(
             ControlResult::Unknown,
             "BackupEngineUnchecked",
-            "could not ask the API server whether it serves velero.io/v1",
-        ),
-        Some(true) => not_in_this_version("Scheduling backups with Velero"),
+            "could not yet tell whether the cluster serves velero.io/v1",
+        )),
     }
 }
 
-fn restore_tests(inputs: &Inputs) -> Finding {
-    let declared = inputs
-        .tenant
-        .spec
-        .backup
-        .as_ref()
-        .is_some_and(|b| b.restore_test_schedule.is_some());
-    if !declared {
+/// What is wrong with the tenant's backup location, judged against the regions it runs in.
+fn location_problems(inputs: &Inputs) -> Vec<String> {
+    let facts = inputs.facts;
+    let allowed = allowed_regions(
+        inputs.tenant,
+        &inputs.observed.nodes,
+        &facts.regions,
+        facts.provider.as_deref(),
+    );
+    let pod_nodes: BTreeSet<String> = inputs
+        .observed
+        .pods
+        .iter()
+        .filter_map(|p| p.spec.as_ref()?.node_name.clone())
+        .collect();
+    let primary = backup::primary_regions(&allowed, &inputs.observed.nodes, &pod_nodes);
+    backup::location_problems(
+        inputs.tenant,
+        &inputs.observed.velero,
+        &facts.regions,
+        &primary,
+    )
+}
+
+/// Every environment has a schedule to a valid location, and a backup younger than twice the
+/// schedule's period (CLD-26, CLD-74).
+fn backups(inputs: &Inputs) -> Finding {
+    let backup = match backup_engine(inputs) {
+        Ok(backup) => backup,
+        Err(finding) => return finding,
+    };
+    let view = &inputs.observed.velero;
+    let name = inputs.tenant.name_any();
+    let mut problems = location_problems(inputs);
+    let mut pending = Vec::new();
+    let mut fresh = Vec::new();
+    let period = backup::period(&backup.schedule, inputs.now);
+    for env in &inputs.tenant.spec.environments {
+        let schedule_name = backup::schedule_name(&name, &env.name);
+        let Some(schedule) = view
+            .schedules
+            .iter()
+            .find(|s| s.name_any() == schedule_name)
+        else {
+            problems.push(format!(
+                "environment {}: Schedule {}/{schedule_name} is missing",
+                env.name, view.namespace
+            ));
+            continue;
+        };
+        if let Some(status) = &schedule.status
+            && status.phase.as_deref() == Some("FailedValidation")
+        {
+            problems.push(format!(
+                "environment {}: Velero refused Schedule {}/{schedule_name}: {}",
+                env.name,
+                view.namespace,
+                status.validation_errors.join("; ")
+            ));
+            continue;
+        }
+        let Some(period) = period else {
+            problems.push(format!(
+                "spec.backup.schedule {} never fires",
+                backup.schedule
+            ));
+            break;
+        };
+        let allowed_age = period.saturating_mul(2);
+        match backup::last_completed_backup(view, &env.name) {
+            Some((last, at)) if inputs.now.duration_since(at) > allowed_age => {
+                problems.push(format!(
+                    "environment {}: the last completed backup, {}, is from {}, older than twice the schedule's period ({}h)",
+                    env.name,
+                    last.name_any(),
+                    at.strftime("%Y-%m-%d %H:%M UTC"),
+                    allowed_age.as_hours()
+                ))
+            }
+            Some((last, at)) => fresh.push(format!(
+                "{} at {} ({})",
+                env.name,
+                at.strftime("%Y-%m-%d %H:%M UTC"),
+                last.name_any()
+            )),
+            None => {
+                let since = schedule
+                    .metadata
+                    .creation_timestamp
+                    .as_ref()
+                    .map_or(inputs.now, |t| t.0);
+                if inputs.now.duration_since(since) > allowed_age {
+                    problems.push(format!(
+                        "environment {}: no backup completed since Schedule {schedule_name} was made on {}",
+                        env.name,
+                        since.strftime("%Y-%m-%d %H:%M UTC")
+                    ));
+                } else {
+                    pending.push(env.name.clone());
+                }
+            }
+        }
+    }
+    if !problems.is_empty() {
+        return finding(ControlResult::Fail, "BackupsNotAssured", listing(&problems));
+    }
+    if !pending.is_empty() {
         return finding(
-            ControlResult::Fail,
-            "NoRestoreTest",
-            "the tenant declares no restore test (spec.backup.restoreTestSchedule): CLD-26 requires regular ones",
+            ControlResult::Unknown,
+            "AwaitingFirstBackup",
+            format!(
+                "scheduled, but no backup has completed yet for: {}",
+                pending.join(", ")
+            ),
         );
     }
-    not_in_this_version("Running restore tests")
+    let location = view
+        .location
+        .as_ref()
+        .map(|l| {
+            format!(
+                "{}/{} in {}",
+                view.namespace,
+                backup.storage_location,
+                backup::location_region(l).unwrap_or_default()
+            )
+        })
+        .unwrap_or_default();
+    pass(
+        "BackedUp",
+        format!(
+            "every environment is backed up on schedule to {location}, away from the primary region; last backups: {}",
+            fresh.join(", ")
+        ),
+    )
+}
+
+/// The latest restore test of every environment passed and is not overdue, and no production
+/// backup was restored outside production (CLD-26, CLD-54).
+fn restore_tests(inputs: &Inputs) -> Finding {
+    // Without a restore-test schedule, the missing declaration is the finding.
+    let declared = inputs.tenant.spec.backup.as_ref();
+    let Some(schedule) = declared.and_then(|b| b.restore_test_schedule.as_deref()) else {
+        return no_restore_test();
+    };
+    if let Err(finding) = backup_engine(inputs) {
+        return finding;
+    }
+    let view = &inputs.observed.velero;
+    let mut problems = backup::production_restored_outside(inputs.tenant, view);
+    let mut waiting = Vec::new();
+    let mut passed = Vec::new();
+    let allowed_age = backup::period(schedule, inputs.now).map(|p| p.saturating_mul(2));
+    for env in &inputs.tenant.spec.environments {
+        match backup::last_outcome(view, &env.name, inputs.now) {
+            None => waiting.push(match backup::restore_test(inputs.tenant, &env.name, view, inputs.now) {
+                backup::RestoreTest::Running { restore } => {
+                    format!("{}: the first restore test ({restore}) is running", env.name)
+                }
+                _ => format!("{}: no backup to test yet", env.name),
+            }),
+            Some((_, outcome)) if !outcome.passed => problems.push(format!(
+                "environment {}: the last restore test failed on {}: {}",
+                env.name,
+                outcome.at.strftime("%Y-%m-%d %H:%M UTC"),
+                outcome.message
+            )),
+            Some((restore, outcome)) => match allowed_age {
+                Some(age) if inputs.now.duration_since(outcome.at) > age => {
+                    problems.push(format!(
+                        "environment {}: the last restore test, {}, is from {}: overdue, older than twice the restore-test schedule's period ({}h)",
+                        env.name,
+                        restore.name_any(),
+                        outcome.at.strftime("%Y-%m-%d %H:%M UTC"),
+                        age.as_hours()
+                    ))
+                }
+                _ => passed.push(format!(
+                    "{} on {}",
+                    env.name,
+                    outcome.at.strftime("%Y-%m-%d %H:%M UTC")
+                )),
+            },
+        }
+    }
+    if !problems.is_empty() {
+        return finding(ControlResult::Fail, "RestoreNotAssured", listing(&problems));
+    }
+    if !waiting.is_empty() {
+        return finding(
+            ControlResult::Unknown,
+            "AwaitingRestoreTest",
+            format!("no restore test has finished yet: {}", waiting.join("; ")),
+        );
+    }
+    pass(
+        "RestoreTested",
+        format!(
+            "the latest backup of every environment was restored into an isolated scratch namespace and checked: {}",
+            passed.join(", ")
+        ),
+    )
+}
+
+fn no_restore_test() -> Finding {
+    finding(
+        ControlResult::Fail,
+        "NoRestoreTest",
+        "the tenant declares no restore test (spec.backup.restoreTestSchedule): CLD-26 requires regular ones",
+    )
 }
 
 /// Judged against the bindings the grants want at `now`, which do not depend on the rest of
@@ -1164,6 +1358,8 @@ fn crypto_shredding(inputs: &Inputs) -> Finding {
     }
 }
 
+/// Deleting the tenant would export every environment first: the backup location it would go
+/// to is there and valid (CLD-73).
 fn final_export(inputs: &Inputs) -> Finding {
     if !inputs.tenant.spec.deletion.final_export {
         return not_applicable(
@@ -1171,5 +1367,32 @@ fn final_export(inputs: &Inputs) -> Finding {
             "the tenant asks for no final export (spec.deletion.finalExport)",
         );
     }
-    not_in_this_version("The final export")
+    let backup = match backup_engine(inputs) {
+        Ok(backup) => backup,
+        Err(why) => {
+            return finding(
+                why.result,
+                "NoExportPath",
+                format!("a final export could not be taken: {}", why.message),
+            );
+        }
+    };
+    let problems = location_problems(inputs);
+    if !problems.is_empty() {
+        return finding(
+            ControlResult::Fail,
+            "NoExportPath",
+            format!(
+                "a final export could not be trusted: {}",
+                listing(&problems)
+            ),
+        );
+    }
+    pass(
+        "ExportPathReady",
+        format!(
+            "on deletion, every environment is exported to {}/{} before the tenant key is destroyed",
+            inputs.observed.velero.namespace, backup.storage_location
+        ),
+    )
 }

@@ -5,9 +5,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::catalogue::Catalogue;
 use super::evaluate::{Evaluation, NOT_IN_THIS_VERSION};
-use crate::api::{AccessSummary, ControlResult, ControlStatus, ReportStatus, Verdict};
+use crate::api::{
+    AccessSummary, ControlResult, ControlStatus, EnvironmentBackups, ReportStatus, Verdict,
+};
 
-/// The report status for `evaluations` and the access inventory, keeping `previous`'s times
+/// The report status for `evaluations`, the access inventory and the backups, keeping `previous`'s times
 /// where nothing changed.
 pub fn next_report(
     catalogue: &Catalogue,
@@ -16,6 +18,7 @@ pub fn next_report(
     generation: Option<i64>,
     now: &Time,
     access: Option<AccessSummary>,
+    backups: Vec<EnvironmentBackups>,
 ) -> ReportStatus {
     let before = |id: &str| previous.and_then(|p| p.controls.iter().find(|c| c.id == id));
     let controls: Vec<ControlStatus> = evaluations
@@ -70,6 +73,7 @@ pub fn next_report(
         observed_generation: generation,
         controls,
         access,
+        backups,
     };
     // Unchanged results keep the time they were first found, so nothing is rewritten.
     if let Some(previous) = previous {
