@@ -1,7 +1,7 @@
 //! End-to-end: backups, restore tests and exports through Velero, against a real API server
 //! with a fixture of Velero's definitions (there is no Velero server: the test plays its part).
 //! Without Velero the operator runs and reports it; once Velero's API appears, without a
-//! restart, each environment gets its Schedule; a completed backup gets a restore test into a
+//! restart, each environment gets its Schedule (put back when deleted by hand); a completed backup gets a restore test into a
 //! scratch namespace placed like production, whose result lands in the report; a failed one,
 //! or a location abroad or beside the nodes, fails the control; an export can be requested.
 
@@ -119,6 +119,20 @@ async fn backups_restore_tests_and_exports_through_velero() -> anyhow::Result<()
         );
         assert_eq!(schedule.spec.template.ttl.as_deref(), Some("720h0m0s"));
     }
+    // A Schedule deleted by hand comes back.
+    let prod_schedule = format!("ft-{name}-prod");
+    let deleted_uid = schedules.get(&prod_schedule).await?.metadata.uid;
+    schedules
+        .delete(&prod_schedule, &Default::default())
+        .await?;
+    wait_for("the deleted Schedule to come back", SETTLE, || async {
+        Ok(schedules
+            .get_opt(&prod_schedule)
+            .await?
+            .filter(|s| s.metadata.uid != deleted_uid)
+            .map(|_| ()))
+    })
+    .await?;
     // Scheduled, nothing backed up yet: not a pass.
     wait_control(
         &client,

@@ -66,11 +66,7 @@ pub fn grant_id(grant: &AccessGrant) -> String {
         grant.subject.name,
         grant.role.as_str()
     );
-    let digest = ring::digest::digest(&ring::digest::SHA256, identity.as_bytes());
-    digest.as_ref()[..5]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::digest::sha256_hex(identity.as_bytes(), 10)
 }
 
 /// `ft-<bound role>-<grant id>`. The bound ClusterRole is in the name because a RoleBinding's

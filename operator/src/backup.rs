@@ -12,12 +12,12 @@ use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::{Resource, ResourceExt};
-use ring::digest::{SHA256, digest};
 
 use crate::api::{
     Environment, EnvironmentBackups, EnvironmentKind, FranceTravailTenant, annotations, labels,
 };
 use crate::build::{child_labels, namespace_name};
+use crate::digest::sha256_hex;
 use crate::regions::{Location, REGION_LABEL, RegionCatalogue};
 use crate::velero::{
     Backup, BackupMetadata, BackupSpec, BackupStorageLocation, Restore, RestoreSpec, Schedule,
@@ -78,6 +78,17 @@ pub fn next_run(expression: &str, after: Timestamp) -> Option<Timestamp> {
 /// is what is read and no difference is seen where there is none. `None` when it is not an
 /// hours-minutes-seconds duration.
 pub fn go_duration(retention: &str) -> Option<String> {
+    let seconds = duration_seconds(retention)?;
+    let (h, m, s) = (seconds / 3600, seconds % 3600 / 60, seconds % 60);
+    Some(match (h, m) {
+        (0, 0) => format!("{s}s"),
+        (0, _) => format!("{m}m{s}s"),
+        _ => format!("{h}h{m}m{s}s"),
+    })
+}
+
+/// A duration of hours, minutes and seconds (`36h30m`), in seconds.
+pub fn duration_seconds(retention: &str) -> Option<u64> {
     let mut seconds: u64 = 0;
     let mut digits = String::new();
     for c in retention.chars() {
@@ -98,23 +109,11 @@ pub fn go_duration(retention: &str) -> Option<String> {
     if !digits.is_empty() || retention.is_empty() {
         return None;
     }
-    let (h, m, s) = (seconds / 3600, seconds % 3600 / 60, seconds % 60);
-    Some(match (h, m) {
-        (0, 0) => format!("{s}s"),
-        (0, _) => format!("{m}m{s}s"),
-        _ => format!("{h}h{m}m{s}s"),
-    })
+    Some(seconds)
 }
 
 fn short_hash(parts: &[&str], hex_digits: usize) -> String {
-    let hash = digest(&SHA256, parts.join("\n").as_bytes());
-    hash.as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<String>()
-        .chars()
-        .take(hex_digits)
-        .collect()
+    sha256_hex(parts.join("\n").as_bytes(), hex_digits)
 }
 
 /// `ft-<tenant>-<environment>`, in Velero's namespace.
@@ -252,6 +251,17 @@ pub struct VeleroView {
     pub restores: Vec<Arc<Restore>>,
     /// Restores made by anyone else that take one of the tenant's namespaces as their source.
     pub foreign_restores: Vec<Arc<Restore>>,
+}
+
+impl VeleroView {
+    /// The tenant's location, for people: `velero/backups-gra, bucket b/p (aws)`; empty when
+    /// it does not exist.
+    pub fn location_description(&self) -> String {
+        self.location
+            .as_ref()
+            .map(|l| format!("{}/{}, {}", self.namespace, l.name_any(), l.describe()))
+            .unwrap_or_default()
+    }
 }
 
 fn label<'a, K: Resource>(object: &'a K, key: &str) -> Option<&'a str> {

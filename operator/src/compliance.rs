@@ -19,7 +19,7 @@ use crate::api::{
     ComplianceReport, ControlResult, FIELD_MANAGER, FranceTravailTenant, GROUP, ReportStatus,
 };
 use crate::apply::object_key;
-use crate::backup;
+use crate::backup::{self, VeleroView};
 use crate::build::{Desired, tenant_namespaces};
 use crate::controller::Context;
 use crate::controls::{
@@ -138,12 +138,13 @@ impl Compliance {
 
     /// Evaluates the tenant and brings its report up to date. Returns the report's status, or
     /// `None` when the tenant has no report to write to yet. `key_fingerprint` is what the
-    /// key store answered earlier in the same pass.
+    /// key store answered earlier in the same pass, `velero` what Velero held for the tenant.
     pub async fn assess(
         &self,
         tenant: &FranceTravailTenant,
         desired: std::result::Result<&Desired, &str>,
         key_fingerprint: &str,
+        velero: &VeleroView,
         ctx: &Context,
     ) -> Result<Option<ReportStatus>> {
         let name = tenant.name_any();
@@ -156,9 +157,7 @@ impl Compliance {
         let namespaces = tenant_namespaces(tenant);
         let mut observed = ctx.observed.view(&name, &namespaces);
         observed.key_fingerprint = Some(key_fingerprint.to_string());
-        observed.velero = ctx
-            .observed
-            .velero_view(tenant, &ctx.settings.velero_namespace);
+        observed.velero = velero.clone();
         let facts = self.facts();
         let now = jiff::Timestamp::now();
         let evaluations = evaluate(&Inputs {

@@ -380,13 +380,13 @@ async fn apply_tenant(tenant: &FranceTravailTenant, ctx: &Context) -> Result<Act
     let report = match (&applied, &validated) {
         (Ok(report), Ok(desired)) if report.is_quiet() => {
             ctx.compliance
-                .assess(tenant, Ok(desired), &key_fingerprint, ctx)
+                .assess(tenant, Ok(desired), &key_fingerprint, &velero, ctx)
                 .await?
         }
         (Err(Error::InvalidTenant(invalid)), _) => {
             let why = invalid.to_string();
             ctx.compliance
-                .assess(tenant, Err(&why), &key_fingerprint, ctx)
+                .assess(tenant, Err(&why), &key_fingerprint, &velero, ctx)
                 .await?
         }
         _ => {
@@ -585,11 +585,7 @@ async fn export_status(
         }
     }
     let progress = backup::export_progress(&wanted, &velero.backups);
-    status.location = velero
-        .location
-        .as_ref()
-        .map(|l| format!("{}/{}, {}", velero.namespace, l.name_any(), l.describe()))
-        .unwrap_or_default();
+    status.location = velero.location_description();
     status.backups = progress
         .backups
         .iter()
@@ -1009,11 +1005,7 @@ async fn final_export(
             progress.backups.len()
         )));
     }
-    let location = velero
-        .location
-        .as_ref()
-        .map(|l| format!("{namespace}/{}, {}", l.name_any(), l.describe()))
-        .unwrap_or_default();
+    let location = velero.location_description();
     Ok(Ok(progress
         .backups
         .iter()

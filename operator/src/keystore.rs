@@ -60,8 +60,7 @@ impl TenantKey {
 }
 
 pub fn fingerprint(key: &[u8]) -> String {
-    let digest = ring::digest::digest(&ring::digest::SHA256, key);
-    format!("sha256:{}", hex(&digest.as_ref()[..8]))
+    format!("sha256:{}", crate::digest::sha256_hex(key, 16))
 }
 
 fn hex(bytes: &[u8]) -> String {

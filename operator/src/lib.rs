@@ -15,6 +15,7 @@ pub mod compliance;
 pub mod controller;
 pub mod controls;
 pub mod crd;
+pub mod digest;
 pub mod encryption;
 pub mod error;
 pub mod keystore;

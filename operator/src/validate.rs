@@ -13,7 +13,7 @@ use kube::ResourceExt;
 
 use crate::api::KeyStoreKind;
 use crate::api::{Backup, EnvironmentKind, FlowPort, FranceTravailTenant, Peer};
-use crate::backup::{go_duration, parse_cron};
+use crate::backup::{duration_seconds, parse_cron};
 use crate::build::BuildSettings;
 use crate::encryption::KeyReference;
 
@@ -575,23 +575,17 @@ fn check_backup(errors: &mut Errors, backup: &Backup) {
         let plain = expression
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || " *,-/@".contains(c));
-        if let Err(why) = parse_cron(expression).and_then(|_| {
-            (five_fields && plain)
-                .then_some(())
-                .ok_or_else(|| "it must have five fields separated by single spaces: minute, hour, day of month, month, day of week".to_string())
-        }) {
+        let why = parse_cron(expression).err().or_else(|| {
+            (!(five_fields && plain)).then(|| "it must have five fields separated by single spaces: minute, hour, day of month, month, day of week".to_string())
+        });
+        if let Some(why) = why {
             errors.add(
                 field,
                 format!("{expression:?} is not a cron expression Velero can run: {why}"),
             );
         }
     }
-    match go_duration(&backup.retention).and_then(|d| {
-        let hours = d
-            .split_once('h')
-            .map_or(Some(0), |(h, _)| h.parse::<u64>().ok())?;
-        Some(hours)
-    }) {
+    match duration_seconds(&backup.retention) {
         None => errors.add(
             "spec.backup.retention",
             format!(
@@ -599,7 +593,7 @@ fn check_backup(errors: &mut Errors, backup: &Backup) {
                 backup.retention
             ),
         ),
-        Some(0) => errors.add(
+        Some(seconds) if seconds < 3600 => errors.add(
             "spec.backup.retention",
             format!("{:?}: backups must be kept at least 1h", backup.retention),
         ),
