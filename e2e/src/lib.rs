@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod helm;
+
 use anyhow::{Context as _, bail};
 use ft_operator::api::FranceTravailTenant;
 use ft_operator::velero::{Backup as VeleroBackup, BackupStorageLocation, Restore, Schedule};
@@ -209,6 +211,19 @@ pub fn example_tenant(file: &str, name: &str) -> anyhow::Result<FranceTravailTen
     Ok(tenant)
 }
 
+/// The current kubeconfig, acting as a ServiceAccount (by impersonation).
+pub fn kubeconfig_as_service_account(namespace: &str, name: &str) -> anyhow::Result<PathBuf> {
+    let original = std::env::var("KUBECONFIG").context("KUBECONFIG")?;
+    let text = std::fs::read_to_string(&original)?;
+    let mut config: serde_json::Value = serde_saphyr::from_str(&text)?;
+    for user in config["users"].as_array_mut().into_iter().flatten() {
+        user["user"]["as"] = format!("system:serviceaccount:{namespace}:{name}").into();
+    }
+    let path = std::env::temp_dir().join(format!("{}.kubeconfig", unique("ft-operator-as-sa")));
+    std::fs::write(&path, serde_saphyr::to_string(&config)?)?;
+    Ok(path)
+}
+
 pub fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
@@ -247,33 +262,55 @@ impl Operator {
 
     /// Starts `ft-operator run` with extra flags.
     pub fn start_with(namespace: &str, lease: &str, extra: &[&str]) -> anyhow::Result<Operator> {
-        Self::launch(namespace, lease, extra, None)
+        Self::launch(&Self::flags(namespace, lease, extra), &[], None)
     }
 
     /// Starts `ft-operator run` with another kubeconfig: another identity.
     pub fn start_as(namespace: &str, lease: &str, kubeconfig: &Path) -> anyhow::Result<Operator> {
-        Self::launch(namespace, lease, &[], Some(kubeconfig))
+        Self::launch(&Self::flags(namespace, lease, &[]), &[], Some(kubeconfig))
+    }
+
+    /// Starts `ft-operator run` configured by environment only, as a pod of the chart is, but
+    /// listening on free local ports.
+    pub fn start_with_env(env: &[(String, String)], kubeconfig: &Path) -> anyhow::Result<Operator> {
+        let webhook = format!("127.0.0.1:{}", free_port()?);
+        Self::launch(
+            &["--webhook-address".into(), webhook],
+            env,
+            Some(kubeconfig),
+        )
+    }
+
+    fn flags(namespace: &str, lease: &str, extra: &[&str]) -> Vec<String> {
+        ["--namespace", namespace, "--lease-name", lease]
+            .iter()
+            .chain(extra)
+            .map(|s| s.to_string())
+            .collect()
     }
 
     fn launch(
-        namespace: &str,
-        lease: &str,
-        extra: &[&str],
+        flags: &[String],
+        env: &[(String, String)],
         kubeconfig: Option<&Path>,
     ) -> anyhow::Result<Operator> {
         let binary = operator_binary()?;
         let metrics_port = free_port()?;
-        let log = std::env::temp_dir().join(format!("ft-operator-e2e-{lease}-{metrics_port}.log"));
+        let log = std::env::temp_dir().join(format!(
+            "ft-operator-e2e-{}-{metrics_port}.log",
+            std::process::id()
+        ));
         let log_file = std::fs::File::create(&log)?;
         let mut command = Command::new(binary);
         if let Some(path) = kubeconfig {
             command.env("KUBECONFIG", path);
         }
         let child = command
-            .args(["run", "--namespace", namespace, "--lease-name", lease])
-            .args(["--metrics-address", &format!("127.0.0.1:{metrics_port}")])
-            .args(extra)
             .env("RUST_LOG", "info,ft_operator=debug")
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .arg("run")
+            .args(["--metrics-address", &format!("127.0.0.1:{metrics_port}")])
+            .args(flags)
             .stdout(Stdio::from(log_file.try_clone()?))
             .stderr(Stdio::from(log_file))
             .spawn()

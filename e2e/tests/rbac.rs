@@ -10,7 +10,7 @@ use anyhow::{Context as _, bail};
 use ft_e2e::{
     Operator, TestNodes, cluster, complete_scheduled_backups, confirm_and_delete,
     create_example_tenant, ensure_namespace, finish_restore_tests, install_access_roles,
-    install_crds, install_velero, operator_binary, unique, wait_for,
+    install_crds, install_velero, kubeconfig_as_service_account, operator_binary, unique, wait_for,
 };
 use ft_operator::api::ComplianceReport;
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -47,20 +47,6 @@ fn apply_operator_rbac() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The current kubeconfig, acting as the operator's ServiceAccount.
-fn kubeconfig_as_operator() -> anyhow::Result<std::path::PathBuf> {
-    let original = std::env::var("KUBECONFIG").context("KUBECONFIG")?;
-    let text = std::fs::read_to_string(&original)?;
-    let mut config: serde_json::Value = serde_saphyr::from_str(&text)?;
-    for user in config["users"].as_array_mut().into_iter().flatten() {
-        user["user"]["as"] =
-            format!("system:serviceaccount:{OPERATOR_NAMESPACE}:ft-operator").into();
-    }
-    let path = std::env::temp_dir().join(format!("{}.kubeconfig", unique("ft-operator-as-sa")));
-    std::fs::write(&path, serde_saphyr::to_string(&config)?)?;
-    Ok(path)
-}
-
 async fn count<K>(api: &Api<K>, selector: &str) -> anyhow::Result<usize>
 where
     K: kube::Resource + Clone + k8s_openapi::serde::de::DeserializeOwned + std::fmt::Debug,
@@ -83,7 +69,7 @@ async fn the_operator_needs_no_more_than_its_least_privilege_rbac() -> anyhow::R
     install_velero(&client).await?;
     apply_operator_rbac()?;
     let nodes = TestNodes::create(&client).await?;
-    let kubeconfig = kubeconfig_as_operator()?;
+    let kubeconfig = kubeconfig_as_service_account(OPERATOR_NAMESPACE, "ft-operator")?;
     let operator = Operator::start_as(OPERATOR_NAMESPACE, &unique("e2e-lease"), &kubeconfig)?;
 
     let name = unique("e2e-rbac");

@@ -69,9 +69,17 @@ struct RunArgs {
     /// This replica's identity in the Lease and in Events (the pod name in a cluster).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
+    /// This replica's pod in the operator's namespace, labelled while it leads so that the
+    /// webhook Service reaches the leader only.
+    #[arg(long, env = "POD_NAME")]
+    pod_name: Option<String>,
     /// Log format.
     #[arg(long, env = "FT_LOG_FORMAT", value_enum, default_value = "json")]
     log_format: LogFormat,
+    /// Log level: `error`, `warn`, `info`, `debug`, `trace`, or per module
+    /// (`info,ft_operator=debug`). `RUST_LOG`, when set, takes precedence.
+    #[arg(long, env = "FT_LOG_LEVEL", default_value = "info", value_parser = parse_log_level)]
+    log_level: String,
     /// The cloud provider of the nodes, from policies/regions.yaml (aws, ovhcloud, …): needed
     /// when a region code means different countries at different providers and the nodes'
     /// providerID does not tell.
@@ -97,6 +105,10 @@ struct RunArgs {
     /// The webhook's full URL instead of the Service, for an operator outside the cluster.
     #[arg(long, env = "FT_WEBHOOK_URL")]
     webhook_url: Option<String>,
+    /// A directory holding `tls.crt`, `tls.key` and `ca.crt` (a cert-manager Secret, mounted)
+    /// to serve the webhook with; without it the operator makes and renews its own.
+    #[arg(long, env = "FT_WEBHOOK_CERT_DIR")]
+    webhook_cert_dir: Option<PathBuf>,
     #[command(flatten)]
     cluster: ClusterArgs,
 }
@@ -157,6 +169,13 @@ fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, String> {
                 .ok_or_else(|| format!("{pair:?} is not key=value"))
         })
         .collect()
+}
+
+fn parse_log_level(s: &str) -> Result<String, String> {
+    tracing_subscriber::EnvFilter::builder()
+        .parse(s)
+        .map(|_| s.to_string())
+        .map_err(|e| format!("{s:?} is not a log level or filter: {e}"))
 }
 
 fn parse_network(s: &str) -> Result<String, String> {
@@ -267,7 +286,7 @@ fn run_plan(file: &PathBuf, settings: BuildSettings) -> ExitCode {
 }
 
 fn run(args: RunArgs) -> ExitCode {
-    init_tracing(args.log_format);
+    init_tracing(args.log_format, &args.log_level);
     let identity = args.identity.unwrap_or_else(|| {
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "ft-operator".into());
         format!("{host}-{}", std::process::id())
@@ -277,6 +296,7 @@ fn run(args: RunArgs) -> ExitCode {
         metrics_address: args.metrics_address,
         lease_name: args.lease_name,
         identity,
+        pod_name: args.pod_name,
         settings: args.cluster.settings(),
         provider: args.provider,
         region_catalogue: args.region_catalogue,
@@ -289,6 +309,7 @@ fn run(args: RunArgs) -> ExitCode {
             address: args.webhook_address,
             service: args.webhook_service,
             url: args.webhook_url,
+            certificate_dir: args.webhook_cert_dir,
         },
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -310,9 +331,9 @@ fn run(args: RunArgs) -> ExitCode {
     }
 }
 
-fn init_tracing(format: LogFormat) {
+fn init_tracing(format: LogFormat, level: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     match format {
         LogFormat::Json => builder

@@ -85,8 +85,8 @@ pub fn cluster_rules() -> Vec<PolicyRule> {
     ]
 }
 
-/// What the operator does in its own namespace: its Lease, the tenant keys (by name only) and
-/// the shredding records.
+/// What the operator does in its own namespace: its Lease, the tenant keys (by name only), the
+/// shredding records, and its pod's leader label.
 pub fn namespace_rules() -> Vec<PolicyRule> {
     vec![
         rule(
@@ -96,6 +96,8 @@ pub fn namespace_rules() -> Vec<PolicyRule> {
         ),
         rule(&[""], &["secrets"], &["get", "create", "delete"]),
         rule(&[""], &["configmaps"], &["create"]),
+        // Its own pod's leader label, which routes the webhook Service to the leader.
+        rule(&[""], &["pods"], &["patch"]),
     ]
 }
 

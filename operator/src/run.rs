@@ -3,12 +3,15 @@
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 use futures::FutureExt;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::events::Reporter;
 use kube::{Api, Client};
@@ -19,6 +22,7 @@ use tracing::{error, info, warn};
 use crate::admission::Confinement;
 use crate::api::FIELD_MANAGER;
 use crate::api::FranceTravailTenant;
+use crate::api::labels;
 use crate::build::BuildSettings;
 use crate::compliance::Compliance;
 use crate::controller;
@@ -26,7 +30,7 @@ use crate::encryption::{DELETION_PROTECTION, deletion_confirmation_recorder, del
 use crate::metrics::Metrics;
 use crate::placement::PlacementIndex;
 use crate::server::{self, Health};
-use crate::webhook::{self, WebhookClient};
+use crate::webhook::{self, CertificateSource, ServingCertificate, WebhookClient, WebhookTls};
 
 pub struct RunConfig {
     /// The operator's own namespace: its Lease, and later its key store and records.
@@ -35,6 +39,9 @@ pub struct RunConfig {
     pub lease_name: String,
     /// Who this replica is in the Lease and in Events: the pod name in a cluster.
     pub identity: String,
+    /// This replica's pod, in the operator's namespace, when it runs in one: labelled
+    /// [`labels::LEADER`] while it leads.
+    pub pod_name: Option<String>,
     pub settings: BuildSettings,
     /// The cloud provider whose region codes the nodes carry, when the region alone is ambiguous.
     pub provider: Option<String>,
@@ -53,6 +60,9 @@ pub struct WebhookSettings {
     pub service: String,
     /// A URL instead of the Service, for an operator running outside the cluster.
     pub url: Option<String>,
+    /// A mounted `kubernetes.io/tls` Secret with `ca.crt` (cert-manager) to serve, instead of
+    /// a certificate the operator makes itself.
+    pub certificate_dir: Option<PathBuf>,
 }
 
 pub async fn run(config: RunConfig) -> anyhow::Result<()> {
@@ -96,6 +106,12 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         .await
         .context("cannot list FranceTravailTenants: are the CRDs installed (`ft-operator crd | kubectl apply -f -`)?")?;
     ready.store(true, Ordering::Relaxed);
+    // A container restarted after losing the lease keeps its pod, and the pod its labels.
+    if let Some(pod) = &config.pod_name
+        && let Err(e) = label_pod(&client, &config.namespace, pod, false).await
+    {
+        warn!(pod = %pod, error = %e, "cannot clear this pod's leader label");
+    }
 
     let lease = LeaseManagerBuilder::new(client.clone(), &config.lease_name)
         .with_namespace(&config.namespace)
@@ -156,6 +172,14 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         } else {
             None
         };
+        if let Some(pod) = config.pod_name.clone() {
+            tokio::spawn(mark_leader(
+                client.clone(),
+                config.namespace.clone(),
+                pod,
+                shutdown.clone(),
+            ));
+        }
         controller::run(
             client,
             metrics.clone(),
@@ -197,20 +221,26 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Serves the placement webhook with a certificate made now, and points the API server at it.
-/// The configuration fails open: a ValidatingAdmissionPolicy refuses unconfined pods anyway.
+/// Serves the placement webhook and points the API server at it, then keeps its certificate
+/// fresh. The configuration fails open: a ValidatingAdmissionPolicy refuses unconfined pods.
 async fn start_webhook(
     client: &Client,
     namespace: &str,
     settings: &WebhookSettings,
     placements: &PlacementIndex,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    shutdown: impl Future<Output = ()> + Clone + Send + 'static,
 ) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
-    let host = format!("{}.{namespace}.svc", settings.service);
-    let names = vec![host.clone(), format!("{host}.cluster.local")];
-    let addresses = [IpAddr::from([127, 0, 0, 1])];
-    let tls =
-        webhook::generate_tls(&names, &addresses).context("generating the webhook certificate")?;
+    let source = match &settings.certificate_dir {
+        Some(dir) => CertificateSource::Directory(dir.clone()),
+        None => {
+            let host = format!("{}.{namespace}.svc", settings.service);
+            CertificateSource::Generated {
+                dns_names: vec![host.clone(), format!("{host}.cluster.local")],
+                ip_addresses: vec![IpAddr::from([127, 0, 0, 1])],
+            }
+        }
+    };
+    let tls = source.load().context("preparing the webhook certificate")?;
     let target = match &settings.url {
         Some(url) => WebhookClient::Url(url.clone()),
         None => WebhookClient::Service {
@@ -219,30 +249,144 @@ async fn start_webhook(
             port: 443,
         },
     };
-    let configuration = webhook::mutating_webhook_configuration(
-        WEBHOOK_CONFIGURATION,
-        &tls.ca_bundle_pem,
+    let registration = Registration {
+        client: client.clone(),
         target,
-        namespace,
-    );
+        namespace: namespace.into(),
+    };
+    let serving = ServingCertificate::new(&tls);
     let task = tokio::spawn(webhook::serve(
         settings.address,
-        tls,
+        serving.clone(),
         placements.clone(),
+        shutdown.clone(),
+    ));
+    registration.apply(&tls.ca_bundle_pem).await?;
+    info!(address = %settings.address, "placement webhook serving");
+    tokio::spawn(keep_certificate_fresh(
+        source,
+        tls,
+        serving,
+        registration,
         shutdown,
     ));
-    Api::<MutatingWebhookConfiguration>::all(client.clone())
-        .patch(
-            WEBHOOK_CONFIGURATION,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&configuration),
-        )
-        .await
-        .with_context(|| {
-            format!("applying MutatingWebhookConfiguration {WEBHOOK_CONFIGURATION}")
-        })?;
-    info!(address = %settings.address, "placement webhook serving");
     Ok(task)
+}
+
+/// The webhook configuration as this replica registers it.
+struct Registration {
+    client: Client,
+    target: WebhookClient,
+    namespace: String,
+}
+
+impl Registration {
+    async fn apply(&self, ca_bundle_pem: &str) -> anyhow::Result<()> {
+        let configuration = webhook::mutating_webhook_configuration(
+            WEBHOOK_CONFIGURATION,
+            ca_bundle_pem,
+            self.target.clone(),
+            &self.namespace,
+        );
+        Api::<MutatingWebhookConfiguration>::all(self.client.clone())
+            .patch(
+                WEBHOOK_CONFIGURATION,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&configuration),
+            )
+            .await
+            .with_context(|| {
+                format!("applying MutatingWebhookConfiguration {WEBHOOK_CONFIGURATION}")
+            })?;
+        Ok(())
+    }
+}
+
+/// How often the webhook's certificate is looked at: renewal is due weeks ahead, and a
+/// certificate cert-manager renewed is picked up within this.
+const CERTIFICATE_CHECK: Duration = Duration::from_secs(60);
+
+/// Moves to a new certificate when its source has one: the API server is first told to trust
+/// both CAs, and only once it accepted that is the new certificate served, so no call fails.
+async fn keep_certificate_fresh(
+    source: CertificateSource,
+    mut current: WebhookTls,
+    serving: ServingCertificate,
+    registration: Registration,
+    shutdown: impl Future<Output = ()>,
+) {
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut ticks = tokio::time::interval(CERTIFICATE_CHECK);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = &mut shutdown => return,
+        }
+        let next = match source.refresh(&current, SystemTime::now()) {
+            Ok(Some(next)) => next,
+            Ok(None) => continue,
+            Err(e) => {
+                warn!(error = %e, "cannot renew the webhook certificate; serving the current one");
+                continue;
+            }
+        };
+        if let Err(e) = registration
+            .apply(&webhook::rotation_bundle(&current, &next))
+            .await
+        {
+            warn!(
+                error = format!("{e:#}"),
+                "cannot register the renewed webhook CA; retrying"
+            );
+            continue;
+        }
+        serving.replace(&next);
+        current = next;
+        info!("webhook certificate renewed");
+    }
+}
+
+/// Labels this replica's pod as the leader, retrying until it succeeds: the webhook Service
+/// sends calls only to the pod so labelled.
+async fn mark_leader(
+    client: Client,
+    namespace: String,
+    pod: String,
+    shutdown: impl Future<Output = ()>,
+) {
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut delay = Duration::from_secs(1);
+    loop {
+        match label_pod(&client, &namespace, &pod, true).await {
+            Ok(()) => {
+                info!(pod = %pod, label = labels::LEADER, "this pod is labelled as the leader");
+                return;
+            }
+            Err(e) => {
+                error!(pod = %pod, error = %e, "cannot label this pod as the leader; the webhook Service does not reach it")
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = &mut shutdown => return,
+        }
+        delay = (delay * 2).min(Duration::from_secs(30));
+    }
+}
+
+/// Sets or removes [`labels::LEADER`] on a pod of the operator's namespace.
+async fn label_pod(client: &Client, namespace: &str, pod: &str, leader: bool) -> kube::Result<()> {
+    let value = if leader {
+        serde_json::Value::from("true")
+    } else {
+        serde_json::Value::Null
+    };
+    let patch = serde_json::json!({ "metadata": { "labels": { labels::LEADER: value } } });
+    Api::<Pod>::namespaced(client.clone(), namespace)
+        .patch(pod, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map(|_| ())
 }
 
 const WEBHOOK_CONFIGURATION: &str = "ft-operator-pod-placement";

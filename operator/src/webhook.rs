@@ -11,8 +11,9 @@ use std::fmt;
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
-use std::time::Duration;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -38,7 +39,10 @@ use rcgen::{
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
-use tokio_rustls::rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert};
+use tokio_rustls::rustls::sign::CertifiedKey;
 use tokio_rustls::rustls::{self, ServerConfig};
 use tokio_rustls::server::TlsStream;
 use tracing::{debug, info, warn};
@@ -68,6 +72,16 @@ pub enum WebhookError {
 
     #[error("cannot set up TLS for the webhook: {0}")]
     Tls(#[from] rustls::Error),
+
+    #[error("the webhook's {0}: {1}")]
+    Pem(&'static str, String),
+
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
 
     #[error("the request body is not an AdmissionReview: {0}")]
     UnreadableReview(#[source] serde_json::Error),
@@ -185,16 +199,28 @@ fn respond(request: &AdmissionRequest<Pod>, placements: &PlacementIndex) -> Admi
 // ---------------------------------------------------------------------------------------------
 // Certificates
 
-/// The webhook's TLS material, made in memory at start-up: a fresh CA, whose key is dropped once
-/// it signed the serving certificate, and that certificate with its key. Neither key is ever
-/// written anywhere; Debug redacts them.
+/// How long a certificate the operator makes for itself is valid, and when it makes the next.
+/// Renewing a third of the way before the end leaves a month for anything to go wrong.
+pub const CERTIFICATE_VALIDITY: Duration = Duration::from_secs(90 * 24 * 3600);
+pub const RENEW_AFTER: Duration = Duration::from_secs(60 * 24 * 3600);
+
+/// The files of a `kubernetes.io/tls` Secret, as cert-manager writes it, in the directory it is
+/// mounted at.
+pub const CERT_FILE: &str = "tls.crt";
+pub const KEY_FILE: &str = "tls.key";
+pub const CA_FILE: &str = "ca.crt";
+
+/// The webhook's TLS material: the CA the API server must trust, and the serving certificate
+/// with its key. The key is never written anywhere; Debug redacts it.
 #[derive(Clone)]
 pub struct WebhookTls {
-    /// The CA certificate, PEM: the webhook configuration's `caBundle`.
+    /// The CA certificate, PEM: what the webhook configuration's `caBundle` must hold.
     pub ca_bundle_pem: String,
     /// The serving certificate, PEM.
     pub certificate_pem: String,
-    server_config: Arc<ServerConfig>,
+    /// When it was made (generated ones) or read (from files).
+    pub issued_at: SystemTime,
+    key: Arc<CertifiedKey>,
 }
 
 impl fmt::Debug for WebhookTls {
@@ -202,12 +228,135 @@ impl fmt::Debug for WebhookTls {
         f.debug_struct("WebhookTls")
             .field("ca_bundle_pem", &self.ca_bundle_pem)
             .field("certificate_pem", &self.certificate_pem)
+            .field("issued_at", &self.issued_at)
             .field("key", &"<redacted>")
             .finish()
     }
 }
 
-/// A self-signed CA and a serving certificate it signs for `dns_names` and `ip_addresses`.
+impl WebhookTls {
+    /// A serving certificate and key, and the CA that signed it, all PEM (a mounted
+    /// `kubernetes.io/tls` Secret). The key may be PKCS#8, PKCS#1 or SEC1.
+    pub fn from_pem(
+        ca_pem: &str,
+        certificate_pem: &str,
+        key_pem: &str,
+    ) -> Result<Self, WebhookError> {
+        let chain = CertificateDer::pem_slice_iter(certificate_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| WebhookError::Pem(CERT_FILE, e.to_string()))?;
+        if chain.is_empty() {
+            return Err(WebhookError::Pem(CERT_FILE, "no certificate".into()));
+        }
+        let cas = CertificateDer::pem_slice_iter(ca_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| WebhookError::Pem(CA_FILE, e.to_string()))?;
+        if cas.is_empty() {
+            return Err(WebhookError::Pem(CA_FILE, "no certificate".into()));
+        }
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+            // The parser's message could quote the key; name the file only.
+            .map_err(|_| WebhookError::Pem(KEY_FILE, "no private key in a PEM block".into()))?;
+        Self::assemble(ca_pem.into(), certificate_pem.into(), chain, key)
+    }
+
+    fn assemble(
+        ca_bundle_pem: String,
+        certificate_pem: String,
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    ) -> Result<Self, WebhookError> {
+        let signing_key = crypto_provider().key_provider.load_private_key(key)?;
+        let key = CertifiedKey::new(chain, signing_key);
+        // A certificate that does not match its key would only fail at the first handshake.
+        key.keys_match()?;
+        Ok(WebhookTls {
+            ca_bundle_pem,
+            certificate_pem,
+            issued_at: SystemTime::now(),
+            key: Arc::new(key),
+        })
+    }
+}
+
+/// The `caBundle` while moving from `previous` to `next`: both CAs, so that the API server
+/// trusts the serving certificate whichever of the two it meets, during the switch and after.
+pub fn rotation_bundle(previous: &WebhookTls, next: &WebhookTls) -> String {
+    if previous.ca_bundle_pem == next.ca_bundle_pem {
+        return next.ca_bundle_pem.clone();
+    }
+    let mut bundle = next.ca_bundle_pem.trim_end().to_string();
+    bundle.push('\n');
+    bundle.push_str(previous.ca_bundle_pem.trim_end());
+    bundle.push('\n');
+    bundle
+}
+
+/// Where the webhook's certificate comes from.
+#[derive(Clone, Debug)]
+pub enum CertificateSource {
+    /// Made by the operator, in memory, for these names; a new one after [`RENEW_AFTER`].
+    Generated {
+        dns_names: Vec<String>,
+        ip_addresses: Vec<IpAddr>,
+    },
+    /// Read from a mounted `kubernetes.io/tls` Secret with its `ca.crt` (cert-manager); read
+    /// again whenever its files change.
+    Directory(PathBuf),
+}
+
+impl CertificateSource {
+    pub fn load(&self) -> Result<WebhookTls, WebhookError> {
+        match self {
+            CertificateSource::Generated {
+                dns_names,
+                ip_addresses,
+            } => generate_tls(dns_names, ip_addresses),
+            CertificateSource::Directory(dir) => {
+                let read = |file: &'static str| {
+                    std::fs::read_to_string(dir.join(file)).map_err(|source| WebhookError::Read {
+                        path: dir.join(file),
+                        source,
+                    })
+                };
+                WebhookTls::from_pem(&read(CA_FILE)?, &read(CERT_FILE)?, &read(KEY_FILE)?)
+            }
+        }
+    }
+
+    /// The certificate to serve next, if it is time for one: a generated certificate once
+    /// [`RENEW_AFTER`] has passed, files once their certificate or CA changed.
+    pub fn refresh(
+        &self,
+        current: &WebhookTls,
+        now: SystemTime,
+    ) -> Result<Option<WebhookTls>, WebhookError> {
+        match self {
+            CertificateSource::Generated { .. } => {
+                if renewal_due(current.issued_at, now) {
+                    self.load().map(Some)
+                } else {
+                    Ok(None)
+                }
+            }
+            CertificateSource::Directory(_) => {
+                let read = self.load()?;
+                let changed = read.certificate_pem != current.certificate_pem
+                    || read.ca_bundle_pem != current.ca_bundle_pem;
+                Ok(changed.then_some(read))
+            }
+        }
+    }
+}
+
+/// Whether a certificate the operator made at `issued_at` is due for renewal at `now`.
+pub fn renewal_due(issued_at: SystemTime, now: SystemTime) -> bool {
+    now.duration_since(issued_at)
+        .is_ok_and(|age| age >= RENEW_AFTER)
+}
+
+/// A self-signed CA and a serving certificate it signs for `dns_names` and `ip_addresses`,
+/// valid for [`CERTIFICATE_VALIDITY`]. The CA's key is dropped once it signed.
 pub fn generate_tls(
     dns_names: &[String],
     ip_addresses: &[IpAddr],
@@ -219,12 +368,10 @@ pub fn generate_tls(
     else {
         return Err(WebhookError::NoSubjectName);
     };
-    // Made afresh at every start and never stored, so the validity only has to outlast the
-    // process, generously: an expired certificate would silently turn the webhook off. Starts
-    // an hour back for clocks that lag.
+    // Starts an hour back for clocks that lag.
     let now = time::OffsetDateTime::now_utc();
     let not_before = now - time::Duration::hours(1);
-    let not_after = now + time::Duration::days(5 * 365);
+    let not_after = now + CERTIFICATE_VALIDITY;
 
     let mut ca_params = CertificateParams::default();
     ca_params.distinguished_name = rcgen::DistinguishedName::new();
@@ -254,23 +401,55 @@ pub fn generate_tls(
     let key = KeyPair::generate()?;
     let certificate = params.signed_by(&key, &ca)?;
 
-    // ring explicitly: the process-wide default provider may be unset, or ambiguous.
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut server_config = ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![certificate.der().clone()],
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-        )?;
-    // The router speaks HTTP/1.1 only; say so, so the API server does not try h2.
-    server_config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    WebhookTls::assemble(
+        ca.pem(),
+        certificate.pem(),
+        vec![certificate.der().clone()],
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+    )
+}
 
-    Ok(WebhookTls {
-        ca_bundle_pem: ca.pem(),
-        certificate_pem: certificate.pem(),
-        server_config: Arc::new(server_config),
-    })
+/// ring explicitly: the process-wide default provider may be unset, or ambiguous.
+fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The certificate the server presents, replaceable while it serves: a rotation takes effect
+/// at the next handshake, with no restart and no connection dropped.
+#[derive(Clone, Debug)]
+pub struct ServingCertificate {
+    current: Arc<RwLock<Arc<CertifiedKey>>>,
+}
+
+impl ServingCertificate {
+    pub fn new(tls: &WebhookTls) -> Self {
+        ServingCertificate {
+            current: Arc::new(RwLock::new(tls.key.clone())),
+        }
+    }
+
+    pub fn replace(&self, tls: &WebhookTls) {
+        // A poisoned lock only means a reader panicked; the value is a whole Arc either way.
+        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+        *current = tls.key.clone();
+    }
+
+    fn server_config(&self) -> Result<Arc<ServerConfig>, WebhookError> {
+        let mut config = ServerConfig::builder_with_provider(crypto_provider())
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(self.clone()));
+        // The router speaks HTTP/1.1 only; say so, so the API server does not try h2.
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+}
+
+impl ResolvesServerCert for ServingCertificate {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let current = self.current.read().unwrap_or_else(|e| e.into_inner());
+        Some(current.clone())
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -315,25 +494,25 @@ pub async fn bind(address: SocketAddr) -> io::Result<(TcpListener, SocketAddr)> 
 /// requests in flight finish.
 pub async fn serve(
     address: SocketAddr,
-    tls: WebhookTls,
+    certificate: ServingCertificate,
     placements: PlacementIndex,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     let (listener, _) = bind(address).await?;
-    serve_on(listener, tls, placements, shutdown).await
+    serve_on(listener, certificate, placements, shutdown).await
 }
 
 /// [`serve`] on a listener already bound by [`bind`].
 pub async fn serve_on(
     listener: TcpListener,
-    tls: WebhookTls,
+    certificate: ServingCertificate,
     placements: PlacementIndex,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     let address = listener.local_addr()?;
     let listener = TlsListener {
         tcp: listener,
-        acceptor: TlsAcceptor::from(tls.server_config),
+        acceptor: TlsAcceptor::from(certificate.server_config().map_err(io::Error::other)?),
         handshakes: JoinSet::new(),
     };
     info!(%address, path = MUTATE_PODS_PATH, "serving the pod placement webhook");

@@ -4,12 +4,15 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use axum::body::Body;
 use ft_operator::placement::{PlacementIndex, PodPlacement, Pool};
 use ft_operator::webhook::{
-    MUTATE_PODS_PATH, WebhookClient, WebhookTls, bind, generate_tls,
-    mutating_webhook_configuration, review, review_body, router, serve_on,
+    CA_FILE, CERT_FILE, CertificateSource, KEY_FILE, MUTATE_PODS_PATH, RENEW_AFTER,
+    ServingCertificate, WebhookClient, WebhookTls, bind, generate_tls,
+    mutating_webhook_configuration, renewal_due, review, review_body, rotation_bundle, router,
+    serve_on,
 };
 use http::{Request, StatusCode};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
@@ -388,9 +391,14 @@ async fn the_webhook_is_served_over_tls_to_clients_trusting_its_ca_only() {
     let (listener, address) = bind(SocketAddr::new(LOCALHOST, 0)).await.unwrap();
     assert_ne!(address.port(), 0);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve_on(listener, tls.clone(), placements, async {
-        let _ = stopped.await;
-    }));
+    let server = tokio::spawn(serve_on(
+        listener,
+        ServingCertificate::new(&tls),
+        placements,
+        async {
+            let _ = stopped.await;
+        },
+    ));
 
     let pod = pod(json!({}));
     let body = serde_json::to_vec(&admission_json(TENANT_NS, "CREATE", pod.clone())).unwrap();
@@ -448,6 +456,199 @@ async fn the_webhook_is_served_over_tls_to_clients_trusting_its_ca_only() {
 
     stop.send(()).unwrap();
     server.await.unwrap().unwrap();
+}
+
+/// The webhook served on a free local port with `serving`, until the sender is used.
+async fn start_server(
+    serving: &ServingCertificate,
+) -> (
+    SocketAddr,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+) {
+    let (listener, address) = bind(SocketAddr::new(LOCALHOST, 0)).await.unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve_on(
+        listener,
+        serving.clone(),
+        index(placement(&["eu-west-3"], Pool::Any)),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    (address, stop, server)
+}
+
+/// Whether a client trusting `ca_pem` completes a webhook call to `address`.
+async fn trusted_by(ca_pem: &str, address: SocketAddr) -> bool {
+    let body = serde_json::to_vec(&admission_json(TENANT_NS, "CREATE", pod(json!({})))).unwrap();
+    post_tls(
+        &connector(ca_pem),
+        address,
+        ServerName::try_from(SERVICE_DNS).unwrap(),
+        &body,
+    )
+    .await
+    .is_ok_and(|(status, _)| status == 200)
+}
+
+#[tokio::test]
+async fn a_renewed_certificate_is_served_from_the_next_handshake_on() {
+    let first = generate_tls(&[SERVICE_DNS.to_string()], &[]).unwrap();
+    let next = generate_tls(&[SERVICE_DNS.to_string()], &[]).unwrap();
+    let bundle = rotation_bundle(&first, &next);
+    let serving = ServingCertificate::new(&first);
+    let (address, stop, server) = start_server(&serving).await;
+
+    // The API server holds the rotation bundle before the switch: both certificates pass.
+    assert!(trusted_by(&first.ca_bundle_pem, address).await);
+    assert!(!trusted_by(&next.ca_bundle_pem, address).await);
+    assert!(trusted_by(&bundle, address).await);
+
+    serving.replace(&next);
+    assert!(trusted_by(&next.ca_bundle_pem, address).await);
+    assert!(trusted_by(&bundle, address).await);
+    assert!(!trusted_by(&first.ca_bundle_pem, address).await);
+
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}
+
+#[test]
+fn the_rotation_bundle_holds_the_new_ca_then_the_old_one() {
+    let first = generate_tls(&[SERVICE_DNS.to_string()], &[]).unwrap();
+    let next = generate_tls(&[SERVICE_DNS.to_string()], &[]).unwrap();
+    let bundle = rotation_bundle(&first, &next);
+    let certificates: Vec<_> = CertificateDer::pem_slice_iter(bundle.as_bytes())
+        .map(Result::unwrap)
+        .collect();
+    let of = |pem: &str| CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
+    assert_eq!(
+        certificates,
+        vec![of(&next.ca_bundle_pem), of(&first.ca_bundle_pem)]
+    );
+    // The same CA (cert-manager renewing the leaf only) is not listed twice.
+    assert_eq!(rotation_bundle(&next, &next), next.ca_bundle_pem);
+}
+
+#[test]
+fn a_generated_certificate_is_renewed_after_sixty_days_only() {
+    let day = Duration::from_secs(24 * 3600);
+    let issued = SystemTime::UNIX_EPOCH + 20_000 * day;
+    assert_eq!(RENEW_AFTER, 60 * day);
+    assert!(!renewal_due(issued, issued + 59 * day));
+    assert!(renewal_due(issued, issued + 60 * day));
+    // A clock that went back is no reason to renew.
+    assert!(!renewal_due(issued, issued - day));
+
+    let source = CertificateSource::Generated {
+        dns_names: vec![SERVICE_DNS.to_string()],
+        ip_addresses: vec![],
+    };
+    let mut current = source.load().unwrap();
+    assert!(
+        source
+            .refresh(&current, SystemTime::now())
+            .unwrap()
+            .is_none()
+    );
+    current.issued_at = SystemTime::now() - 61 * day;
+    let renewed = source
+        .refresh(&current, SystemTime::now())
+        .unwrap()
+        .expect("a renewal after 61 days");
+    assert_ne!(renewed.ca_bundle_pem, current.ca_bundle_pem);
+    assert_ne!(renewed.certificate_pem, current.certificate_pem);
+}
+
+/// A CA and a serving certificate it signs, PEM, as cert-manager's CA issuer writes them.
+fn issued_by_a_ca() -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::default();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let certificate = CertificateParams::new(vec![SERVICE_DNS.to_string()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    (ca.pem(), certificate.pem(), key.serialize_pem())
+}
+
+fn write_secret(dir: &std::path::Path, (ca, certificate, key): &(String, String, String)) {
+    std::fs::write(dir.join(CA_FILE), ca).unwrap();
+    std::fs::write(dir.join(CERT_FILE), certificate).unwrap();
+    std::fs::write(dir.join(KEY_FILE), key).unwrap();
+}
+
+#[tokio::test]
+async fn a_mounted_certificate_is_served_and_read_again_when_it_changes() {
+    let dir = std::env::temp_dir().join(format!("ft-webhook-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let first = issued_by_a_ca();
+    write_secret(&dir, &first);
+    let source = CertificateSource::Directory(dir.clone());
+    let loaded = source.load().unwrap();
+    assert_eq!(loaded.ca_bundle_pem, first.0);
+    assert_eq!(loaded.certificate_pem, first.1);
+    assert!(!format!("{loaded:?}").contains("PRIVATE KEY"));
+    // Unchanged files: nothing to do, however old.
+    assert!(
+        source
+            .refresh(
+                &loaded,
+                SystemTime::now() + 400 * Duration::from_secs(86_400)
+            )
+            .unwrap()
+            .is_none()
+    );
+
+    let serving = ServingCertificate::new(&loaded);
+    let (address, stop, server) = start_server(&serving).await;
+    assert!(trusted_by(&first.0, address).await);
+
+    // cert-manager renews: a new CA and certificate in the mounted files.
+    let second = issued_by_a_ca();
+    write_secret(&dir, &second);
+    let renewed = source
+        .refresh(&loaded, SystemTime::now())
+        .unwrap()
+        .expect("the changed files are read");
+    assert_eq!(renewed.certificate_pem, second.1);
+    serving.replace(&renewed);
+    assert!(trusted_by(&second.0, address).await);
+    assert!(!trusted_by(&first.0, address).await);
+
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_mounted_secret_that_is_incomplete_or_mismatched_is_refused_naming_the_file() {
+    let dir = std::env::temp_dir().join(format!("ft-webhook-bad-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (ca, certificate, key) = issued_by_a_ca();
+    let source = CertificateSource::Directory(dir.clone());
+
+    // No ca.crt (an issuer that does not write one): nothing to put in caBundle.
+    std::fs::write(dir.join(CERT_FILE), &certificate).unwrap();
+    std::fs::write(dir.join(KEY_FILE), &key).unwrap();
+    let error = source.load().unwrap_err().to_string();
+    assert!(error.contains("ca.crt"), "{error}");
+
+    // A key that is not the certificate's.
+    let (_, _, other_key) = issued_by_a_ca();
+    std::fs::write(dir.join(CA_FILE), &ca).unwrap();
+    std::fs::write(dir.join(KEY_FILE), &other_key).unwrap();
+    assert!(source.load().is_err());
+
+    // A key file that holds no key: the message names the file, never its content.
+    std::fs::write(dir.join(KEY_FILE), "not a key: s3cr3t").unwrap();
+    let error = source.load().unwrap_err().to_string();
+    assert!(error.contains("tls.key"), "{error}");
+    assert!(!error.contains("s3cr3t"), "{error}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

@@ -31,6 +31,9 @@ pub mod labels {
     pub const BACKUP_PURPOSE: &str = "hosting.francetravail.fr/backup-purpose";
     /// On an export's Velero Backups: the export's id (`backup::export_id`).
     pub const EXPORT: &str = "hosting.francetravail.fr/export";
+    /// On the operator's own pod: `true` while it leads, so the webhook Service reaches only
+    /// the replica that serves the webhook.
+    pub const LEADER: &str = "hosting.francetravail.fr/leader";
     pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
     pub const MANAGED_BY_VALUE: &str = "ft-operator";
     /// Selects everything the operator manages, for its label-selected watches.
