@@ -130,19 +130,24 @@ impl Helm {
 
     /// `helm install` into the cluster of `KUBECONFIG`.
     pub fn install(&self, release: &str, namespace: &str, values: &Value) -> anyhow::Result<()> {
-        let chart = chart_dir();
-        self.call(
-            &["install", &chart.to_string_lossy(), release, namespace],
-            values,
-        )
-        .map(|_| ())
+        self.release_action("install", release, namespace, values)
     }
 
     /// `helm upgrade` of a release.
     pub fn upgrade(&self, release: &str, namespace: &str, values: &Value) -> anyhow::Result<()> {
+        self.release_action("upgrade", release, namespace, values)
+    }
+
+    fn release_action(
+        &self,
+        action: &str,
+        release: &str,
+        namespace: &str,
+        values: &Value,
+    ) -> anyhow::Result<()> {
         let chart = chart_dir();
         self.call(
-            &["upgrade", &chart.to_string_lossy(), release, namespace],
+            &[action, &chart.to_string_lossy(), release, namespace],
             values,
         )
         .map(|_| ())

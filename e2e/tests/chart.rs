@@ -435,8 +435,12 @@ fn two_replicas_elect_a_leader_and_a_drain_keeps_one() {
         env_value(&deployment, "FT_LEASE_NAME").as_deref(),
         Some("ft-operator")
     );
-    let pod_name = env(&deployment);
-    assert!(pod_name.iter().any(|(n, v)| n == "POD_NAME" && v.is_none()));
+    // POD_NAME comes from the downward API (no literal value): each replica has its own.
+    assert!(
+        env(&deployment)
+            .iter()
+            .any(|(n, v)| n == "POD_NAME" && v.is_none())
+    );
     let pdb: PodDisruptionBudget =
         typed(find(&objects, "PodDisruptionBudget", "ft-operator").expect("a PDB"));
     let pdb = pdb.spec.unwrap();
@@ -526,13 +530,9 @@ fn cert_manager_issues_the_webhook_certificate_when_asked() {
             .any(|o| o["apiVersion"] == "cert-manager.io/v1")
     );
     assert_eq!(
-        env_value(&deployment_of(&objects), "FT_WEBHOOK_CERT_DIR"),
+        env_value(&self::deployment(&objects), "FT_WEBHOOK_CERT_DIR"),
         None
     );
-}
-
-fn deployment_of(objects: &[Value]) -> Deployment {
-    deployment(objects)
 }
 
 #[test]

@@ -1,9 +1,10 @@
 //! End-to-end: the chart installed by Helm's engine on a real API server, into a namespace
 //! that enforces Pod Security `restricted`. Its pods are admitted; the operator, run with the
 //! environment of one of those pods and as the chart's ServiceAccount, becomes ready, leads,
-//! labels its pod and reconciles a tenant; an upgrade changes the Deployment and keeps the
-//! tenant; uninstalling removes the operator and leaves the CRDs, the tenant, its namespaces
-//! and its key untouched.
+//! labels its pod (a standby clears a stale label) and reconciles a tenant; what the README's
+//! break-glass deletes comes back with the operator; an upgrade changes the Deployment and
+//! keeps the tenant; uninstalling removes the operator and leaves the CRDs, the tenant, its
+//! namespaces and its key untouched; reinstalling picks them up.
 //!
 //! A cluster without kubelets cannot run the image, so the binary stands in for the container
 //! (the same environment, ServiceAccount and RBAC).
@@ -18,8 +19,10 @@ use ft_e2e::{
     wait_for,
 };
 use ft_operator::api::FranceTravailTenant;
-use ft_operator::api::labels::LEADER;
-use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use ft_operator::api::labels::{LEADER, TENANT};
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingAdmissionPolicyBinding,
+};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role};
@@ -76,6 +79,13 @@ where
         }
     }});
     api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(())
+}
+
+async fn set_leader_label(pods: &Api<Pod>, name: &str) -> anyhow::Result<()> {
+    let patch = json!({"metadata": {"labels": {LEADER: "true"}}});
+    pods.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
         .await?;
     Ok(())
 }
@@ -159,6 +169,10 @@ async fn helm_installs_upgrades_and_uninstalls_the_operator_leaving_tenants_unto
     let pod_name = admitted[0].name_any();
     let env = env_of(&deployment, &pod_name)?;
     let kubeconfig = kubeconfig_as_service_account(&namespace, "ft-operator")?;
+    // The other pod carries a stale leader label, as a container restarted after losing the
+    // Lease would: its replica, a standby, must clear it.
+    let standby_pod = admitted[1].name_any();
+    set_leader_label(&pods, &standby_pod).await?;
     let operator = Operator::start_with_env(&env, &kubeconfig)?;
     wait_for("the operator leading", SETTLE, || async {
         Ok((operator.metric("ft_leader").await.unwrap_or(0.0) == 1.0).then_some(()))
@@ -169,6 +183,19 @@ async fn helm_installs_upgrades_and_uninstalls_the_operator_leaving_tenants_unto
         Ok((pod.labels().get(LEADER).map(String::as_str) == Some("true")).then_some(()))
     })
     .await?;
+
+    let mut standby = Operator::start_with_env(&env_of(&deployment, &standby_pod)?, &kubeconfig)?;
+    wait_for(
+        "the standby's stale leader label cleared",
+        SETTLE,
+        || async {
+            let pod = pods.get(&standby_pod).await?;
+            Ok((!pod.labels().contains_key(LEADER)).then_some(()))
+        },
+    )
+    .await?;
+    assert_eq!(standby.metric("ft_leader").await?, 0.0);
+    standby.terminate()?;
 
     // The leader registered the webhook, behind the chart's Service, with its own CA.
     let webhooks: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
@@ -227,6 +254,27 @@ async fn helm_installs_upgrades_and_uninstalls_the_operator_leaving_tenants_unto
     let key = format!("ft-key-{tenant_name}");
     let key_uid = secrets.get(&key).await?.uid();
 
+    // Break-glass (README): with the operator down, its webhook and the tenant's admission
+    // bindings are deleted; the operator, once back, puts them back.
+    drop(operator);
+    webhooks
+        .delete(WEBHOOK_CONFIGURATION, &DeleteParams::default())
+        .await?;
+    let bindings: Api<ValidatingAdmissionPolicyBinding> = Api::all(client.clone());
+    let of_tenant = ListParams::default().labels(&format!("{TENANT}={tenant_name}"));
+    let deleted = bindings.list(&of_tenant).await?.items.len();
+    assert!(deleted > 0, "the tenant has admission bindings");
+    bindings
+        .delete_collection(&DeleteParams::default(), &of_tenant)
+        .await?;
+    let operator = Operator::start_with_env(&env, &kubeconfig)?;
+    wait_for("the webhook and bindings back", SETTLE, || async {
+        let webhook = webhooks.get_opt(WEBHOOK_CONFIGURATION).await?.is_some();
+        let restored = bindings.list(&of_tenant).await?.items.len();
+        Ok((webhook && restored == deleted).then_some(()))
+    })
+    .await?;
+
     // Upgrade: the Deployment follows the values; nothing of the tenant moves.
     let upgraded = json!({
         "velero": {"namespace": velero},
@@ -281,6 +329,22 @@ async fn helm_installs_upgrades_and_uninstalls_the_operator_leaving_tenants_unto
     }
     assert_eq!(secrets.get(&key).await?.uid(), key_uid, "the tenant's key");
     assert!(namespaces.get_opt(&namespace).await?.is_some());
+
+    // Reinstalling takes the kept objects back and the operator picks the tenant up.
+    helm.install(RELEASE, &namespace, &values)?;
+    let operator = Operator::start_with_env(&env, &kubeconfig)?;
+    wait_for("the reinstalled operator leading", SETTLE, || async {
+        Ok((operator.metric("ft_leader").await.unwrap_or(0.0) == 1.0).then_some(()))
+    })
+    .await?;
+    operator
+        .poke(&client, &tenant_name, &tenant_namespaces[0])
+        .await?;
+    for crd in CRDS {
+        assert_eq!(crds.get(crd).await?.uid(), crd_uids[crd], "{crd}");
+    }
+    drop(operator);
+    helm.uninstall(RELEASE, &namespace)?;
 
     // Clean up with an operator of full rights: the tenant is shredded as usual.
     let cleaner = Operator::start(&namespace, &unique("ft-chart-cleanup"))?;
