@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod faults;
 pub mod helm;
 
 use anyhow::{Context as _, bail};
@@ -30,6 +31,16 @@ pub async fn cluster() -> anyhow::Result<Client> {
         .context("the API server in KUBECONFIG is not reachable")?;
     eprintln!("e2e: API server {}", version.git_version);
     Ok(client)
+}
+
+/// Ready for the tenant's current generation.
+pub fn is_ready(tenant: &FranceTravailTenant) -> bool {
+    tenant.status.as_ref().is_some_and(|s| {
+        s.observed_generation == tenant.metadata.generation
+            && s.conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+    })
 }
 
 /// A name no other test run uses.
@@ -105,7 +116,14 @@ pub async fn install_crds(client: &Client) -> anyhow::Result<()> {
         Duration::from_secs(30),
         || {
             let api: Api<FranceTravailTenant> = Api::all(client.clone());
-            async move { Ok(api.list(&Default::default()).await.ok().map(|_| ())) }
+            // Metadata only: a tenant these types cannot read must not hide the API.
+            async move {
+                Ok(api
+                    .list_metadata(&Default::default())
+                    .await
+                    .ok()
+                    .map(|_| ()))
+            }
         },
     )
     .await
@@ -233,14 +251,20 @@ pub fn operator_binary() -> anyhow::Result<PathBuf> {
     if let Ok(path) = std::env::var("FT_OPERATOR_BIN") {
         return Ok(PathBuf::from(path));
     }
+    build_operator(&[])
+}
+
+/// Builds `ft-operator` from this workspace with extra cargo arguments; returns its path.
+pub fn build_operator(extra: &[&str]) -> anyhow::Result<PathBuf> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
         .args(["build", "-p", "ft-operator", "--bin", "ft-operator"])
+        .args(extra)
         .current_dir(workspace_root())
         .status()
         .context("building ft-operator")?;
     if !status.success() {
-        bail!("building ft-operator failed");
+        bail!("building ft-operator {extra:?} failed");
     }
     let target = std::env::var("CARGO_TARGET_DIR")
         .map(PathBuf::from)
@@ -294,7 +318,27 @@ impl Operator {
         env: &[(String, String)],
         kubeconfig: Option<&Path>,
     ) -> anyhow::Result<Operator> {
-        let binary = operator_binary()?;
+        Self::launch_binary(&operator_binary()?, flags, env, kubeconfig)
+    }
+
+    /// Starts `binary run` (an `ft-operator` built otherwise, with crash points say) with
+    /// flags, environment and kubeconfig.
+    pub fn start_binary(
+        binary: &Path,
+        namespace: &str,
+        lease: &str,
+        env: &[(String, String)],
+        kubeconfig: Option<&Path>,
+    ) -> anyhow::Result<Operator> {
+        Self::launch_binary(binary, &Self::flags(namespace, lease, &[]), env, kubeconfig)
+    }
+
+    fn launch_binary(
+        binary: &Path,
+        flags: &[String],
+        env: &[(String, String)],
+        kubeconfig: Option<&Path>,
+    ) -> anyhow::Result<Operator> {
         let metrics_port = free_port()?;
         let log = std::env::temp_dir().join(format!(
             "ft-operator-e2e-{}-{metrics_port}.log",
@@ -320,6 +364,23 @@ impl Operator {
             metrics_port,
             log,
         })
+    }
+
+    /// Waits up to `timeout` for the process to end by itself; its exit status if it did.
+    pub async fn wait_exit(
+        &mut self,
+        timeout: Duration,
+    ) -> anyhow::Result<Option<std::process::ExitStatus>> {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(Some(status));
+            }
+            if started.elapsed() > timeout {
+                return Ok(None);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// The operator's process id, to read its usage from /proc.
@@ -355,9 +416,14 @@ impl Operator {
     }
 
     pub async fn scrape(&self) -> anyhow::Result<String> {
+        self.get("/metrics").await
+    }
+
+    /// The body of an HTTP GET of `path` on its metrics address (`/readyz`, `/healthz`, …).
+    pub async fn get(&self, path: &str) -> anyhow::Result<String> {
         let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.metrics_port)).await?;
         stream
-            .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            .write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
             .await?;
         let mut response = String::new();
         stream.read_to_string(&mut response).await?;

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
 use ft_e2e::{
-    Operator, cluster, confirm_and_delete, ensure_namespace, example_tenant, install_crds, unique,
-    wait_for,
+    Operator, cluster, confirm_and_delete, ensure_namespace, example_tenant, install_crds,
+    is_ready, unique, wait_for,
 };
 use ft_operator::api::FranceTravailTenant;
 use ft_operator::build::{BuildSettings, build};
@@ -23,22 +23,13 @@ use serde_json::{Value, json};
 const OPERATOR_NAMESPACE: &str = "ft-system";
 const SETTLE: Duration = Duration::from_secs(30);
 
-fn ready(tenant: &FranceTravailTenant) -> bool {
-    tenant.status.as_ref().is_some_and(|s| {
-        s.observed_generation == tenant.metadata.generation
-            && s.conditions
-                .iter()
-                .any(|c| c.type_ == "Ready" && c.status == "True")
-    })
-}
-
 async fn wait_ready(
     api: &Api<FranceTravailTenant>,
     name: &str,
 ) -> anyhow::Result<FranceTravailTenant> {
     wait_for(&format!("tenant {name} Ready"), SETTLE, || async {
         let t = api.get(name).await?;
-        Ok(ready(&t).then_some(t))
+        Ok(is_ready(&t).then_some(t))
     })
     .await
 }

@@ -20,14 +20,16 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
-use kube::api::PartialObjectMeta;
+use kube::api::{ApiResource, DynamicObject, PartialObjectMeta};
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::utils::{Backoff, ResetTimerBackoff};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
 use serde_json::json;
 use tracing::{debug, info, instrument, warn};
 
@@ -45,6 +47,7 @@ use crate::build::{
 };
 use crate::compliance::Compliance;
 use crate::error::{Error, Result};
+use crate::health::{Liveness, WatchSignal};
 use crate::keystore::{KeyStore, MemoryKeyStore, SecretKeyStore};
 use crate::metrics::{Metrics, TenantLabels};
 use crate::observe::{Observed, empty_stores};
@@ -56,6 +59,11 @@ use crate::velero::{self, Backup as VeleroBackup, BackupStorageLocation, Restore
 
 /// How often a tenant is re-checked when nothing happens: its report is never older.
 pub const RESYNC: Duration = Duration::from_secs(60);
+
+/// The longest a pass may take. A pass makes a few dozen calls; one that runs this long waits
+/// on a call the API server does not answer, and would hold one of the controller's 16 slots:
+/// sixteen such passes and no tenant is reconciled any more.
+pub const PASS_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How soon a tenant is looked at again after a pass that wrote children or did not see them
 /// all in the reflectors, in case the watch events that would wake it are slow to come.
@@ -108,6 +116,11 @@ pub struct Context {
     /// Where tenant keys are kept: a Secret per tenant in the operator's namespace when
     /// running, in memory in tests.
     pub keys: Arc<dyn KeyStore>,
+    /// Whether the controller moves: every pass marks its start and end.
+    pub liveness: Liveness,
+    /// False while the leader cannot confirm it holds its Lease: passes wait, so that it never
+    /// acts beside the next leader.
+    pub acting: tokio::sync::watch::Receiver<bool>,
     failures: Mutex<HashMap<String, u32>>,
 }
 
@@ -124,6 +137,8 @@ impl Context {
             compliance,
             placements: PlacementIndex::default(),
             keys: Arc::new(MemoryKeyStore::default()),
+            liveness: Liveness::new(metrics.clone()),
+            acting: tokio::sync::watch::channel(true).1,
             recorder: Recorder::new(client.clone(), reporter),
             client,
             observed,
@@ -195,23 +210,35 @@ impl Context {
 
 #[instrument(skip_all, fields(tenant = %tenant.name_any()))]
 pub async fn reconcile(tenant: Arc<FranceTravailTenant>, ctx: Arc<Context>) -> Result<Action> {
-    let started = Instant::now();
     let name = tenant.name_any();
-    ctx.observed.wait_until_ready().await;
+    if ctx.acting.clone().wait_for(|acting| *acting).await.is_err() {
+        // The leader is stepping down: this pass is not its to make.
+        return Ok(Action::await_change());
+    }
+    let started = Instant::now();
+    ctx.liveness.pass_started(&name);
     let api: Api<FranceTravailTenant> = Api::all(ctx.client.clone());
-    let result = finalizer(&api, FINALIZER, tenant, |event| async {
-        match event {
-            Finalizer::Apply(tenant) => apply_tenant(&tenant, &ctx).await,
-            Finalizer::Cleanup(tenant) => cleanup(&tenant, &ctx).await,
-        }
-    })
-    .await
-    .map_err(|e| match e {
-        kube::runtime::finalizer::Error::ApplyFailed(e)
-        | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
-        other => Error::Finalizer(Box::new(other)),
-    });
+    let pass = async {
+        ctx.observed.wait_until_ready().await;
+        finalizer(&api, FINALIZER, tenant, |event| async {
+            match event {
+                Finalizer::Apply(tenant) => apply_tenant(&tenant, &ctx).await,
+                Finalizer::Cleanup(tenant) => cleanup(&tenant, &ctx).await,
+            }
+        })
+        .await
+    };
+    // Every step resumes from what the cluster holds, so a pass can be dropped midway.
+    let result = match tokio::time::timeout(PASS_TIMEOUT, pass).await {
+        Ok(result) => result.map_err(|e| match e {
+            kube::runtime::finalizer::Error::ApplyFailed(e)
+            | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+            other => Error::Finalizer(Box::new(other)),
+        }),
+        Err(_) => Err(Error::PassTimedOut(PASS_TIMEOUT)),
+    };
     ctx.metrics.reconciled(&name, started.elapsed());
+    ctx.liveness.pass_finished(&name, result.is_ok());
     if result.is_ok() {
         ctx.failures
             .lock()
@@ -228,11 +255,13 @@ pub fn error_policy(tenant: Arc<FranceTravailTenant>, error: &Error, ctx: Arc<Co
     }
     ctx.metrics.failed(error.category());
     warn!(tenant = %tenant.name_any(), category = error.category(), %error, "reconcile failed");
-    // Exponential backoff per tenant, capped at five minutes.
+    // Exponential backoff per tenant, capped at the resync period: a failing tenant is retried
+    // at least as often as a healthy one is checked. Recovery from an API-server outage wakes
+    // every tenant at once (`wake_on_recovery`), whatever its backoff.
     let mut failures = ctx.failures.lock().unwrap_or_else(|e| e.into_inner());
     let count = failures.entry(tenant.name_any()).or_default();
     *count = count.saturating_add(1);
-    Action::requeue(Duration::from_secs(2u64.saturating_pow(*count).min(300)))
+    Action::requeue(Duration::from_secs(2u64.saturating_pow(*count)).min(RESYNC))
 }
 
 async fn apply_tenant(tenant: &FranceTravailTenant, ctx: &Context) -> Result<Action> {
@@ -463,9 +492,12 @@ async fn start_backup_work(
         };
         let restore = backup::restore(tenant, env, backup, *at, &velero.namespace);
         let key = format!("Restore/{}/{}", velero.namespace, restore.name_any());
+        // The scratch namespace is in place, the Restore not made yet.
+        crate::crash_point!("restore-test-due", &name);
         match api.create(&PostParams::default(), &restore).await {
             Ok(_) => {
                 ctx.metrics.write("Restore", "create");
+                crate::crash_point!("restore-test-created", &name);
                 let scratch = backup::scratch_namespace(&name, env);
                 info!(tenant = %name, environment = %env.name, backup = %backup, restore = %key, scratch = %scratch, control = "CLD-26", "restore test started");
                 ctx.publish(
@@ -829,6 +861,7 @@ async fn shred(tenant: &FranceTravailTenant, applier: &Applier<'_>, ctx: &Contex
         match step {
             Step::FinalExport => match final_export(tenant, ctx).await? {
                 Ok(exports) => {
+                    crate::crash_point!("shred-FinalExport", &name);
                     progress.final_export_at = Some(now());
                     progress.exports = exports;
                     progress.message.clear();
@@ -855,6 +888,7 @@ async fn shred(tenant: &FranceTravailTenant, applier: &Applier<'_>, ctx: &Contex
             },
             Step::DestroyKey => {
                 let destroyed = ctx.keys.destroy(&name).await?;
+                crate::crash_point!("shred-DestroyKey", &name);
                 // Destroyed by an earlier pass that could not record it: the status knew it.
                 progress.key_fingerprint = destroyed
                     .or_else(|| tenant.status.as_ref()?.key_fingerprint.clone())
@@ -876,6 +910,7 @@ async fn shred(tenant: &FranceTravailTenant, applier: &Applier<'_>, ctx: &Contex
             }
             Step::DeleteNamespaces => {
                 delete_namespaces(tenant, ctx).await?;
+                crate::crash_point!("shred-DeleteNamespaces", &name);
                 progress.namespaces_deleted_at = Some(now());
                 write_shredding(tenant, &progress, ctx).await?;
                 ctx.publish(
@@ -897,6 +932,7 @@ async fn shred(tenant: &FranceTravailTenant, applier: &Applier<'_>, ctx: &Contex
                     write_shredding(tenant, &progress, ctx).await?;
                     return Err(Error::CleanupPending(left.clone()));
                 }
+                crate::crash_point!("shred-DeleteClusterObjects", &name);
                 progress.cluster_objects_deleted_at = Some(now());
                 write_shredding(tenant, &progress, ctx).await?;
             }
@@ -918,6 +954,7 @@ async fn shred(tenant: &FranceTravailTenant, applier: &Applier<'_>, ctx: &Contex
                     Err(kube::Error::Api(s)) if s.code == 409 => {}
                     Err(e) => return Err(Error::kube("create", &record_name, e)),
                 }
+                crate::crash_point!("shred-WriteRecord", &name);
                 progress.record = Some(format!(
                     "ConfigMap {}/{record_name}",
                     ctx.settings.key_namespace
@@ -949,7 +986,10 @@ async fn shred(tenant: &FranceTravailTenant, applier: &Applier<'_>, ctx: &Contex
                 ctx.publish_on(&related, EventType::Normal, "Shredded", note)
                     .await;
             }
-            Step::Done => return Ok(()),
+            Step::Done => {
+                crate::crash_point!("shred-Done", &name);
+                return Ok(());
+            }
         }
     }
 }
@@ -1136,6 +1176,16 @@ pub async fn discover_confinement(client: &Client) -> Confinement {
     }
 }
 
+/// What one term of leadership gives the controller besides the cluster.
+pub struct Term {
+    /// Who acts, in Events.
+    pub reporter: Reporter,
+    /// Where the controller reports its watches and passes.
+    pub liveness: Liveness,
+    /// False while the leader cannot confirm it holds its Lease.
+    pub acting: tokio::sync::watch::Receiver<bool>,
+}
+
 /// Runs the controller until `shutdown` resolves. `placements` is shared with the webhook.
 pub async fn run(
     client: Client,
@@ -1143,9 +1193,14 @@ pub async fn run(
     settings: BuildSettings,
     compliance: Compliance,
     placements: PlacementIndex,
-    reporter: Reporter,
+    term: Term,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
+    let Term {
+        reporter,
+        liveness,
+        acting,
+    } = term;
     let (observed, mut writers) = empty_stores();
     let mut ctx = Context::new(
         client.clone(),
@@ -1156,6 +1211,8 @@ pub async fn run(
         reporter,
     );
     ctx.placements = placements;
+    ctx.liveness = liveness.clone();
+    ctx.acting = acting;
     ctx.keys = Arc::new(SecretKeyStore::new(
         client.clone(),
         ctx.settings.key_namespace.clone(),
@@ -1163,60 +1220,66 @@ pub async fn run(
     let ctx = Arc::new(ctx);
     let ours = || watcher::Config::default().labels(labels::MANAGED_SELECTOR);
     let everything = watcher::Config::default;
+    let watch = |resource| Watch {
+        client: &client,
+        liveness: &liveness,
+        resource,
+    };
 
     // Namespaces and NetworkPolicies are watched unfiltered: a label removed by hand, or a
     // policy made by hand in a tenant namespace, must be seen. Namespaces as metadata only.
-    let namespaces = watcher(
-        Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
-        everything(),
-    )
-    .modify(|o| managers_only(o.meta_mut()))
-    .reflect(writers.namespaces);
-    let network_policies = watcher(Api::<NetworkPolicy>::all(client.clone()), everything())
+    let namespaces = watch("namespaces")
+        .all::<PartialObjectMeta<Namespace>>(everything())
+        .modify(|o| managers_only(o.meta_mut()))
+        .reflect(writers.namespaces);
+    let network_policies = watch("networkpolicies")
+        .all::<NetworkPolicy>(everything())
         .modify(|o| managers_only(o.meta_mut()))
         .reflect(writers.network_policies);
-    let resource_quotas = watcher(Api::<ResourceQuota>::all(client.clone()), ours())
+    let resource_quotas = watch("resourcequotas")
+        .all::<ResourceQuota>(ours())
         .modify(|o| managers_only(o.meta_mut()))
         .reflect(writers.resource_quotas);
-    let limit_ranges = watcher(Api::<LimitRange>::all(client.clone()), ours())
+    let limit_ranges = watch("limitranges")
+        .all::<LimitRange>(ours())
         .modify(|o| managers_only(o.meta_mut()))
         .reflect(writers.limit_ranges);
-    let compliance_reports = watcher(Api::<ComplianceReport>::all(client.clone()), ours())
+    let compliance_reports = watch("compliancereports")
+        .all::<ComplianceReport>(ours())
         .modify(|o| managers_only(o.meta_mut()))
         .reflect(writers.compliance_reports);
     // What the controls judge, trimmed before it is stored: a cluster may hold many pods.
-    let pods = watcher(Api::<Pod>::all(client.clone()), everything())
+    let pods = watch("pods")
+        .all::<Pod>(everything())
         .modify(trim_pod)
         .reflect(writers.pods);
-    let claims = watcher(
-        Api::<PersistentVolumeClaim>::all(client.clone()),
-        everything(),
-    )
-    .modify(|o| trim_meta(&mut o.metadata))
-    .reflect(writers.persistent_volume_claims);
-    let role_bindings = watcher(Api::<RoleBinding>::all(client.clone()), everything())
+    let claims = watch("persistentvolumeclaims")
+        .all::<PersistentVolumeClaim>(everything())
+        .modify(|o| trim_meta(&mut o.metadata))
+        .reflect(writers.persistent_volume_claims);
+    let role_bindings = watch("rolebindings")
+        .all::<RoleBinding>(everything())
         .modify(|o| managers_only(o.meta_mut()))
         .reflect(writers.role_bindings);
-    let volumes = watcher(Api::<PersistentVolume>::all(client.clone()), everything())
+    let volumes = watch("persistentvolumes")
+        .all::<PersistentVolume>(everything())
         .modify(|o| trim_meta(&mut o.metadata))
         .reflect(writers.persistent_volumes);
-    let nodes = watcher(Api::<Node>::all(client.clone()), everything())
+    let nodes = watch("nodes")
+        .all::<Node>(everything())
         .modify(trim_node)
         .reflect(writers.nodes);
-    let storage_classes = watcher(Api::<StorageClass>::all(client.clone()), everything())
+    let storage_classes = watch("storageclasses")
+        .all::<StorageClass>(everything())
         .reflect(writers.storage_classes);
-    let validating_policies = watcher(
-        Api::<ValidatingAdmissionPolicy>::all(client.clone()),
-        ours(),
-    )
-    .modify(|o| managers_only(o.meta_mut()))
-    .reflect(writers.validating_admission_policies);
-    let validating_bindings = watcher(
-        Api::<ValidatingAdmissionPolicyBinding>::all(client.clone()),
-        ours(),
-    )
-    .modify(|o| managers_only(o.meta_mut()))
-    .reflect(writers.validating_admission_policy_bindings);
+    let validating_policies = watch("validatingadmissionpolicies")
+        .all::<ValidatingAdmissionPolicy>(ours())
+        .modify(|o| managers_only(o.meta_mut()))
+        .reflect(writers.validating_admission_policies);
+    let validating_bindings = watch("validatingadmissionpolicybindings")
+        .all::<ValidatingAdmissionPolicyBinding>(ours())
+        .modify(|o| managers_only(o.meta_mut()))
+        .reflect(writers.validating_admission_policy_bindings);
     mark_listed(&mut writers.schedules);
     mark_listed(&mut writers.backups);
     mark_listed(&mut writers.restores);
@@ -1224,10 +1287,10 @@ pub async fn run(
     // A cluster that does not serve MutatingAdmissionPolicies has none to watch.
     let native = ctx.settings.confinement == Confinement::Native;
     let mutating_policies = if native {
-        watcher(Api::<MutatingAdmissionPolicy>::all(client.clone()), ours())
+        watch("mutatingadmissionpolicies")
+            .all::<MutatingAdmissionPolicy>(ours())
             .modify(|o| managers_only(o.meta_mut()))
             .reflect(writers.mutating_admission_policies)
-            .default_backoff()
             .touched_objects()
             .boxed()
     } else {
@@ -1235,15 +1298,12 @@ pub async fn run(
         futures::stream::pending().boxed()
     };
     let mutating_bindings = if native {
-        watcher(
-            Api::<MutatingAdmissionPolicyBinding>::all(client.clone()),
-            ours(),
-        )
-        .modify(|o| managers_only(o.meta_mut()))
-        .reflect(writers.mutating_admission_policy_bindings)
-        .default_backoff()
-        .touched_objects()
-        .boxed()
+        watch("mutatingadmissionpolicybindings")
+            .all::<MutatingAdmissionPolicyBinding>(ours())
+            .modify(|o| managers_only(o.meta_mut()))
+            .reflect(writers.mutating_admission_policy_bindings)
+            .touched_objects()
+            .boxed()
     } else {
         mark_listed(&mut writers.mutating_admission_policy_bindings);
         futures::stream::pending().boxed()
@@ -1259,23 +1319,44 @@ pub async fn run(
     };
     let (wake, woken) = futures::channel::mpsc::unbounded();
 
-    let controller = Controller::new(
-        Api::<FranceTravailTenant>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .with_config(
-        ControllerConfig::default()
-            .concurrency(16)
-            .debounce(Duration::from_millis(50)),
-    );
-    let tenants = controller.store();
-    let velero_task = tokio::spawn(follow_velero(
-        client,
-        ctx.clone(),
-        velero_writers,
+    let (tenants, tenant_writer) = reflector::store();
+    let (unreadable_tx, unreadable) = futures::channel::mpsc::unbounded();
+    let tenant_stream = tenant_watch(
+        watch("francetravailtenants").of(
+            Api::<DynamicObject>::all_with(
+                client.clone(),
+                &ApiResource::erase::<FranceTravailTenant>(&()),
+            ),
+            everything(),
+        ),
         tenants.clone(),
-        wake,
-    ));
+        unreadable_tx,
+    )
+    .reflect(tenant_writer)
+    .applied_objects();
+    let controller = Controller::for_stream(tenant_stream, tenants.clone())
+        .with_config(
+            ControllerConfig::default()
+                .concurrency(16)
+                .debounce(Duration::from_millis(50)),
+        )
+        .trigger_backoff(NoPause);
+    let background = [
+        tokio::spawn(report_unreadable(ctx.clone(), unreadable)),
+        tokio::spawn(follow_velero(
+            client.clone(),
+            ctx.clone(),
+            velero_writers,
+            tenants.clone(),
+            wake.clone(),
+        )),
+        tokio::spawn(wake_on_recovery(
+            client.clone(),
+            liveness.clone(),
+            tenants.clone(),
+            wake,
+        )),
+    ];
     // A change to a node or a storage class may concern any tenant.
     let all_tenants = move || {
         tenants
@@ -1287,49 +1368,19 @@ pub async fn run(
     let index = &ctx.index;
     let a1 = all_tenants.clone();
     controller
-        .watches_stream(
-            namespaces.default_backoff().touched_objects(),
-            by_owner(index),
-        )
-        .watches_stream(
-            network_policies.default_backoff().touched_objects(),
-            by_owner(index),
-        )
-        .watches_stream(
-            resource_quotas.default_backoff().touched_objects(),
-            by_owner(index),
-        )
-        .watches_stream(
-            limit_ranges.default_backoff().touched_objects(),
-            by_owner(index),
-        )
-        .watches_stream(
-            compliance_reports.default_backoff().touched_objects(),
-            by_owner(index),
-        )
-        .watches_stream(
-            validating_policies.default_backoff().touched_objects(),
-            by_owner(index),
-        )
-        .watches_stream(
-            validating_bindings.default_backoff().touched_objects(),
-            by_owner(index),
-        )
+        .watches_stream(namespaces.touched_objects(), by_owner(index))
+        .watches_stream(network_policies.touched_objects(), by_owner(index))
+        .watches_stream(resource_quotas.touched_objects(), by_owner(index))
+        .watches_stream(limit_ranges.touched_objects(), by_owner(index))
+        .watches_stream(compliance_reports.touched_objects(), by_owner(index))
+        .watches_stream(validating_policies.touched_objects(), by_owner(index))
+        .watches_stream(validating_bindings.touched_objects(), by_owner(index))
         .watches_stream(mutating_policies, by_owner(index))
         .watches_stream(mutating_bindings, by_owner(index))
-        .watches_stream(
-            pods.default_backoff().touched_objects(),
-            by_namespace(index),
-        )
-        .watches_stream(
-            claims.default_backoff().touched_objects(),
-            by_namespace(index),
-        )
-        .watches_stream(
-            role_bindings.default_backoff().touched_objects(),
-            by_namespace(index),
-        )
-        .watches_stream(volumes.default_backoff().touched_objects(), {
+        .watches_stream(pods.touched_objects(), by_namespace(index))
+        .watches_stream(claims.touched_objects(), by_namespace(index))
+        .watches_stream(role_bindings.touched_objects(), by_namespace(index))
+        .watches_stream(volumes.touched_objects(), {
             // A volume concerns the tenant whose namespace claims it.
             let index = index.clone();
             move |o| {
@@ -1340,7 +1391,6 @@ pub async fn run(
         // Nodes report their status every few seconds; only what placement reads matters.
         .watches_stream(
             nodes
-                .default_backoff()
                 .touched_objects()
                 .predicate_filter(node_placement, Default::default()),
             move |_| a1(),
@@ -1348,7 +1398,7 @@ pub async fn run(
         // A tenant's own class concerns that tenant only; any other class (a new default, a
         // class changed by hand) may concern every tenant's claims.
         .watches_stream(
-            storage_classes.default_backoff().touched_objects(),
+            storage_classes.touched_objects(),
             move |class: StorageClass| match class.labels().get(labels::TENANT) {
                 Some(tenant) => vec![ObjectRef::new(tenant)],
                 None => all_tenants(),
@@ -1363,8 +1413,298 @@ pub async fn run(
             }
         })
         .await;
-    velero_task.abort();
+    for task in background {
+        task.abort();
+    }
 }
+
+/// How a watch retries: quickly, so that enforcement resumes within seconds of the API server
+/// coming back (client-go's 30 s cap would leave drift unrepaired that long), with jitter so
+/// the watches do not retry in step. A dozen watches at this pace are no burden.
+fn watch_backoff() -> impl Backoff {
+    ResetTimerBackoff::new(
+        watcher::ExponentialBackoff::from(
+            backon::ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(200))
+                .with_max_delay(Duration::from_secs(2))
+                .with_jitter()
+                .without_max_times(),
+        ),
+        Duration::from_secs(60),
+    )
+}
+
+/// The controller's own pause after an error of any of its watches: none. kube-runtime merges
+/// every watch into one stream and, by default, suspends that whole stream after an error of
+/// any of them, for a pause that doubles with each error up to 30 s and resets only after two
+/// quiet minutes. After an API-server restart every watch fails once or twice (connection
+/// reset, then 410 Gone), so the caches stayed frozen for many minutes: drift went unseen, new
+/// tenants unread. Each watch backs off on its own instead (`watch_backoff`), and an error of
+/// one never holds up the others.
+pub struct NoPause;
+
+impl Iterator for NoPause {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        Some(Duration::ZERO)
+    }
+}
+
+impl Backoff for NoPause {
+    fn reset(&mut self) {}
+}
+
+/// One watch of the controller, reporting what it says to the liveness.
+struct Watch<'a> {
+    client: &'a Client,
+    liveness: &'a Liveness,
+    resource: &'static str,
+}
+
+impl Watch<'_> {
+    fn all<K>(
+        self,
+        config: watcher::Config,
+    ) -> impl futures::Stream<Item = watcher::Result<watcher::Event<K>>> + Send + use<K>
+    where
+        K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
+        K::DynamicType: Default,
+    {
+        let api = Api::all_with(self.client.clone(), &Default::default());
+        self.of(api, config)
+    }
+
+    fn of<K>(
+        self,
+        api: Api<K>,
+        config: watcher::Config,
+    ) -> impl futures::Stream<Item = watcher::Result<watcher::Event<K>>> + Send + use<K>
+    where
+        K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
+    {
+        let (liveness, resource) = (self.liveness.clone(), self.resource);
+        liveness.watch(resource, WatchSignal::Listing);
+        watcher(api, config)
+            .inspect(move |item| liveness.watch(resource, signal_of(item)))
+            // A 410 Gone only means "list again", which the watcher does when next polled: no
+            // pause, even right after an outage has drawn the backoff out.
+            .filter(move |item| {
+                let expired = expired(item);
+                if let (true, Err(e)) = (expired, item) {
+                    debug!(resource, error = %e, "watch expired: listing again");
+                }
+                futures::future::ready(!expired)
+            })
+            .backoff(watch_backoff())
+    }
+}
+
+/// Whether a watch was told its resourceVersion is too old (etcd compacted, API server
+/// restarted).
+fn expired<K>(item: &watcher::Result<watcher::Event<K>>) -> bool {
+    matches!(item, Err(watcher::Error::WatchError(status)) if status.code == 410)
+}
+
+fn signal_of<K>(item: &watcher::Result<watcher::Event<K>>) -> WatchSignal {
+    match item {
+        Ok(watcher::Event::Init) => WatchSignal::Listing,
+        Ok(watcher::Event::InitDone) => WatchSignal::Listed,
+        Ok(_) => WatchSignal::Event,
+        Err(_) => WatchSignal::Error,
+    }
+}
+
+/// The tenants as the controller sees them. A tenant the API server holds but these types
+/// cannot read (a value another version's schema let in) is reported on its own status and
+/// kept as last read, if it ever was: every other tenant goes on being reconciled.
+fn tenant_watch(
+    events: impl futures::Stream<Item = watcher::Result<watcher::Event<DynamicObject>>> + Send,
+    known: reflector::Store<FranceTravailTenant>,
+    unreadable: futures::channel::mpsc::UnboundedSender<Unreadable>,
+) -> impl futures::Stream<Item = watcher::Result<watcher::Event<FranceTravailTenant>>> + Send {
+    events.filter_map(move |event| {
+        let read = |object: DynamicObject| match read_tenant(&object) {
+            Ok(tenant) => Some(tenant),
+            Err(error) => {
+                let _ = unreadable.unbounded_send(Unreadable { object, error });
+                None
+            }
+        };
+        let last_read = |object: &DynamicObject| {
+            known
+                .get(&ObjectRef::new(&object.name_any()))
+                .map(|t| (*t).clone())
+        };
+        futures::future::ready(match event {
+            Err(e) => Some(Err(e)),
+            Ok(watcher::Event::Init) => Some(Ok(watcher::Event::Init)),
+            Ok(watcher::Event::InitDone) => Some(Ok(watcher::Event::InitDone)),
+            // An unreadable update leaves the store as it was.
+            Ok(watcher::Event::Apply(o)) => read(o).map(|t| Ok(watcher::Event::Apply(t))),
+            // A relist keeps the last version read of an unreadable tenant.
+            Ok(watcher::Event::InitApply(o)) => {
+                let fallback = last_read(&o);
+                read(o)
+                    .or(fallback)
+                    .map(|t| Ok(watcher::Event::InitApply(t)))
+            }
+            Ok(watcher::Event::Delete(o)) => {
+                let fallback = last_read(&o);
+                read_tenant(&o)
+                    .ok()
+                    .or(fallback)
+                    .map(|t| Ok(watcher::Event::Delete(t)))
+            }
+        })
+    })
+}
+
+/// A tenant these types cannot read, and why, naming the field.
+pub struct Unreadable {
+    pub object: DynamicObject,
+    pub error: String,
+}
+
+/// Reads a tenant, or says which field is in the way.
+pub fn read_tenant(object: &DynamicObject) -> std::result::Result<FranceTravailTenant, String> {
+    let value = serde_json::to_value(object).map_err(|e| e.to_string())?;
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        format!("{path}: {}", e.into_inner())
+    })
+}
+
+/// Reports each unreadable tenant once per version: a Warning Event, a log line, and the
+/// conditions Ready False and Degraded True on its status, naming the field.
+async fn report_unreadable(
+    ctx: Arc<Context>,
+    mut unreadable: futures::channel::mpsc::UnboundedReceiver<Unreadable>,
+) {
+    let mut reported: HashMap<String, String> = HashMap::new();
+    let api: Api<DynamicObject> = Api::all_with(
+        ctx.client.clone(),
+        &ApiResource::erase::<FranceTravailTenant>(&()),
+    );
+    while let Some(Unreadable { object, error }) = unreadable.next().await {
+        let name = object.name_any();
+        let version = object.resource_version().unwrap_or_default();
+        if reported.get(&name) == Some(&version) {
+            continue;
+        }
+        ctx.metrics.failed("unreadable");
+        warn!(tenant = %name, %error, "tenant unreadable: it keeps what was last applied, and is not reconciled until fixed");
+        let message = format!(
+            "the operator cannot read this tenant ({error}); what was last applied stays in place and nothing else is done for it until the field is fixed"
+        );
+        let conditions = unreadable_conditions(&object, &message, &Time(jiff::Timestamp::now()));
+        let patch = json!({ "status": { "conditions": conditions } });
+        match api
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => {
+                ctx.metrics.write("FranceTravailTenant", "status");
+                reported.insert(name, version);
+            }
+            Err(e) => warn!(tenant = %name, error = %e, "cannot report the tenant unreadable"),
+        }
+        let target = ObjectReference {
+            api_version: Some(FranceTravailTenant::api_version(&()).into()),
+            kind: Some(FranceTravailTenant::kind(&()).into()),
+            name: Some(object.name_any()),
+            uid: object.uid(),
+            ..Default::default()
+        };
+        ctx.publish_on(&target, EventType::Warning, "Unreadable", message)
+            .await;
+    }
+}
+
+/// The conditions of a tenant the operator cannot read: Ready False and Degraded True, the
+/// others as they were.
+pub fn unreadable_conditions(
+    object: &DynamicObject,
+    message: &str,
+    now: &Time,
+) -> Vec<serde_json::Value> {
+    let mut conditions: Vec<serde_json::Value> = object.data["status"]["conditions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    for (type_, status) in [(status::READY, "False"), (status::DEGRADED, "True")] {
+        let previous = conditions
+            .iter()
+            .position(|c| c["type"] == type_)
+            .map(|i| conditions.remove(i));
+        let since = previous
+            .filter(|c| c["status"] == status)
+            .map(|c| c["lastTransitionTime"].clone())
+            .unwrap_or_else(|| json!(now));
+        conditions.push(json!({
+            "type": type_,
+            "status": status,
+            "reason": "Unreadable",
+            "message": message,
+            "lastTransitionTime": since,
+            "observedGeneration": object.metadata.generation,
+        }));
+    }
+    conditions
+}
+
+/// How often the API server is asked whether it is back, once a watch has failed.
+const RECOVERY_PROBE: Duration = Duration::from_millis(250);
+
+/// Wakes every tenant the moment the API server answers again after an outage, whatever
+/// their backoff: a right that lapsed meanwhile is revoked then (2.4.c), drift repaired.
+/// Also tells the liveness whether there are tenants, so that it expects passes.
+async fn wake_on_recovery(
+    client: Client,
+    liveness: Liveness,
+    tenants: reflector::Store<FranceTravailTenant>,
+    wake: futures::channel::mpsc::UnboundedSender<ObjectRef<FranceTravailTenant>>,
+) {
+    let mut outage = false;
+    loop {
+        tokio::time::sleep(RECOVERY_PROBE).await;
+        liveness.has_work(!tenants.is_empty());
+        if !outage && !liveness.take_watch_failure() {
+            continue;
+        }
+        let probe = client.request_text(
+            http::Request::get("/readyz")
+                .body(Vec::new())
+                .unwrap_or_default(),
+        );
+        let answered = matches!(
+            tokio::time::timeout(Duration::from_secs(2), probe).await,
+            Ok(Ok(_))
+        );
+        match (outage, answered) {
+            (false, false) => {
+                warn!("the API server does not answer: waiting for it");
+                outage = true;
+            }
+            (true, true) => {
+                info!("the API server answers again: every tenant is looked at now");
+                outage = false;
+                for tenant in tenants.state() {
+                    let _ = wake.unbounded_send(ObjectRef::from_obj(&*tenant));
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The resources of Velero's watches, as the liveness names them.
+const VELERO_WATCHES: [&str; 4] = [
+    "schedules.velero.io",
+    "backups.velero.io",
+    "restores.velero.io",
+    "backupstoragelocations.velero.io",
+];
 
 struct VeleroWriters {
     schedules: reflector::store::Writer<Schedule>,
@@ -1429,6 +1769,12 @@ async fn follow_velero(
             Some(true) | None => None,
             Some(false) => Some(false),
         };
+        // Velero's watches count for readiness only while the cluster serves its API.
+        if writers.is_none() && served.is_some() {
+            for resource in VELERO_WATCHES {
+                ctx.liveness.watch_needed(resource, served == Some(true));
+            }
+        }
         let before = ctx.compliance.backup_engine();
         // A watch that runs keeps the engine present through a failed discovery.
         if !(served.is_none() && before == Some(true)) && before != engine {
@@ -1440,7 +1786,14 @@ async fn follow_velero(
             && let Some(writers) = writers.take()
         {
             info!(namespace = %namespace, "the cluster serves Velero: following its objects");
-            let events = velero_events(&client, &namespace, writers, &ctx.index, &tenants);
+            let events = velero_events(
+                &client,
+                &ctx.liveness,
+                &namespace,
+                writers,
+                &ctx.index,
+                &tenants,
+            );
             let (ctx, listed, wake, wake_all) =
                 (ctx.clone(), listed.clone(), wake.clone(), wake_all.clone());
             tokio::spawn(events.for_each(move |event| {
@@ -1469,6 +1822,7 @@ async fn follow_velero(
 /// The watches of Velero's objects, reflected into the stores, as one stream of events.
 fn velero_events(
     client: &Client,
+    liveness: &Liveness,
     namespace: &str,
     writers: VeleroWriters,
     index: &NamespaceIndex,
@@ -1506,35 +1860,40 @@ fn velero_events(
             .collect::<Vec<_>>()
     };
     let ours = || watcher::Config::default().labels(labels::MANAGED_SELECTOR);
-    let schedules = watcher(
-        Api::<Schedule>::namespaced(client.clone(), namespace),
-        ours(),
-    )
-    .default_backoff()
-    .modify(|o| managers_only(o.meta_mut()))
-    .reflect(writers.schedules);
-    let backups = watcher(
-        Api::<VeleroBackup>::namespaced(client.clone(), namespace),
-        ours(),
-    )
-    .default_backoff()
-    .modify(|o| trim_meta(&mut o.metadata))
-    .reflect(writers.backups);
+    let watch = |resource| Watch {
+        client,
+        liveness,
+        resource,
+    };
+    let schedules = watch(VELERO_WATCHES[0])
+        .of(
+            Api::<Schedule>::namespaced(client.clone(), namespace),
+            ours(),
+        )
+        .modify(|o| managers_only(o.meta_mut()))
+        .reflect(writers.schedules);
+    let backups = watch(VELERO_WATCHES[1])
+        .of(
+            Api::<VeleroBackup>::namespaced(client.clone(), namespace),
+            ours(),
+        )
+        .modify(|o| trim_meta(&mut o.metadata))
+        .reflect(writers.backups);
     // Every Restore: one made by hand may take a tenant's production elsewhere (CLD-54).
-    let restores = watcher(
-        Api::<Restore>::namespaced(client.clone(), namespace),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .modify(|o| trim_meta(&mut o.metadata))
-    .reflect(writers.restores);
-    let locations = watcher(
-        Api::<BackupStorageLocation>::namespaced(client.clone(), namespace),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .modify(|o| trim_meta(&mut o.metadata))
-    .reflect(writers.locations);
+    let restores = watch(VELERO_WATCHES[2])
+        .of(
+            Api::<Restore>::namespaced(client.clone(), namespace),
+            watcher::Config::default(),
+        )
+        .modify(|o| trim_meta(&mut o.metadata))
+        .reflect(writers.restores);
+    let locations = watch(VELERO_WATCHES[3])
+        .of(
+            Api::<BackupStorageLocation>::namespaced(client.clone(), namespace),
+            watcher::Config::default(),
+        )
+        .modify(|o| trim_meta(&mut o.metadata))
+        .reflect(writers.locations);
     let index = index.clone();
     let tenants = tenants.clone();
     // Velero revalidates each location every minute: only a change of phase matters.

@@ -44,6 +44,11 @@ pub enum Error {
 
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+
+    /// A pass ran longer than it may (a call the API server never answered): it is
+    /// abandoned, so that it cannot hold one of the controller's slots forever, and retried.
+    #[error("the pass took longer than {0:?} and was abandoned")]
+    PassTimedOut(std::time::Duration),
 }
 
 impl Error {
@@ -73,6 +78,7 @@ impl Error {
             // Apply and cleanup errors are unwrapped by the reconciler; what remains is the
             // finalizer patch itself.
             Error::Finalizer(_) => "finalizer",
+            Error::PassTimedOut(_) => "timeout",
         }
     }
 

@@ -18,6 +18,8 @@ pub mod crd;
 pub mod digest;
 pub mod encryption;
 pub mod error;
+pub mod failpoint;
+pub mod health;
 pub mod keystore;
 pub mod metrics;
 pub mod observe;

@@ -287,6 +287,8 @@ fn run_plan(file: &PathBuf, settings: BuildSettings) -> ExitCode {
 
 fn run(args: RunArgs) -> ExitCode {
     init_tracing(args.log_format, &args.log_level);
+    #[cfg(feature = "failpoints")]
+    let _failpoints = ft_operator::failpoint::setup();
     let identity = args.identity.unwrap_or_else(|| {
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "ft-operator".into());
         format!("{host}-{}", std::process::id())

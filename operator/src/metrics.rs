@@ -26,6 +26,11 @@ pub struct ErrorLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResourceLabels {
+    pub resource: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct WriteLabels {
     pub kind: String,
     pub operation: String,
@@ -46,6 +51,15 @@ pub struct Metrics {
     pub control_result: Family<ControlLabels, Gauge>,
     /// Unix time of the tenant's latest evaluation: its report is only rewritten on change.
     pub last_evaluation: Family<TenantLabels, Gauge>,
+    /// Unix time of the latest reconcile pass that succeeded, whatever the tenant.
+    pub last_success: Gauge,
+    /// Errors of each watch: every one is followed by a retry with backoff (a 410 Gone by a
+    /// fresh list).
+    pub watch_restarts: Family<ResourceLabels, Counter>,
+    /// 1 while a watch is listed and not failing.
+    pub watch_synced: Family<ResourceLabels, Gauge>,
+    /// Seconds the controller has had work and finished no pass; 0 while it moves.
+    pub since_progress: Gauge,
 }
 
 impl Default for Metrics {
@@ -59,6 +73,10 @@ impl Default for Metrics {
         let leader = Gauge::default();
         let control_result = Family::<ControlLabels, Gauge>::default();
         let last_evaluation = Family::<TenantLabels, Gauge>::default();
+        let last_success = Gauge::default();
+        let watch_restarts = Family::<ResourceLabels, Counter>::default();
+        let watch_synced = Family::<ResourceLabels, Gauge>::default();
+        let since_progress = Gauge::default();
         registry.register(
             "reconciliations",
             "Reconciliations completed, by tenant",
@@ -99,6 +117,26 @@ impl Default for Metrics {
             "When the tenant's controls were last evaluated",
             last_evaluation.clone(),
         );
+        registry.register(
+            "last_successful_reconcile_timestamp_seconds",
+            "When a reconcile pass last succeeded",
+            last_success.clone(),
+        );
+        registry.register(
+            "watch_restarts",
+            "Watch errors, each followed by a retry, by resource",
+            watch_restarts.clone(),
+        );
+        registry.register(
+            "watch_synced",
+            "Whether a watch is listed and not failing, by resource",
+            watch_synced.clone(),
+        );
+        registry.register(
+            "seconds_since_progress",
+            "How long the controller has had work and finished no reconcile pass",
+            since_progress.clone(),
+        );
         Self {
             registry,
             reconciliations,
@@ -109,6 +147,10 @@ impl Default for Metrics {
             leader,
             control_result,
             last_evaluation,
+            last_success,
+            watch_restarts,
+            watch_synced,
+            since_progress,
         }
     }
 }
@@ -130,6 +172,22 @@ impl Metrics {
             })
             .inc();
         self.duration.observe(took.as_secs_f64());
+    }
+
+    pub fn watch_restarted(&self, resource: &str) {
+        self.watch_restarts
+            .get_or_create(&ResourceLabels {
+                resource: resource.into(),
+            })
+            .inc();
+    }
+
+    pub fn watch_synced(&self, resource: &str, synced: bool) {
+        self.watch_synced
+            .get_or_create(&ResourceLabels {
+                resource: resource.into(),
+            })
+            .set(i64::from(synced));
     }
 
     pub fn failed(&self, category: &str) {

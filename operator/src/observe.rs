@@ -2,6 +2,7 @@
 //! controls judge. `run` feeds them from watches; tests fill them by hand.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use k8s_openapi::api::admissionregistration::v1::{
     MutatingAdmissionPolicy, MutatingAdmissionPolicyBinding, ValidatingAdmissionPolicy,
@@ -26,6 +27,8 @@ macro_rules! stores {
         #[derive(Clone)]
         pub struct Observed {
             $( $(#[$doc])* pub $field: Store<$kind>, )*
+            /// Set once every store has listed: see `wait_until_ready`.
+            listed: Arc<tokio::sync::OnceCell<()>>,
         }
 
         pub struct ObservedWriters {
@@ -36,16 +39,33 @@ macro_rules! stores {
         pub fn empty_stores() -> (Observed, ObservedWriters) {
             $( let $field = reflector::store(); )*
             (
-                Observed { $( $field: $field.0, )* },
+                Observed { $( $field: $field.0, )* listed: Arc::default() },
                 ObservedWriters { $( $field: $field.1, )* },
             )
         }
 
+        impl ObservedWriters {
+            /// Every store listed, and empty: a cluster that holds none of these objects.
+            pub fn mark_all_listed(&mut self) {
+                $(
+                    self.$field.apply_watcher_event(&kube::runtime::watcher::Event::Init);
+                    self.$field.apply_watcher_event(&kube::runtime::watcher::Event::InitDone);
+                )*
+            }
+        }
+
         impl Observed {
-            /// Waits until every store has listed once.
+            /// Waits until every store has listed once. Any number of passes may wait at
+            /// once: a store's own readiness wakes only the last task that polled it (its
+            /// one-shot channel keeps one waker), so only one task at a time waits on the
+            /// stores, the others on a cell that wakes them all.
             pub async fn wait_until_ready(&self) {
-                // Errors only mean the writer was dropped: the controller is shutting down.
-                let _ = futures::join!( $( self.$field.wait_until_ready(), )* );
+                self.listed
+                    .get_or_init(|| async {
+                        // Errors only mean the writer was dropped: the controller is stopping.
+                        let _ = futures::join!( $( self.$field.wait_until_ready(), )* );
+                    })
+                    .await;
             }
         }
     };

@@ -5,19 +5,19 @@ use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context as _;
 use futures::FutureExt;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::events::Reporter;
 use kube::{Api, Client};
-use kube_lease_manager::LeaseManagerBuilder;
+use kube_lease_manager::{LeaseManager, LeaseManagerBuilder};
 use tokio::sync::watch;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::admission::Confinement;
 use crate::api::FIELD_MANAGER;
@@ -27,6 +27,7 @@ use crate::build::BuildSettings;
 use crate::compliance::Compliance;
 use crate::controller;
 use crate::encryption::{DELETION_PROTECTION, deletion_confirmation_recorder, deletion_protection};
+use crate::health::Liveness;
 use crate::metrics::Metrics;
 use crate::placement::PlacementIndex;
 use crate::server::{self, Health};
@@ -78,7 +79,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     };
     let compliance = Compliance::load(config.provider.clone(), regions_yaml.as_deref())?;
     let metrics = Arc::new(Metrics::default());
-    let ready = Arc::new(AtomicBool::new(false));
+    let liveness = Liveness::new(metrics.clone());
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = move || {
         let mut rx = stop_rx.clone();
@@ -97,7 +98,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     });
     let health = Health {
         metrics: metrics.clone(),
-        ready: ready.clone(),
+        liveness: liveness.clone(),
     };
     let server = tokio::spawn(server::serve(config.metrics_address, health, stopped()));
 
@@ -105,7 +106,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         .list(&ListParams::default().limit(1))
         .await
         .context("cannot list FranceTravailTenants: are the CRDs installed (`ft-operator crd | kubectl apply -f -`)?")?;
-    ready.store(true, Ordering::Relaxed);
+    liveness.started();
     // A container restarted after losing the lease keeps its pod, and the pod its labels.
     if let Some(pod) = &config.pod_name
         && let Err(e) = label_pod(&client, &config.namespace, pod, false).await
@@ -113,112 +114,369 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         warn!(pod = %pod, error = %e, "cannot clear this pod's leader label");
     }
 
-    let lease = LeaseManagerBuilder::new(client.clone(), &config.lease_name)
-        .with_namespace(&config.namespace)
-        .with_identity(&config.identity)
-        .with_duration(15)
-        .with_grace(5)
-        .build()
-        .await
-        .with_context(|| {
-            format!(
-                "cannot use Lease {}/{}",
-                config.namespace, config.lease_name
-            )
-        })?;
-    let (mut leader, lease_task) = lease.watch().await;
+    let lease = Arc::new(
+        LeaseManagerBuilder::new(client.clone(), &config.lease_name)
+            .with_namespace(&config.namespace)
+            .with_identity(&config.identity)
+            .with_duration(LEASE_DURATION.as_secs())
+            .with_grace(LEASE_GRACE.as_secs())
+            .build()
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot use Lease {}/{}",
+                    config.namespace, config.lease_name
+                )
+            })?,
+    );
+    let (leader_tx, mut leader) = watch::channel(false);
+    let lease_task = tokio::spawn(follow_lease(lease.clone(), leader_tx, stopped()));
     info!(lease = %config.lease_name, namespace = %config.namespace, identity = %config.identity, "waiting for leadership");
     tokio::select! {
         _ = leader.wait_for(|is_leader| *is_leader) => {}
         _ = stopped() => {}
     }
 
-    let mut lost_leadership = false;
-    if *leader.borrow() {
-        info!("leading: reconciling tenants");
-        let mut leader_watch = leader.clone();
-        let lost = async move {
-            let _ = leader_watch.wait_for(|is_leader| !*is_leader).await;
+    let mut gave_up: Option<String> = None;
+    // Checked once before anything else; each term of leadership starts from a fresh one.
+    drop(compliance);
+    while !*stop_tx.borrow() {
+        tokio::select! {
+            _ = leader.wait_for(|is_leader| *is_leader) => {}
+            _ = stopped() => break,
         }
-        .shared();
-        let shutdown = futures::future::select(Box::pin(stopped()), Box::pin(lost.clone()))
+        // The lease manager may still believe it leads after another replica took over:
+        // nothing is done before the Lease itself says so.
+        let leases: Api<Lease> = Api::namespaced(client.clone(), &config.namespace);
+        match tokio::time::timeout(FENCE_CHECK, leases.get(&config.lease_name)).await {
+            Ok(Ok(lease))
+                if lease_validity(&lease, &config.identity, SystemTime::now()).is_some() => {}
+            _ => {
+                tokio::select! {
+                    _ = tokio::time::sleep(FENCE_CHECK) => {}
+                    _ = leader.changed() => {}
+                    _ = stopped() => break,
+                }
+                continue;
+            }
+        }
+        info!("leading: reconciling tenants");
+        liveness.leading(true);
+        // Why this replica stops leading before it is asked to stop, if it does.
+        let (give_up_tx, give_up_rx) = watch::channel(None::<GiveUp>);
+        let give_up = {
+            let mut rx = give_up_rx.clone();
+            async move {
+                let _ = rx.wait_for(Option::is_some).await;
+            }
+        };
+        let shutdown = futures::future::select(Box::pin(stopped()), Box::pin(give_up))
             .map(|_| ())
             .shared();
+        let (acting_tx, acting) = watch::channel(true);
+        let guards = [
+            tokio::spawn(watch_leadership(leader.clone(), give_up_tx.clone())),
+            tokio::spawn(hold_lease_fence(
+                client.clone(),
+                config.namespace.clone(),
+                config.lease_name.clone(),
+                config.identity.clone(),
+                (acting_tx, liveness.clone()),
+                give_up_tx.clone(),
+                shutdown.clone(),
+            )),
+            tokio::spawn(watchdog(liveness.clone(), give_up_tx)),
+        ];
         let reporter = Reporter {
             controller: "ft-operator".into(),
             instance: Some(config.identity.clone()),
         };
         metrics.leader.set(1);
-        let mut settings = config.settings;
-        settings.key_namespace = config.namespace.clone();
-        settings.confinement = match config.confinement {
-            Some(chosen) => chosen,
-            None => controller::discover_confinement(&client).await,
-        };
-        protect_tenants_from_deletion(&client, settings.confinement).await?;
-        info!(confinement = ?settings.confinement, "placement admission");
-        let placements = PlacementIndex::default();
-        let webhook = if settings.confinement == Confinement::Webhook {
-            Some(
-                start_webhook(
-                    &client,
-                    &config.namespace,
-                    &config.webhook,
-                    &placements,
-                    shutdown.clone(),
-                )
-                .await?,
-            )
-        } else {
-            None
-        };
-        if let Some(pod) = config.pod_name.clone() {
-            tokio::spawn(mark_leader(
-                client.clone(),
-                config.namespace.clone(),
-                pod,
-                shutdown.clone(),
-            ));
-        }
-        controller::run(
-            client,
-            metrics.clone(),
-            settings,
-            compliance,
-            placements,
+        let term = controller::Term {
             reporter,
+            liveness: liveness.clone(),
+            acting,
+        };
+        let result = lead(
+            &client,
+            &config,
+            metrics.clone(),
+            Compliance::load(config.provider.clone(), regions_yaml.as_deref())?,
+            term,
             shutdown,
         )
         .await;
-        if let Some(Ok(Err(e))) = match webhook {
-            Some(task) => Some(task.await),
-            None => None,
-        } {
-            error!(error = %e, "placement webhook failed");
+        for guard in guards {
+            guard.abort();
         }
         metrics.leader.set(0);
-        lost_leadership = lost.now_or_never().is_some() && !*stop_tx.borrow();
+        liveness.leading(false);
+        let reason = match result {
+            Err(e) => Some(GiveUp::Restart(format!("{e:#}"))),
+            Ok(()) => give_up_rx.borrow().clone(),
+        };
+        match reason {
+            // Another replica leads: this one stands by, ready to take over again.
+            Some(GiveUp::StandBy(why)) => {
+                warn!(reason = %why, "stopped leading: standing by");
+                // The webhook Service must not send calls here any more.
+                if let Some(pod) = &config.pod_name
+                    && let Err(e) = label_pod(&client, &config.namespace, pod, false).await
+                {
+                    warn!(pod = %pod, error = %e, "cannot clear this pod's leader label");
+                }
+            }
+            Some(GiveUp::Restart(why)) => {
+                gave_up = Some(why);
+                break;
+            }
+            // The controller returned without being asked to: nothing enforces any more, so
+            // this replica must not keep the Lease.
+            None if !*stop_tx.borrow() => {
+                gave_up = Some("the controller stopped by itself".into());
+                break;
+            }
+            None => break,
+        }
     }
 
-    drop(leader);
-    match lease_task.await {
-        Ok(Ok(manager)) => {
-            if let Err(e) = manager.release().await {
-                warn!(error = %e, "could not release the lease; the next leader waits for it to expire");
-            }
-        }
-        Ok(Err(e)) => warn!(error = %e, "lease manager stopped with an error"),
-        Err(e) => warn!(error = %e, "lease manager task failed"),
-    }
+    // Everything this replica runs stops, then the Lease is released for the next leader.
     let _ = stop_tx.send(true);
+    if let Err(e) = lease_task.await {
+        warn!(error = %e, "lease task failed");
+    }
+    if let Err(e) = lease.release().await {
+        warn!(error = %e, "could not release the lease; the next leader waits for it to expire");
+    }
     if let Ok(Err(e)) = server.await {
         error!(error = %e, "HTTP server failed");
     }
-    if lost_leadership {
-        anyhow::bail!("lost leadership of the lease; exiting so that a fresh replica takes over");
+    if let Some(why) = gave_up {
+        anyhow::bail!("stopped leading: {why}; exiting so that a fresh replica takes over");
     }
     info!("stopped");
     Ok(())
+}
+
+/// How long the Lease holds without renewal, and how long before its end it is renewed.
+const LEASE_DURATION: Duration = Duration::from_secs(15);
+const LEASE_GRACE: Duration = Duration::from_secs(5);
+
+/// What the leader runs: the deletion protection, the webhook where pods are confined by it,
+/// the leader label, and the controller, until `shutdown`.
+async fn lead(
+    client: &Client,
+    config: &RunConfig,
+    metrics: Arc<Metrics>,
+    compliance: Compliance,
+    term: controller::Term,
+    shutdown: impl Future<Output = ()> + Clone + Send + Sync + 'static,
+) -> anyhow::Result<()> {
+    let mut settings = config.settings.clone();
+    settings.key_namespace = config.namespace.clone();
+    settings.confinement = match config.confinement {
+        Some(chosen) => chosen,
+        None => controller::discover_confinement(client).await,
+    };
+    protect_tenants_from_deletion(client, settings.confinement).await?;
+    info!(confinement = ?settings.confinement, "placement admission");
+    let placements = PlacementIndex::default();
+    let webhook = if settings.confinement == Confinement::Webhook {
+        Some(
+            start_webhook(
+                client,
+                &config.namespace,
+                &config.webhook,
+                &placements,
+                shutdown.clone(),
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
+    if let Some(pod) = config.pod_name.clone() {
+        tokio::spawn(mark_leader(
+            client.clone(),
+            config.namespace.clone(),
+            pod,
+            shutdown.clone(),
+        ));
+    }
+    controller::run(
+        client.clone(),
+        metrics,
+        settings,
+        compliance,
+        placements,
+        term,
+        shutdown,
+    )
+    .await;
+    if let Some(Ok(Err(e))) = match webhook {
+        Some(task) => Some(task.await),
+        None => None,
+    } {
+        error!(error = %e, "placement webhook failed");
+    }
+    Ok(())
+}
+
+/// Keeps trying to lead, or to keep leading, and says which, until `stop`.
+async fn follow_lease(
+    lease: Arc<LeaseManager>,
+    leader: watch::Sender<bool>,
+    stop: impl Future<Output = ()>,
+) {
+    let mut stop = std::pin::pin!(stop);
+    const FIRST_RETRY: Duration = Duration::from_millis(250);
+    let mut delay = FIRST_RETRY;
+    let mut warned: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            changed = lease.changed() => match changed {
+                Ok(is_leader) => {
+                    delay = FIRST_RETRY;
+                    let _ = leader.send(is_leader);
+                }
+                Err(e) => {
+                    // Once a minute in the log, however long the API server stays away.
+                    if warned.is_none_or(|at| at.elapsed() > Duration::from_secs(60)) {
+                        warn!(error = %e, "cannot renew or read the lease; retrying every second");
+                        warned = Some(Instant::now());
+                    } else {
+                        debug!(error = %e, "cannot renew or read the lease");
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = &mut stop => return,
+                    }
+                    // Quick, so that the Lease is renewed within a second of the API server
+                    // coming back.
+                    delay = (delay * 2).min(Duration::from_secs(1));
+                }
+            },
+            _ = &mut stop => return,
+        }
+    }
+}
+
+/// Why a leader stops leading before it is asked to stop.
+#[derive(Clone, Debug)]
+enum GiveUp {
+    /// Another replica holds the Lease: stand by, ready to lead again.
+    StandBy(String),
+    /// Something only a fresh process mends: exit non-zero.
+    Restart(String),
+}
+
+/// Stands by when the lease manager says another replica holds the Lease.
+async fn watch_leadership(
+    mut leader: watch::Receiver<bool>,
+    give_up: watch::Sender<Option<GiveUp>>,
+) {
+    if leader.wait_for(|is_leader| !*is_leader).await.is_ok() {
+        let _ = give_up.send(Some(GiveUp::StandBy(
+            "another replica holds the lease".into(),
+        )));
+    }
+}
+
+/// How often the leader reads its Lease back, and how long one read may take.
+const FENCE_CHECK: Duration = Duration::from_secs(2);
+/// How soon it reads it again while it cannot confirm it.
+const FENCE_RETRY: Duration = Duration::from_millis(250);
+
+/// Keeps the leader from acting once it cannot be sure it still leads: the Lease is read back
+/// every two seconds, and a leader that cannot confirm it holds it pauses its reconciles
+/// before the end of the last renewal it saw, so it never acts beside the next leader (its
+/// connection to the API server dropped, its token revoked, or the API server down). It
+/// resumes as soon as a read confirms the Lease again, and stands by when another replica
+/// holds it.
+async fn hold_lease_fence(
+    client: Client,
+    namespace: String,
+    name: String,
+    identity: String,
+    (acting, liveness): (watch::Sender<bool>, Liveness),
+    give_up: watch::Sender<Option<GiveUp>>,
+    shutdown: impl Future<Output = ()>,
+) {
+    // Ending drops `acting`: passes waiting on it return, and the controller can stop.
+    let mut shutdown = std::pin::pin!(shutdown);
+    let leases: Api<Lease> = Api::namespaced(client, &namespace);
+    // Leading was just confirmed by a read: a renewal is at most this old.
+    let mut valid_until = Instant::now() + LEASE_DURATION - LEASE_GRACE;
+    loop {
+        match tokio::time::timeout(FENCE_CHECK, leases.get(&name)).await {
+            Ok(Ok(lease)) => match lease_validity(&lease, &identity, SystemTime::now()) {
+                Some(left) => valid_until = Instant::now() + left,
+                None if lease_holder(&lease).is_some_and(|h| h != identity) => {
+                    let _ = give_up.send(Some(GiveUp::StandBy(
+                        "another replica holds the lease".into(),
+                    )));
+                    return;
+                }
+                // Ours but lapsed: the lease manager renews it as soon as it can.
+                None => {}
+            },
+            Ok(Err(e)) => debug!(error = %e, "cannot read the lease back"),
+            Err(_) => debug!("reading the lease back timed out"),
+        }
+        let confirmed = Instant::now() < valid_until;
+        if *acting.borrow() != confirmed {
+            if confirmed {
+                info!(lease = %name, "the lease is confirmed again: reconciling resumes");
+            } else {
+                error!(lease = %name, "cannot confirm this replica still holds the lease: reconciling pauses before another replica may take over");
+            }
+            liveness.paused(!confirmed);
+            let _ = acting.send(confirmed);
+        }
+        // Unconfirmed, the Lease is read again soon: reconciling resumes within moments of the
+        // lease manager renewing it.
+        let wake = if confirmed {
+            (Instant::now() + FENCE_CHECK).min(valid_until)
+        } else {
+            Instant::now() + FENCE_RETRY
+        };
+        tokio::select! {
+            _ = tokio::time::sleep_until(wake.into()) => {}
+            _ = &mut shutdown => return,
+        }
+    }
+}
+
+fn lease_holder(lease: &Lease) -> Option<&str> {
+    lease.spec.as_ref()?.holder_identity.as_deref()
+}
+
+/// How long `identity` may still act on `lease` from `now`, a second short of its end so
+/// that it stops before anyone else may start; `None` when it does not hold it.
+pub fn lease_validity(lease: &Lease, identity: &str, now: SystemTime) -> Option<Duration> {
+    let spec = lease.spec.as_ref()?;
+    if spec.holder_identity.as_deref() != Some(identity) {
+        return None;
+    }
+    let renewed: SystemTime = spec.renew_time.as_ref()?.0.into();
+    let duration = Duration::from_secs(u64::try_from(spec.lease_duration_seconds?).ok()?);
+    let end = renewed + duration - Duration::from_secs(1);
+    Some(end.duration_since(now).unwrap_or_default())
+}
+
+/// How often the leader asks whether its controller still moves.
+const WATCHDOG: Duration = Duration::from_secs(5);
+
+/// Gives up when the controller has stalled long enough that a restart is the answer.
+async fn watchdog(liveness: Liveness, give_up: watch::Sender<Option<GiveUp>>) {
+    loop {
+        tokio::time::sleep(WATCHDOG).await;
+        if let Err(why) = liveness.verdict().live {
+            error!(reason = %why, "the controller is stalled");
+            let _ = give_up.send(Some(GiveUp::Restart(why)));
+            return;
+        }
+    }
 }
 
 /// Serves the placement webhook and points the API server at it, then keeps its certificate

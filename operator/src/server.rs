@@ -2,7 +2,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::extract::State;
@@ -10,32 +9,44 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
+use crate::health::Liveness;
 use crate::metrics::Metrics;
 
 #[derive(Clone)]
 pub struct Health {
     pub metrics: Arc<Metrics>,
-    /// Set once the API server answered and the CRDs are installed.
-    pub ready: Arc<AtomicBool>,
+    /// Whether the watches are synced and the controller moves.
+    pub liveness: Liveness,
 }
 
 pub fn router(health: Health) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(health)
 }
 
+/// Fails only when the controller is stalled: a restart is then the right answer.
+async fn healthz(State(health): State<Health>) -> impl IntoResponse {
+    answer(health.liveness.verdict().live)
+}
+
+/// Fails while a watch the controller needs is not synced or the controller does not move.
 async fn readyz(State(health): State<Health>) -> impl IntoResponse {
-    if health.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ok")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+    answer(health.liveness.verdict().ready)
+}
+
+fn answer(verdict: Result<(), String>) -> (StatusCode, String) {
+    match verdict {
+        Ok(()) => (StatusCode::OK, "ok".into()),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
     }
 }
 
 async fn metrics(State(health): State<Health>) -> impl IntoResponse {
+    // The time without progress is as of this scrape.
+    let _ = health.liveness.verdict();
     (
         [(
             header::CONTENT_TYPE,

@@ -1,9 +1,9 @@
 //! The HTTP endpoints: liveness, readiness that follows the operator's state, and metrics.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::body::Body;
+use ft_operator::health::{Liveness, WatchSignal};
 use ft_operator::metrics::Metrics;
 use ft_operator::server::{Health, router};
 use http::{Request, StatusCode};
@@ -30,18 +30,39 @@ async fn get(health: &Health, path: &str) -> (StatusCode, String, String) {
     )
 }
 
+fn health() -> Health {
+    let metrics = Arc::new(Metrics::default());
+    Health {
+        liveness: Liveness::new(metrics.clone()),
+        metrics,
+    }
+}
+
 #[tokio::test]
-async fn readiness_follows_the_operator_and_liveness_does_not() {
-    let health = Health {
-        metrics: Arc::new(Metrics::default()),
-        ready: Arc::new(AtomicBool::new(false)),
-    };
+async fn readiness_follows_the_watches_and_liveness_does_not() {
+    let health = health();
     assert_eq!(get(&health, "/healthz").await.0, StatusCode::OK);
-    assert_eq!(
-        get(&health, "/readyz").await.0,
-        StatusCode::SERVICE_UNAVAILABLE
-    );
-    health.ready.store(true, Ordering::Relaxed);
+    let (status, _, why) = get(&health, "/readyz").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(why, "the API server has not answered yet");
+    health.liveness.started();
+    assert_eq!(get(&health, "/readyz").await.0, StatusCode::OK);
+
+    // Leading: not ready until every watch has listed, and again once one fails.
+    health.liveness.leading(true);
+    health.liveness.watch("pods", WatchSignal::Listing);
+    let (status, _, why) = get(&health, "/readyz").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(why, "watch pods: not listed yet");
+    health.liveness.watch("pods", WatchSignal::Listed);
+    assert_eq!(get(&health, "/readyz").await.0, StatusCode::OK);
+    health.liveness.watch("pods", WatchSignal::Error);
+    let (status, _, why) = get(&health, "/readyz").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(why, "watch pods: failing for 0s");
+    // A failing watch is no reason to restart: the API server may be what is down.
+    assert_eq!(get(&health, "/healthz").await.0, StatusCode::OK);
+    health.liveness.watch("pods", WatchSignal::Event);
     assert_eq!(get(&health, "/readyz").await.0, StatusCode::OK);
     assert_eq!(get(&health, "/nowhere").await.0, StatusCode::NOT_FOUND);
 }
@@ -53,9 +74,12 @@ async fn metrics_are_labelled_by_tenant_and_category() {
     metrics.failed("conflict");
     metrics.write("NetworkPolicy", "apply");
     let health = Health {
+        liveness: Liveness::new(metrics.clone()),
         metrics,
-        ready: Arc::new(AtomicBool::new(true)),
     };
+    health.liveness.watch("nodes", WatchSignal::Error);
+    health.liveness.watch("pods", WatchSignal::Listed);
+    health.liveness.pass_finished("offres-emploi", true);
     let (status, content_type, body) = get(&health, "/metrics").await;
     assert_eq!(status, StatusCode::OK);
     assert!(
@@ -68,7 +92,21 @@ async fn metrics_are_labelled_by_tenant_and_category() {
         "ft_api_writes_total{kind=\"NetworkPolicy\",operation=\"apply\"} 1",
         "ft_reconcile_duration_seconds_count 1",
         "ft_leader 0",
+        "ft_watch_restarts_total{resource=\"nodes\"} 1",
+        "ft_watch_synced{resource=\"nodes\"} 0",
+        "ft_watch_synced{resource=\"pods\"} 1",
+        "ft_seconds_since_progress 0",
     ] {
         assert!(body.contains(line), "{line:?} missing from\n{body}");
     }
+    let last_success = body
+        .lines()
+        .find_map(|l| l.strip_prefix("ft_last_successful_reconcile_timestamp_seconds "))
+        .and_then(|v| v.parse::<i64>().ok())
+        .expect("ft_last_successful_reconcile_timestamp_seconds");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!((now - last_success).abs() < 60, "{last_success} vs {now}");
 }

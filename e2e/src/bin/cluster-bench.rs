@@ -4,12 +4,17 @@
 //!
 //! `cargo build --release -p ft-operator && FT_OPERATOR_BIN=target/release/ft-operator \
 //!  cargo run --release -p ft-e2e --bin cluster-bench -- 1 100 1000`
+//!
+//! `--restarts N` (with `FT_E2E_RESTART_APISERVER`, see the fault suite) also restarts the API
+//! server N times, 3 s down each, and times each return of a policy deleted the moment the
+//! API server answers again.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use ft_e2e::faults::{RESTART_VARIABLE, command_from, restart_api_server};
 use ft_e2e::{
     Operator, TestNodes, cluster, ensure_namespace, example_tenant, install_crds, install_velero,
     unique, wait_for,
@@ -191,25 +196,54 @@ async fn drift_repair(client: &Client, prefix: &str, n: usize) -> anyhow::Result
         .step_by((n / DRIFT_SAMPLES).max(1))
         .take(DRIFT_SAMPLES)
     {
-        let ns = format!("{prefix}-{i}-prod");
-        let api: Api<NetworkPolicy> = Api::namespaced(client.clone(), &ns);
-        let old = api.get("ft-default-deny").await?.uid();
-        api.delete("ft-default-deny", &DeleteParams::default())
-            .await?;
+        let api: Api<NetworkPolicy> =
+            Api::namespaced(client.clone(), &format!("{prefix}-{i}-prod"));
         let deleted = Instant::now();
-        wait_for(
-            "ft-default-deny to return",
-            Duration::from_secs(30),
-            || async {
-                Ok(api
-                    .get_opt("ft-default-deny")
-                    .await?
-                    .filter(|p| p.uid() != old)
-                    .map(|_| ()))
-            },
-        )
-        .await?;
+        delete_and_wait_for_return(&api).await?;
         times.push(deleted.elapsed());
+    }
+    times.sort();
+    Ok(times)
+}
+
+/// Deletes `ft-default-deny` and waits until the operator has put it back.
+async fn delete_and_wait_for_return(api: &Api<NetworkPolicy>) -> anyhow::Result<()> {
+    let old = api.get("ft-default-deny").await?.uid();
+    api.delete("ft-default-deny", &DeleteParams::default())
+        .await?;
+    wait_for(
+        "ft-default-deny to return",
+        Duration::from_secs(120),
+        || async {
+            Ok(api
+                .get_opt("ft-default-deny")
+                .await?
+                .filter(|p| p.uid() != old)
+                .map(|_| ()))
+        },
+    )
+    .await
+}
+
+/// Restarts the API server `n` times; after each, the moment it answers, deletes a policy of
+/// `namespace` and times its return from that moment: how soon after an outage the operator
+/// repairs drift again.
+async fn after_restarts(command: &str, namespace: &str, n: usize) -> anyhow::Result<Vec<Duration>> {
+    let mut times = Vec::new();
+    for i in 0..n {
+        let restart = command.to_string();
+        let back = tokio::task::spawn_blocking(move || {
+            restart_api_server(&restart, Duration::from_secs(3))
+        })
+        .await??;
+        let api: Api<NetworkPolicy> = Api::namespaced(cluster().await?, namespace);
+        delete_and_wait_for_return(&api).await?;
+        times.push(back.elapsed());
+        eprintln!(
+            "bench: restart {}: repaired {:?} after",
+            i + 1,
+            back.elapsed()
+        );
     }
     times.sort();
     Ok(times)
@@ -245,8 +279,23 @@ fn process_usage(pid: u32) -> anyhow::Result<(f64, f64, Duration)> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let sizes: Vec<usize> = std::env::args()
-        .skip(1)
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let restarts = match args.iter().position(|a| a == "--restarts") {
+        Some(at) => {
+            let n: usize = args
+                .get(at + 1)
+                .context("--restarts takes a count")?
+                .parse()
+                .context("--restarts takes a count")?;
+            args.drain(at..at + 2);
+            let command = command_from(RESTART_VARIABLE, "restarts the API server")
+                .map_err(anyhow::Error::msg)?;
+            Some((n, command))
+        }
+        None => None,
+    };
+    let sizes: Vec<usize> = args
+        .iter()
         .map(|a| a.parse().context("tenant counts, such as 1 100 1000"))
         .collect::<anyhow::Result<_>>()?;
     let sizes = if sizes.is_empty() {
@@ -301,6 +350,13 @@ async fn main() -> anyhow::Result<()> {
     eprintln!("bench: drift repair");
     let drift = drift_repair(&client, &last.0, last.1).await?;
     let tenants: usize = sizes.iter().sum();
+    let restarted = match &restarts {
+        Some((n, command)) => {
+            eprintln!("bench: {n} API-server restarts");
+            Some(after_restarts(command, &format!("{}-0-prod", last.0), *n).await?)
+        }
+        None => None,
+    };
 
     println!("| tenants | Ready+evaluated p50 | p99 | total | direct writes | ratio |");
     println!("|---|---|---|---|---|---|");
@@ -320,6 +376,14 @@ async fn main() -> anyhow::Result<()> {
         ms(percentile(&drift, 50.0)),
         ms(percentile(&drift, 99.0))
     );
+    if let Some(times) = &restarted {
+        println!(
+            "| API server back (3 s down) → a drift made then repaired, p50 / p99 of {} restarts | {} / {} |",
+            times.len(),
+            ms(percentile(times, 50.0)),
+            ms(percentile(times, 99.0))
+        );
+    }
     println!("| operator resident memory, steady / peak | {rss:.1} MiB / {peak:.1} MiB |");
     println!(
         "| operator CPU time, whole run | {:.1} s |",
