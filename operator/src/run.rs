@@ -258,6 +258,10 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How long a stopping controller may take to finish its passes: well within the kubelet's
+/// default 30 s grace.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
 /// How long the Lease holds without renewal, and how long before its end it is renewed.
 const LEASE_DURATION: Duration = Duration::from_secs(15);
 const LEASE_GRACE: Duration = Duration::from_secs(5);
@@ -303,16 +307,29 @@ async fn lead(
             shutdown.clone(),
         ));
     }
-    controller::run(
+    let controller = controller::run(
         client.clone(),
         metrics,
         settings,
         compliance,
         placements,
         term,
-        shutdown,
-    )
-    .await;
+        shutdown.clone(),
+    );
+    // Asked to stop, the controller finishes the passes under way, but no longer than this:
+    // kube's runner never ends if it is stopped before its first list of tenants, and a pass
+    // may take up to `controller::PASS_TIMEOUT`.
+    let deadline = async {
+        shutdown.await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        () = controller => {}
+        () = deadline => warn!(
+            grace = ?SHUTDOWN_GRACE,
+            "the controller did not stop in time: the passes under way are abandoned"
+        ),
+    }
     if let Some(Ok(Err(e))) = match webhook {
         Some(task) => Some(task.await),
         None => None,
