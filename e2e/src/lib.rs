@@ -191,6 +191,24 @@ pub async fn delete_tenant(client: &Client, name: &str) -> anyhow::Result<()> {
     .await
 }
 
+/// Waits until namespace `name` is gone or being deleted (no kubelet here finishes the job
+/// quickly, and the controller manager's pace is not the operator's).
+pub async fn wait_namespace_going(
+    client: &Client,
+    name: &str,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    wait_for(&format!("namespace {name} to go"), timeout, || async {
+        Ok(namespaces
+            .get_opt(name)
+            .await?
+            .is_none_or(|ns| ns.metadata.deletion_timestamp.is_some())
+            .then_some(()))
+    })
+    .await
+}
+
 pub async fn ensure_namespace(client: &Client, name: &str) -> anyhow::Result<()> {
     let api: Api<Namespace> = Api::all(client.clone());
     if api.get_opt(name).await?.is_none() {

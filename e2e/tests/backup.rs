@@ -11,7 +11,7 @@ use anyhow::Context as _;
 use ft_e2e::{
     Operator, TestNodes, VELERO_NAMESPACE, cluster, complete_scheduled_backups,
     create_example_tenant, delete_tenant, ensure_namespace, finish_restore_tests, install_crds,
-    install_velero, remove_velero, set_location, unique, wait_for,
+    install_velero, remove_velero, set_location, unique, wait_for, wait_namespace_going,
 };
 use ft_operator::api::{ComplianceReport, ControlResult, FranceTravailTenant, annotations, labels};
 use ft_operator::velero::{Backup as VeleroBackup, Schedule};
@@ -219,14 +219,7 @@ async fn backups_restore_tests_and_exports_through_velero() -> anyhow::Result<()
     assert!(prod.last_restore_test_at.is_some());
     assert!(prod.last_backup.is_some());
     // The test done, its scratch namespace goes.
-    wait_for("the scratch namespace to go", SETTLE, || async {
-        Ok(namespaces
-            .get_opt(&scratch)
-            .await?
-            .is_none_or(|ns| ns.metadata.deletion_timestamp.is_some())
-            .then_some(()))
-    })
-    .await?;
+    wait_namespace_going(&client, &scratch, SETTLE).await?;
 
     // A location beside the nodes (Paris), then abroad (Virginia), fails the backup control;
     // back in Gravelines, it holds again.

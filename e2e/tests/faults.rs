@@ -23,7 +23,7 @@ use ft_e2e::faults::{
 use ft_e2e::{
     Operator, TestNodes, VELERO_NAMESPACE, complete_scheduled_backups, confirm_and_delete,
     example_tenant, finish_restore_tests, install_access_roles, install_crds, install_velero,
-    is_ready, operator_binary, unique, wait_for,
+    is_ready, operator_binary, unique, wait_for, wait_namespace_going,
 };
 use ft_operator::api::{
     AccessGrant, FranceTravailTenant, Role, Subject, SubjectKind, annotations, labels,
@@ -626,21 +626,8 @@ async fn operator_killed_at_every_restore_test_step() -> anyhow::Result<Result<(
             "{} restore tests running",
             finished.len()
         );
-        let namespaces: Api<Namespace> = Api::all(client.clone());
         for env in ["dev", "prod"] {
-            let scratch = format!("{name}-{env}-restore");
-            wait_for(
-                &format!("scratch namespace {scratch} to go"),
-                SETTLE,
-                || async {
-                    Ok(namespaces
-                        .get_opt(&scratch)
-                        .await?
-                        .is_none_or(|ns| ns.metadata.deletion_timestamp.is_some())
-                        .then_some(()))
-                },
-            )
-            .await?;
+            wait_namespace_going(&client, &format!("{name}-{env}-restore"), SETTLE).await?;
         }
         let restores: Api<Restore> = Api::namespaced(client.clone(), VELERO_NAMESPACE);
         let made = restores
