@@ -11,8 +11,8 @@ pub mod faults;
 pub mod helm;
 
 use anyhow::{Context as _, bail};
-use ft_operator::api::FranceTravailTenant;
-use ft_operator::velero::{Backup as VeleroBackup, BackupStorageLocation, Restore, Schedule};
+use ft_core::api::FranceTravailTenant;
+use ft_core::backup::velero::{Backup as VeleroBackup, BackupStorageLocation, Restore, Schedule};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::api::rbac::v1::ClusterRole;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -81,7 +81,7 @@ where
 /// Installs (server-side applies) the operator's CRDs and waits until they are established.
 pub async fn install_crds(client: &Client) -> anyhow::Result<()> {
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in ft_operator::crd::crds() {
+    for crd in ft_core::crd::crds() {
         let name = crd.metadata.name.clone().unwrap_or_default();
         api.patch(
             &name,
@@ -151,7 +151,7 @@ pub fn can_i(user: &str, verb: &str, resource: &str, namespace: &str) -> anyhow:
 /// Installs the ClusterRoles access grants bind, as the chart does.
 pub async fn install_access_roles(client: &Client) -> anyhow::Result<()> {
     let api: Api<ClusterRole> = Api::all(client.clone());
-    for role in ft_operator::access::cluster_roles()? {
+    for role in ft_core::access::cluster_roles()? {
         let name = role.metadata.name.clone().unwrap_or_default();
         api.patch(
             &name,
@@ -169,7 +169,7 @@ pub async fn install_access_roles(client: &Client) -> anyhow::Result<()> {
 pub async fn confirm_and_delete(client: &Client, name: &str) -> anyhow::Result<()> {
     let tenants: Api<FranceTravailTenant> = Api::all(client.clone());
     let confirm = serde_json::json!({"metadata": {"annotations": {
-        ft_operator::api::annotations::CONFIRM_DELETION: name
+        ft_core::api::annotations::CONFIRM_DELETION: name
     }}});
     tenants
         .patch(name, &PatchParams::default(), &Patch::Merge(&confirm))
@@ -239,7 +239,7 @@ pub async fn create_example_tenant(
 pub fn example_tenant(file: &str, name: &str) -> anyhow::Result<FranceTravailTenant> {
     let path = workspace_root().join("examples").join(file);
     let yaml = std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
-    let mut tenants = ft_operator::plan::parse_tenants(&yaml)?;
+    let mut tenants = ft_core::plan::parse_tenants(&yaml)?;
     let mut tenant = tenants.remove(0);
     tenant.metadata.name = Some(name.into());
     // No export engine in this version: a final export would hold every deletion.
@@ -674,7 +674,7 @@ pub async fn set_location(
 pub async fn complete_scheduled_backups(client: &Client, tenant: &str) -> anyhow::Result<()> {
     let schedules: Api<Schedule> = Api::namespaced(client.clone(), VELERO_NAMESPACE);
     let backups: Api<VeleroBackup> = Api::namespaced(client.clone(), VELERO_NAMESPACE);
-    let selector = format!("{}={tenant}", ft_operator::api::labels::TENANT);
+    let selector = format!("{}={tenant}", ft_core::api::labels::TENANT);
     let found = wait_for(
         "the tenant's Velero Schedules",
         Duration::from_secs(120),
@@ -714,7 +714,7 @@ pub async fn finish_restore_tests(
     phase: &str,
 ) -> anyhow::Result<Vec<Restore>> {
     let restores: Api<Restore> = Api::namespaced(client.clone(), VELERO_NAMESPACE);
-    let selector = format!("{}={tenant}", ft_operator::api::labels::TENANT);
+    let selector = format!("{}={tenant}", ft_core::api::labels::TENANT);
     let running = wait_for(
         "the operator's restore tests",
         Duration::from_secs(120),

@@ -16,6 +16,10 @@ use std::future::Future;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context as _, ensure};
+use ft_core::api::{
+    AccessGrant, FranceTravailTenant, Role, Subject, SubjectKind, annotations, labels,
+};
+use ft_core::backup::velero::{Backup as VeleroBackup, Restore, Schedule};
 use ft_e2e::faults::{
     COMPACT_VARIABLE, Proxy, RESTART_VARIABLE, api_server_address, command_from, compact_etcd,
     failpoints_binary, restart_api_server,
@@ -25,10 +29,6 @@ use ft_e2e::{
     example_tenant, finish_restore_tests, install_access_roles, install_crds, install_velero,
     is_ready, operator_binary, unique, wait_for, wait_namespace_going,
 };
-use ft_operator::api::{
-    AccessGrant, FranceTravailTenant, Role, Subject, SubjectKind, annotations, labels,
-};
-use ft_operator::velero::{Backup as VeleroBackup, Restore, Schedule};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::RoleBinding;
@@ -726,8 +726,8 @@ async fn a_tenant_the_operator_cannot_read() -> anyhow::Result<Result<(), Missin
 
     // Another version of the CRD lets a kind of environment in that these types do not know.
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let crd_name = format!("francetravailtenants.{}", ft_operator::api::GROUP);
-    let generated = ft_operator::crd::crds()
+    let crd_name = format!("francetravailtenants.{}", ft_core::api::GROUP);
+    let generated = ft_core::crd::crds()
         .into_iter()
         .find(|c| c.metadata.name.as_deref() == Some(crd_name.as_str()))
         .context("the tenant CRD")?;

@@ -1,4 +1,4 @@
-//! Apply: makes the cluster hold what `build` produced, and nothing else.
+//! Apply: makes the cluster hold what `ft_core::desired` produced, and nothing else.
 //!
 //! Every child is written with server-side apply under one field manager, and only when what
 //! the reflector observed differs from what is desired, so an unchanged tenant costs no write.
@@ -11,11 +11,14 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Mutex;
 
 use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingAdmissionPolicy, MutatingAdmissionPolicyBinding, ValidatingAdmissionPolicy,
+    ValidatingAdmissionPolicyBinding,
+};
 use k8s_openapi::api::core::v1::{LimitRange, Namespace, ResourceQuota};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use k8s_openapi::api::storage::v1::StorageClass;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -23,17 +26,16 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::access::undeclared_subjects;
-use crate::api::{ComplianceReport, FIELD_MANAGER, labels};
-use crate::build::Desired;
+use ft_core::access::undeclared_subjects;
+use ft_core::api::{ComplianceReport, FIELD_MANAGER};
+use ft_core::applied::{ApplyReport, differs};
+use ft_core::backup::velero::Schedule;
+use ft_core::desired::Desired;
+use ft_core::meta::{key_of, object_key, owned_by};
+
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::observe::Observed;
-use crate::velero::Schedule;
-use k8s_openapi::api::admissionregistration::v1::{
-    MutatingAdmissionPolicy, MutatingAdmissionPolicyBinding, ValidatingAdmissionPolicy,
-    ValidatingAdmissionPolicyBinding,
-};
 
 /// A kind of child the operator applies.
 pub trait Child:
@@ -95,28 +97,6 @@ namespaced_child!(
     RoleBinding,
     Schedule
 );
-
-/// What one pass of `apply` changed, for Events, metrics and logs.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct ApplyReport {
-    pub created: Vec<String>,
-    /// Children that existed but differed: edited by hand, or an older version of the spec.
-    pub restored: Vec<String>,
-    pub pruned: Vec<String>,
-    /// Desired children the reflectors have not shown yet.
-    pub unseen: usize,
-}
-
-impl ApplyReport {
-    /// Nothing was written and the reflectors show every child: what they hold is the cluster
-    /// as it is, fit to be judged.
-    pub fn is_quiet(&self) -> bool {
-        self.created.is_empty()
-            && self.restored.is_empty()
-            && self.pruned.is_empty()
-            && self.unseen == 0
-    }
-}
 
 /// Remembers, per child, the hash of the last desired body applied and the resourceVersion the
 /// API server answered with. The server normalises some fields (quantities such as `0.5` become
@@ -191,6 +171,7 @@ impl Applier<'_> {
             mutating_admission_policies,
             mutating_admission_policy_bindings,
             schedules,
+            placements: _,
         } = desired;
         let mut report = ApplyReport::default();
         let observed = self.observed;
@@ -539,20 +520,6 @@ impl Applier<'_> {
     }
 }
 
-/// Whether the operator made this object for this tenant: its labels say so, and its field
-/// manager is among the object's managers (a look-alike made by hand is never pruned).
-pub fn owned_by(meta: &ObjectMeta, tenant: &str) -> bool {
-    let labels = meta.labels.as_ref();
-    let label = |key: &str| labels.and_then(|l| l.get(key)).map(String::as_str);
-    label(labels::TENANT) == Some(tenant)
-        && label(labels::MANAGED_BY) == Some(labels::MANAGED_BY_VALUE)
-        && meta
-            .managed_fields
-            .iter()
-            .flatten()
-            .any(|m| m.manager.as_deref() == Some(FIELD_MANAGER))
-}
-
 fn object_ref<O: Resource<DynamicType = ()>>(name: &str, namespace: Option<&str>) -> ObjectRef<O> {
     let r = ObjectRef::new(name);
     match namespace {
@@ -561,54 +528,8 @@ fn object_ref<O: Resource<DynamicType = ()>>(name: &str, namespace: Option<&str>
     }
 }
 
-pub fn object_key<K: Resource<DynamicType = ()>>(object: &K) -> String {
-    key_of(
-        K::kind(&()).as_ref(),
-        object.meta().namespace.as_deref(),
-        object.meta().name.as_deref().unwrap_or_default(),
-    )
-}
-
-fn key_of(kind: &str, namespace: Option<&str>, name: &str) -> String {
-    match namespace {
-        Some(ns) => format!("{kind}/{ns}/{name}"),
-        None => format!("{kind}/{name}"),
-    }
-}
-
 fn hash_value(value: &Value) -> u64 {
     let mut hasher = DefaultHasher::new();
     value.to_string().hash(&mut hasher);
     hasher.finish()
-}
-
-/// Whether `observed` lacks something `desired` sets. Only what the operator sets is compared:
-/// metadata other than labels and annotations, status, and fields the server adds are ignored;
-/// lists must match element by element, so an extra rule added by hand is drift.
-pub fn differs(desired: &Value, observed: &Value) -> bool {
-    let (Value::Object(d), Value::Object(o)) = (desired, observed) else {
-        return true;
-    };
-    d.iter().any(|(key, want)| match key.as_str() {
-        "apiVersion" | "kind" | "status" => false,
-        "metadata" => ["name", "namespace", "labels", "annotations"]
-            .iter()
-            .any(|field| !contains(&want[*field], &observed[key][*field])),
-        _ => !contains(want, o.get(key).unwrap_or(&Value::Null)),
-    })
-}
-
-fn contains(want: &Value, have: &Value) -> bool {
-    match (want, have) {
-        (Value::Null, _) => true,
-        (Value::Object(w), Value::Null) => w.values().all(|v| contains(v, &Value::Null)),
-        (Value::Array(w), Value::Null) => w.is_empty(),
-        (Value::Object(w), Value::Object(h)) => w
-            .iter()
-            .all(|(k, v)| contains(v, h.get(k).unwrap_or(&Value::Null))),
-        (Value::Array(w), Value::Array(h)) => {
-            w.len() == h.len() && w.iter().zip(h).all(|(a, b)| contains(a, b))
-        }
-        (w, h) => w == h,
-    }
 }

@@ -1,7 +1,7 @@
 //! The operator's errors. Each has a category: a stable, low-cardinality name used as a metric
 //! label and an Event reason, never the error text itself.
 
-use crate::validate::InvalidTenant;
+use ft_core::validate::InvalidTenant;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -88,6 +88,12 @@ impl Error {
             self.category(),
             "cleanup_pending" | "namespace_terminating" | "shredding_blocked"
         )
+    }
+}
+
+impl From<ft_core::encryption::KeyError> for Error {
+    fn from(error: ft_core::encryption::KeyError) -> Self {
+        Error::KeyStore(error.0)
     }
 }
 

@@ -10,7 +10,7 @@ use crate::metrics::Metrics;
 
 /// A watch whose last word was an error is taken as recovered only once it delivers an event
 /// or stays quiet for longer than its longest backoff (2 s, doubled by jitter, see
-/// `controller::watch_backoff`): a watch that still fails says so again within that time.
+/// `watch::backoff::watch_backoff`): a watch that still fails says so again within that time.
 pub const WATCH_ERROR_GRACE: Duration = Duration::from_secs(10);
 
 /// With tenants to enforce, the controller finishes a pass at least once a minute (every

@@ -5,10 +5,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use ft_operator::admission::Confinement;
-use ft_operator::build::{BuildSettings, DnsEndpoint};
+use ft_operator::compliance::Compliance;
 use ft_operator::run::{RunConfig, WebhookSettings};
-use ft_operator::{crd, plan};
+
+use ft_core::crd;
+use ft_core::placement::admission::Confinement;
+use ft_core::settings::{BuildSettings, DnsEndpoint};
 
 /// Enforces France Travail's hosting security rules on this cluster.
 #[derive(Parser)]
@@ -28,14 +30,9 @@ enum Command {
         #[arg(long)]
         output_dir: Option<PathBuf>,
     },
-    /// Render, with no cluster, every object the operator would create for a tenant.
-    Plan {
-        /// Tenant manifest (YAML, one or more documents); `-` reads standard input.
-        #[arg(short = 'f', long = "filename")]
-        file: PathBuf,
-        #[command(flatten)]
-        cluster: ClusterArgs,
-    },
+    /// Render every object `run` would apply for a tenant: on a cluster described by the flags
+    /// (its nodes, provider, Velero), or on the current cluster (`--from-cluster`).
+    Plan(Box<PlanArgs>),
     /// Print the control catalogue: what each control checks and the rules it evidences.
     Controls,
     /// Print the operator's own least-privilege RBAC: its ServiceAccount, ClusterRole, Role
@@ -48,7 +45,7 @@ enum Command {
         #[arg(long, default_value = "ft-operator")]
         service_account: String,
         /// Velero's namespace, where the operator keeps Schedules, restore tests and exports.
-        #[arg(long, default_value = ft_operator::backup::DEFAULT_VELERO_NAMESPACE)]
+        #[arg(long, default_value = ft_core::backup::DEFAULT_VELERO_NAMESPACE)]
         velero_namespace: String,
     },
     /// Print the version.
@@ -114,6 +111,48 @@ struct RunArgs {
 }
 
 #[derive(clap::Args)]
+#[command(group = clap::ArgGroup::new("tenants").required(true).multiple(false))]
+struct PlanArgs {
+    /// Tenant manifest (YAML, one or more documents); `-` reads standard input.
+    #[arg(short = 'f', long = "filename", group = "tenants")]
+    file: Option<PathBuf>,
+    /// A tenant stored in the current cluster, by name (with `--from-cluster`).
+    #[arg(long, group = "tenants", requires = "from_cluster")]
+    tenant: Vec<String>,
+    /// Read the cluster facts from the current kubeconfig's cluster: its nodes, whether it
+    /// serves MutatingAdmissionPolicies and Velero.
+    #[arg(long, conflicts_with_all = ["nodes", "velero", "confinement"])]
+    from_cluster: bool,
+    /// The cluster's Node objects (YAML, one or more documents, or a `kubectl get nodes -o
+    /// yaml` list): their regions decide where pods may run. Without it, no node is allowed.
+    #[arg(long)]
+    nodes: Option<PathBuf>,
+    /// The cluster serves Velero (`velero.io/v1`): the backup Schedules are rendered.
+    #[arg(long)]
+    velero: bool,
+    /// How the cluster confines new pods: `native` (MutatingAdmissionPolicy) or `webhook`.
+    #[arg(long, value_enum, default_value = "native")]
+    confinement: PlanConfinement,
+    /// The cloud provider of the nodes, as for `run`.
+    #[arg(long, env = "FT_PROVIDER")]
+    provider: Option<String>,
+    /// A region catalogue replacing the embedded one, as for `run`.
+    #[arg(long, env = "FT_REGION_CATALOGUE")]
+    region_catalogue: Option<PathBuf>,
+    /// The operator's namespace, where tenant keys are kept.
+    #[arg(long, env = "FT_OPERATOR_NAMESPACE", default_value = "ft-system")]
+    namespace: String,
+    #[command(flatten)]
+    cluster: ClusterArgs,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum PlanConfinement {
+    Native,
+    Webhook,
+}
+
+#[derive(clap::Args)]
 struct ClusterArgs {
     /// Namespace of the cluster DNS, which every environment may always reach.
     #[arg(long, env = "FT_DNS_NAMESPACE", default_value = "kube-system")]
@@ -126,7 +165,7 @@ struct ClusterArgs {
     #[arg(long, env = "FT_CLUSTER_NETWORKS", value_delimiter = ',', value_parser = parse_network)]
     cluster_networks: Vec<String>,
     /// Namespace Velero runs in: the tenants' Schedules, restore tests and exports go there.
-    #[arg(long, env = "FT_VELERO_NAMESPACE", default_value = ft_operator::backup::DEFAULT_VELERO_NAMESPACE)]
+    #[arg(long, env = "FT_VELERO_NAMESPACE", default_value = ft_core::backup::DEFAULT_VELERO_NAMESPACE)]
     velero_namespace: String,
 }
 
@@ -139,7 +178,7 @@ impl ClusterArgs {
             },
             cluster_networks: self.cluster_networks,
             velero_namespace: self.velero_namespace,
-            // Told by discovery when the operator runs; `plan` renders no admission policy.
+            // Told by discovery when the operator runs, by a flag to `plan`.
             confinement: Default::default(),
             // `run` sets the operator's namespace.
             ..Default::default()
@@ -179,7 +218,7 @@ fn parse_log_level(s: &str) -> Result<String, String> {
 }
 
 fn parse_network(s: &str) -> Result<String, String> {
-    ft_operator::validate::parse_cidr(s.trim())
+    ft_core::validate::parse_cidr(s.trim())
         .map(|_| s.trim().to_string())
         .ok_or_else(|| format!("{s:?} is not an IPv4 or IPv6 CIDR"))
 }
@@ -192,15 +231,14 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Crd { output_dir } => print_crds(output_dir),
-        Command::Plan { file, cluster } => run_plan(&file, cluster.settings()),
+        Command::Plan(args) => run_plan(*args),
         Command::Controls => print_controls(),
         Command::Rbac {
             namespace,
             service_account,
             velero_namespace,
         } => {
-            let objects =
-                ft_operator::rbac::objects(&namespace, &service_account, &velero_namespace);
+            let objects = ft_core::rbac::objects(&namespace, &service_account, &velero_namespace);
             match serde_saphyr::to_string_multiple(&objects) {
                 Ok(yaml) => {
                     print!("{yaml}");
@@ -217,7 +255,7 @@ fn main() -> ExitCode {
 }
 
 fn print_controls() -> ExitCode {
-    match ft_operator::controls::Catalogue::embedded() {
+    match ft_core::controls::Catalogue::embedded() {
         Ok(catalogue) => {
             print!("{}", catalogue.markdown());
             ExitCode::SUCCESS
@@ -251,38 +289,105 @@ fn print_crds(output_dir: Option<PathBuf>) -> ExitCode {
     }
 }
 
-fn run_plan(file: &PathBuf, settings: BuildSettings) -> ExitCode {
-    let input = if file.as_os_str() == "-" {
-        let mut s = String::new();
-        std::io::stdin().read_to_string(&mut s).map(|_| s)
-    } else {
-        std::fs::read_to_string(file)
-    };
-    let input = match input {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: {}: {e}", file.display());
-            return ExitCode::FAILURE;
-        }
-    };
-    match plan::plan(&input, &settings) {
+fn run_plan(args: PlanArgs) -> ExitCode {
+    match plan_output(args) {
         Ok(yaml) => {
             print!("{yaml}");
             ExitCode::SUCCESS
         }
-        Err(e) => {
+        Err(PlanFailure::Plan(source, e)) => {
             let fields = e.field_errors();
             if fields.is_empty() {
-                eprintln!("error: {}: {e}", file.display());
+                eprintln!("error: {source}: {e}");
             } else {
-                eprintln!("error: {}: the tenant is invalid:", file.display());
+                eprintln!("error: {source}: the tenant is invalid:");
                 for f in fields {
                     eprintln!("  {f}");
                 }
             }
             ExitCode::FAILURE
         }
+        Err(PlanFailure::Other(e)) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
     }
+}
+
+enum PlanFailure {
+    Plan(String, ft_core::plan::PlanError),
+    Other(anyhow::Error),
+}
+
+impl<E: Into<anyhow::Error>> From<E> for PlanFailure {
+    fn from(e: E) -> Self {
+        PlanFailure::Other(e.into())
+    }
+}
+
+fn read_input(path: &PathBuf) -> anyhow::Result<String> {
+    use anyhow::Context as _;
+    if path.as_os_str() == "-" {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("standard input")?;
+        Ok(s)
+    } else {
+        std::fs::read_to_string(path).with_context(|| path.display().to_string())
+    }
+}
+
+fn plan_output(args: PlanArgs) -> Result<String, PlanFailure> {
+    let regions = args.region_catalogue.as_ref().map(read_input).transpose()?;
+    let compliance = Compliance::load(args.provider.clone(), regions.as_deref())?;
+    let settings = BuildSettings {
+        key_namespace: args.namespace.clone(),
+        ..args.cluster.settings()
+    };
+    let now = jiff::Timestamp::now();
+    let (cluster, tenants, source) = if args.from_cluster {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (cluster, stored) = runtime.block_on(async {
+            let client = kube::Client::try_default().await?;
+            ft_operator::plan::read_cluster(&client, &args.tenant)
+                .await
+                .map_err(anyhow::Error::from)
+        })?;
+        let tenants = match &args.file {
+            Some(file) => read_input(file)?,
+            None => serde_saphyr::to_string_multiple(&stored)?,
+        };
+        let source = args
+            .file
+            .as_ref()
+            .map_or_else(|| args.tenant.join(", "), |f| f.display().to_string());
+        (cluster, tenants, source)
+    } else {
+        let nodes = match &args.nodes {
+            Some(path) => ft_core::plan::parse_nodes(&read_input(path)?).map_err(|e| {
+                anyhow::anyhow!("{}: not a file of Node objects: {e}", path.display())
+            })?,
+            None => Vec::new(),
+        };
+        // clap requires `--from-cluster` with `--tenant`, so a file is given.
+        let Some(file) = &args.file else {
+            return Err(anyhow::anyhow!("--tenant needs --from-cluster").into());
+        };
+        let cluster = ft_operator::plan::ClusterFacts {
+            nodes: nodes.into_iter().map(std::sync::Arc::new).collect(),
+            velero: Some(args.velero),
+            confinement: match args.confinement {
+                PlanConfinement::Native => Confinement::Native,
+                PlanConfinement::Webhook => Confinement::Webhook,
+            },
+        };
+        (cluster, read_input(file)?, file.display().to_string())
+    };
+    ft_operator::plan::render(&tenants, settings, &cluster, &compliance, now)
+        .map_err(|e| PlanFailure::Plan(source, e))
 }
 
 fn run(args: RunArgs) -> ExitCode {

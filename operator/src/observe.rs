@@ -17,10 +17,10 @@ use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::PartialObjectMeta;
 use kube::runtime::reflector::{self, ObjectRef, Store, store::Writer};
 
-use crate::api::ComplianceReport;
-use crate::backup::VeleroView;
-use crate::controls::TenantView;
-use crate::velero::{Backup, BackupStorageLocation, Restore, Schedule};
+use ft_core::api::ComplianceReport;
+use ft_core::backup::VeleroView;
+use ft_core::backup::velero::{Backup, BackupStorageLocation, Restore, Schedule};
+use ft_core::controls::TenantView;
 
 macro_rules! stores {
     ($( $(#[$doc:meta])* $field:ident: $kind:ty, )*) => {
@@ -55,6 +55,7 @@ macro_rules! stores {
         }
 
         impl Observed {
+
             /// Waits until every store has listed once. Any number of passes may wait at
             /// once: a store's own readiness wakes only the last task that polled it (its
             /// one-shot channel keeps one waker), so only one task at a time waits on the
@@ -100,6 +101,20 @@ stores! {
 }
 
 impl Observed {
+    /// The RoleBindings in these namespaces, as the store shows them.
+    pub fn bindings_in(&self, namespaces: &BTreeSet<String>) -> Vec<Arc<RoleBinding>> {
+        self.role_bindings
+            .state()
+            .into_iter()
+            .filter(|b| {
+                b.metadata
+                    .namespace
+                    .as_ref()
+                    .is_some_and(|ns| namespaces.contains(ns))
+            })
+            .collect()
+    }
+
     /// What the cluster holds in and for the given namespaces of one tenant.
     pub fn view(&self, tenant: &str, namespaces: &BTreeSet<String>) -> TenantView {
         fn labelled<K: kube::Resource<DynamicType = ()> + Clone + 'static>(
@@ -113,7 +128,7 @@ impl Observed {
                     o.meta()
                         .labels
                         .as_ref()
-                        .and_then(|l| l.get(crate::api::labels::TENANT))
+                        .and_then(|l| l.get(ft_core::api::labels::TENANT))
                         .is_some_and(|t| t == tenant)
                 })
                 .collect()
@@ -191,18 +206,18 @@ impl Observed {
     /// Restores made for it or taking one of its namespaces as their source.
     pub fn velero_view(
         &self,
-        tenant: &crate::api::FranceTravailTenant,
+        tenant: &ft_core::api::FranceTravailTenant,
         velero_namespace: &str,
     ) -> VeleroView {
         use kube::ResourceExt;
         let name = tenant.name_any();
-        let namespaces = crate::build::tenant_namespaces(tenant);
+        let namespaces = ft_core::meta::tenant_namespaces(tenant);
         let ours = |meta: &kube::api::ObjectMeta| {
             meta.namespace.as_deref() == Some(velero_namespace)
                 && meta
                     .labels
                     .as_ref()
-                    .and_then(|l| l.get(crate::api::labels::TENANT))
+                    .and_then(|l| l.get(ft_core::api::labels::TENANT))
                     == Some(&name)
         };
         let (restores, foreign_restores) = self

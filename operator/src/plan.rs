@@ -1,108 +1,78 @@
-//! `plan`: renders, with no cluster, every object the operator would create for a tenant.
+//! `ft-operator plan`: what `run` would apply for a tenant, from cluster facts given on the
+//! command line (a file of Node objects, the provider, whether Velero is served) or read from
+//! the current cluster (`--from-cluster`). The rendering is `ft_core::plan`, over the same
+//! `desired` the reconcile pass applies.
 
-use kube::Resource;
-use serde_json::Value;
+use std::collections::BTreeSet;
+use std::sync::Arc;
 
-use crate::api::FranceTravailTenant;
-use crate::build::{BuildSettings, build, with_access};
-use crate::validate::{FieldError, InvalidTenant, validate_for_cluster};
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Node;
+use kube::api::ListParams;
+use kube::{Api, Client};
 
-#[derive(Debug, thiserror::Error)]
-pub enum PlanError {
-    #[error("document {document}: not YAML: {message}")]
-    Yaml { document: usize, message: String },
-    #[error("document {document}: {field}: {message}")]
-    Field {
-        document: usize,
-        field: String,
-        message: String,
-    },
-    #[error("document {document}: {0}", .source)]
-    Invalid {
-        document: usize,
-        #[source]
-        source: InvalidTenant,
-    },
-    #[error("no tenant in the input")]
-    Empty,
-    #[error("rendering: {0}")]
-    Render(String),
+use ft_core::api::FranceTravailTenant;
+use ft_core::desired::Facts;
+use ft_core::placement::Confinement;
+use ft_core::plan::{PlanError, plan};
+use ft_core::settings::BuildSettings;
+
+use crate::compliance::Compliance;
+use crate::watch::{discover_confinement, discover_velero};
+
+/// The cluster facts `plan` renders for, whichever way they were learnt.
+pub struct ClusterFacts {
+    pub nodes: Vec<Arc<Node>>,
+    /// `None` when not known: Velero's objects are then left out, as `run` leaves them alone.
+    pub velero: Option<bool>,
+    pub confinement: Confinement,
 }
 
-/// Reads one or more tenant manifests (multi-document YAML).
-pub fn parse_tenants(yaml: &str) -> Result<Vec<FranceTravailTenant>, PlanError> {
-    let documents: Vec<Value> = serde_saphyr::from_multiple(yaml).map_err(|e| PlanError::Yaml {
-        document: 1,
-        message: e.to_string(),
-    })?;
-    let documents: Vec<Value> = documents.into_iter().filter(|d| !d.is_null()).collect();
-    if documents.is_empty() {
-        return Err(PlanError::Empty);
-    }
-    documents
+/// What the cluster at hand says: its nodes, whether it serves MutatingAdmissionPolicies and
+/// Velero, and, when asked by name, the tenants as stored (with their uid, so the owner
+/// references are those `run` writes).
+pub async fn read_cluster(
+    client: &Client,
+    tenants: &[String],
+) -> Result<(ClusterFacts, Vec<FranceTravailTenant>), kube::Error> {
+    let nodes = Api::<Node>::all(client.clone())
+        .list(&ListParams::default())
+        .await?
+        .items
         .into_iter()
-        .enumerate()
-        .map(|(i, doc)| parse_tenant(i + 1, doc))
-        .collect()
+        .map(Arc::new)
+        .collect();
+    let api: Api<FranceTravailTenant> = Api::all(client.clone());
+    let mut stored = Vec::new();
+    for name in tenants {
+        stored.push(api.get(name).await?);
+    }
+    Ok((
+        ClusterFacts {
+            nodes,
+            velero: discover_velero(client).await,
+            confinement: discover_confinement(client).await,
+        },
+        stored,
+    ))
 }
 
-fn parse_tenant(document: usize, doc: Value) -> Result<FranceTravailTenant, PlanError> {
-    let field_error = |field: &str, message: String| PlanError::Field {
-        document,
-        field: field.into(),
-        message,
+/// Renders `tenants_yaml` for a cluster with these facts, at `now`.
+pub fn render(
+    tenants_yaml: &str,
+    mut settings: BuildSettings,
+    cluster: &ClusterFacts,
+    compliance: &Compliance,
+    now: Timestamp,
+) -> Result<String, PlanError> {
+    settings.confinement = cluster.confinement;
+    let facts = Facts {
+        settings: &settings,
+        nodes: &cluster.nodes,
+        catalogue: &compliance.regions,
+        provider: compliance.provider.as_deref(),
+        velero: cluster.velero,
+        restoring: &BTreeSet::new(),
     };
-    let api_version = FranceTravailTenant::api_version(&());
-    let kind = FranceTravailTenant::kind(&());
-    if doc["apiVersion"] != api_version.as_ref() {
-        return Err(field_error(
-            "apiVersion",
-            format!("must be {api_version}, found {}", doc["apiVersion"]),
-        ));
-    }
-    if doc["kind"] != kind.as_ref() {
-        return Err(field_error(
-            "kind",
-            format!("must be {kind}, found {}", doc["kind"]),
-        ));
-    }
-    serde_path_to_error::deserialize(doc).map_err(|e| {
-        let path = e.path().to_string();
-        field_error(
-            if path == "." { "(root)" } else { &path },
-            e.into_inner().to_string(),
-        )
-    })
-}
-
-/// Validates and builds every tenant, returning the objects as multi-document YAML. Access
-/// grants are rendered as they stand now.
-pub fn plan(yaml: &str, settings: &BuildSettings) -> Result<String, PlanError> {
-    let mut objects = Vec::new();
-    for (i, tenant) in parse_tenants(yaml)?.iter().enumerate() {
-        validate_for_cluster(tenant, settings).map_err(|source| PlanError::Invalid {
-            document: i + 1,
-            source,
-        })?;
-        objects.extend(
-            with_access(build(tenant, settings), tenant, jiff::Timestamp::now())
-                .to_values()
-                .map_err(|e| PlanError::Render(e.to_string()))?,
-        );
-    }
-    serde_saphyr::to_string_multiple(&objects).map_err(|e| PlanError::Render(e.to_string()))
-}
-
-impl PlanError {
-    /// The offending fields, one per line, for the command line.
-    pub fn field_errors(&self) -> Vec<FieldError> {
-        match self {
-            PlanError::Invalid { source, .. } => source.errors.clone(),
-            PlanError::Field { field, message, .. } => vec![FieldError {
-                field: field.clone(),
-                message: message.clone(),
-            }],
-            _ => Vec::new(),
-        }
-    }
+    plan(tenants_yaml, &facts, now)
 }

@@ -19,19 +19,23 @@ use kube_lease_manager::{LeaseManager, LeaseManagerBuilder};
 use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
-use crate::admission::Confinement;
-use crate::api::FIELD_MANAGER;
-use crate::api::FranceTravailTenant;
-use crate::api::labels;
-use crate::build::BuildSettings;
+use ft_core::api::FIELD_MANAGER;
+use ft_core::api::FranceTravailTenant;
+use ft_core::api::labels;
+use ft_core::placement::PlacementIndex;
+use ft_core::placement::admission::Confinement;
+use ft_core::placement::review::WebhookClient;
+use ft_core::settings::BuildSettings;
+use ft_core::shredding::protection::{
+    DELETION_PROTECTION, deletion_confirmation_recorder, deletion_protection,
+};
+
 use crate::compliance::Compliance;
-use crate::controller;
-use crate::encryption::{DELETION_PROTECTION, deletion_confirmation_recorder, deletion_protection};
 use crate::health::Liveness;
 use crate::metrics::Metrics;
-use crate::placement::PlacementIndex;
 use crate::server::{self, Health};
-use crate::webhook::{self, CertificateSource, ServingCertificate, WebhookClient, WebhookTls};
+use crate::watch::{Term, discover_confinement};
+use crate::webhook::{self, CertificateSource, ServingCertificate, WebhookTls};
 
 pub struct RunConfig {
     /// The operator's own namespace: its Lease, and later its key store and records.
@@ -192,7 +196,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
             instance: Some(config.identity.clone()),
         };
         metrics.leader.set(1);
-        let term = controller::Term {
+        let term = Term {
             reporter,
             liveness: liveness.clone(),
             acting,
@@ -273,14 +277,14 @@ async fn lead(
     config: &RunConfig,
     metrics: Arc<Metrics>,
     compliance: Compliance,
-    term: controller::Term,
+    term: Term,
     shutdown: impl Future<Output = ()> + Clone + Send + Sync + 'static,
 ) -> anyhow::Result<()> {
     let mut settings = config.settings.clone();
     settings.key_namespace = config.namespace.clone();
     settings.confinement = match config.confinement {
         Some(chosen) => chosen,
-        None => controller::discover_confinement(client).await,
+        None => discover_confinement(client).await,
     };
     protect_tenants_from_deletion(client, settings.confinement).await?;
     info!(confinement = ?settings.confinement, "placement admission");
@@ -307,7 +311,7 @@ async fn lead(
             shutdown.clone(),
         ));
     }
-    let controller = controller::run(
+    let controller = crate::watch::run(
         client.clone(),
         metrics,
         settings,
@@ -318,7 +322,7 @@ async fn lead(
     );
     // Asked to stop, the controller finishes the passes under way, but no longer than this:
     // kube's runner never ends if it is stopped before its first list of tenants, and a pass
-    // may take up to `controller::PASS_TIMEOUT`.
+    // may take up to `reconcile::PASS_TIMEOUT`.
     let deadline = async {
         shutdown.await;
         tokio::time::sleep(SHUTDOWN_GRACE).await;
@@ -557,7 +561,7 @@ struct Registration {
 
 impl Registration {
     async fn apply(&self, ca_bundle_pem: &str) -> anyhow::Result<()> {
-        let configuration = webhook::mutating_webhook_configuration(
+        let configuration = ft_core::placement::review::mutating_webhook_configuration(
             WEBHOOK_CONFIGURATION,
             ca_bundle_pem,
             self.target.clone(),
@@ -723,7 +727,7 @@ where
     kube::Api::<K>::all(client.clone())
         .patch(
             &name,
-            &kube::api::PatchParams::apply(crate::api::FIELD_MANAGER).force(),
+            &kube::api::PatchParams::apply(ft_core::api::FIELD_MANAGER).force(),
             &kube::api::Patch::Apply(object),
         )
         .await

@@ -14,15 +14,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use ft_core::api::FranceTravailTenant;
+use ft_core::desired::{Facts, desired};
+use ft_core::placement::regions::RegionCatalogue;
+use ft_core::settings::BuildSettings;
+use ft_core::validate::validate_for_cluster;
 use ft_e2e::faults::{RESTART_VARIABLE, command_from, restart_api_server};
 use ft_e2e::{
     Operator, TestNodes, cluster, ensure_namespace, example_tenant, install_crds, install_velero,
     unique, wait_for,
 };
-use ft_operator::admission::Confinement;
-use ft_operator::api::FranceTravailTenant;
-use ft_operator::build::{BuildSettings, build, with_access, with_placement};
 use futures::{StreamExt, TryStreamExt, stream};
+use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -126,19 +129,29 @@ async fn converge(
 /// the same concurrency: what the API server itself takes.
 async fn direct_writes(client: &Client, prefix: &str, n: usize) -> anyhow::Result<Duration> {
     let mut objects = Vec::new();
+    // The cluster's nodes decide the placement, as they do for the operator.
+    let nodes: Vec<Arc<Node>> = Api::<Node>::all(client.clone())
+        .list(&Default::default())
+        .await?
+        .items
+        .into_iter()
+        .map(Arc::new)
+        .collect();
+    let settings = BuildSettings::default();
+    let catalogue = RegionCatalogue::embedded()?;
+    let restoring = Default::default();
+    let facts = Facts {
+        settings: &settings,
+        nodes: &nodes,
+        catalogue: &catalogue,
+        provider: None,
+        velero: None,
+        restoring: &restoring,
+    };
     for i in 0..n {
         let tenant = example_tenant("tenant.yaml", &format!("{prefix}-{i}"))?;
-        let desired = with_access(
-            with_placement(
-                build(&tenant, &BuildSettings::default()),
-                &tenant,
-                &[String::from("eu-west-3")].into(),
-                Confinement::Native,
-            ),
-            &tenant,
-            jiff::Timestamp::now(),
-        );
-        objects.extend(desired.to_values()?);
+        let valid = validate_for_cluster(&tenant, &settings)?;
+        objects.extend(desired(valid, &facts, jiff::Timestamp::now()).to_values()?);
     }
     let started = Instant::now();
     // Namespaces first, as the operator does.

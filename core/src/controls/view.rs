@@ -1,0 +1,91 @@
+//! What the evaluator sees: the tenant, what was built for it, what the cluster shows, and the
+//! cluster facts; and what it says of each control.
+
+use std::sync::Arc;
+
+use jiff::Timestamp;
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingAdmissionPolicy, MutatingAdmissionPolicyBinding, ValidatingAdmissionPolicy,
+    ValidatingAdmissionPolicyBinding,
+};
+use k8s_openapi::api::core::v1::{
+    LimitRange, Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod, ResourceQuota,
+};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::rbac::v1::RoleBinding;
+use k8s_openapi::api::storage::v1::StorageClass;
+use kube::core::PartialObjectMeta;
+
+use crate::api::{ControlResult, FranceTravailTenant};
+use crate::backup::VeleroView;
+use crate::desired::Desired;
+use crate::placement::regions::RegionCatalogue;
+
+/// The reason of a control whose capability this version of the operator does not have yet.
+/// Such a control is `Unknown`, never `Pass`, and does not by itself make a tenant `Unknown`.
+pub const NOT_IN_THIS_VERSION: &str = "NotInThisVersion";
+
+/// What the cluster holds in and for one tenant's namespaces.
+#[derive(Clone, Debug, Default)]
+pub struct TenantView {
+    /// The tenant's namespaces that exist.
+    pub namespaces: Vec<Arc<PartialObjectMeta<Namespace>>>,
+    /// Every NetworkPolicy in those namespaces, the operator's and any other.
+    pub network_policies: Vec<Arc<NetworkPolicy>>,
+    pub resource_quotas: Vec<Arc<ResourceQuota>>,
+    pub limit_ranges: Vec<Arc<LimitRange>>,
+    pub pods: Vec<Arc<Pod>>,
+    pub persistent_volume_claims: Vec<Arc<PersistentVolumeClaim>>,
+    /// The volumes bound to those claims.
+    pub persistent_volumes: Vec<Arc<PersistentVolume>>,
+    pub role_bindings: Vec<Arc<RoleBinding>>,
+    /// Every node of the cluster.
+    pub nodes: Vec<Arc<Node>>,
+    /// Every StorageClass of the cluster.
+    pub storage_classes: Vec<Arc<StorageClass>>,
+    /// The tenant's placement admission objects.
+    pub validating_admission_policies: Vec<Arc<ValidatingAdmissionPolicy>>,
+    pub validating_admission_policy_bindings: Vec<Arc<ValidatingAdmissionPolicyBinding>>,
+    pub mutating_admission_policies: Vec<Arc<MutatingAdmissionPolicy>>,
+    pub mutating_admission_policy_bindings: Vec<Arc<MutatingAdmissionPolicyBinding>>,
+    /// The fingerprint of the tenant's key in the key store, if it has one.
+    pub key_fingerprint: Option<String>,
+    /// What Velero holds for the tenant.
+    pub velero: VeleroView,
+}
+
+/// Facts about the cluster as a whole.
+#[derive(Clone, Debug)]
+pub struct ClusterFacts {
+    pub regions: Arc<RegionCatalogue>,
+    /// The cloud provider named by the platform team, for region codes several providers use.
+    pub provider: Option<String>,
+    /// Whether the cluster serves Velero's API; `None` when it could not be told.
+    pub backup_engine: Option<bool>,
+}
+
+pub struct Inputs<'a> {
+    pub tenant: &'a FranceTravailTenant,
+    /// What `desired` made of the tenant, or why it could not: the spec is invalid.
+    pub desired: Result<&'a Desired, &'a str>,
+    pub observed: &'a TenantView,
+    pub facts: &'a ClusterFacts,
+    pub now: Timestamp,
+}
+
+/// The result of one control, with a reason and a message a person can act on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Finding {
+    pub result: ControlResult,
+    pub reason: String,
+    pub message: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Evaluation {
+    pub id: &'static str,
+    pub finding: Finding,
+}
+
+/// Judges one control.
+pub type Judge = fn(&Inputs) -> Finding;

@@ -1,0 +1,235 @@
+//! Encryption at rest with the tenant's own key (CLD-21, CLD-40): the tenant's StorageClass,
+//! rendered from an encryption profile, and a ValidatingAdmissionPolicy that refuses, in the
+//! tenant's namespaces, a claim on any other class. Pure builders; the operator applies them.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::admissionregistration::v1::{
+    MatchResources, NamedRuleWithOperations, ValidatingAdmissionPolicy,
+    ValidatingAdmissionPolicyBinding, ValidatingAdmissionPolicyBindingSpec,
+    ValidatingAdmissionPolicySpec, Validation,
+};
+use k8s_openapi::api::storage::v1::StorageClass;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use kube::{Resource, ResourceExt};
+use serde::Deserialize;
+
+use super::key::secret_name;
+use crate::api::{FranceTravailTenant, annotations, labels};
+
+/// The encryption profiles compiled into the binary.
+pub const PROFILES_YAML: &str = include_str!("../../../policies/encryption-profiles.yaml");
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Profile {
+    pub name: String,
+    /// The CSI driver.
+    pub provisioner: String,
+    pub key_reference: KeyReference,
+    /// Values may hold `{keySecret}`, `{keyNamespace}` and `{keyReference}`.
+    pub parameters: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum KeyReference {
+    /// The key is the operator's, in its key store.
+    None,
+    /// The key is in the provider's KMS; the tenant names it.
+    Required,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Profiles {
+    pub profiles: Vec<Profile>,
+}
+
+impl Profiles {
+    pub fn embedded() -> Result<Self, String> {
+        Self::parse(PROFILES_YAML)
+    }
+
+    /// Parses a catalogue, refusing duplicate names and placeholders it does not know.
+    pub fn parse(yaml: &str) -> Result<Self, String> {
+        let profiles: Profiles = serde_saphyr::from_str(yaml).map_err(|e| e.to_string())?;
+        let mut seen = std::collections::BTreeSet::new();
+        for p in &profiles.profiles {
+            if !seen.insert(&p.name) {
+                return Err(format!("encryption profile {} is listed twice", p.name));
+            }
+            for (key, value) in &p.parameters {
+                let rest = ["{keySecret}", "{keyNamespace}", "{keyReference}"]
+                    .iter()
+                    .fold(value.clone(), |v, known| v.replace(known, ""));
+                if rest.contains('{') {
+                    return Err(format!(
+                        "encryption profile {}: parameter {key} holds an unknown placeholder: {value}",
+                        p.name
+                    ));
+                }
+            }
+            if (p.key_reference == KeyReference::Required)
+                != p.parameters.values().any(|v| v.contains("{keyReference}"))
+            {
+                return Err(format!(
+                    "encryption profile {}: keyReference: required exactly when a parameter uses {{keyReference}}",
+                    p.name
+                ));
+            }
+        }
+        Ok(profiles)
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Profile> {
+        self.profiles.iter().find(|p| p.name == name)
+    }
+
+    pub fn names(&self) -> Vec<&str> {
+        self.profiles.iter().map(|p| p.name.as_str()).collect()
+    }
+}
+
+/// `ft-<tenant>-encrypted`: the only class the tenant's claims may use.
+pub fn class_name(tenant: &str) -> String {
+    format!("ft-{tenant}-encrypted")
+}
+
+/// The tenant's StorageClass, or `None` when it declares no storage. The tenant must have been
+/// validated: its profile exists and has the key reference it needs.
+pub fn storage_class(
+    tenant: &FranceTravailTenant,
+    profiles: &Profiles,
+    key_namespace: &str,
+) -> Option<StorageClass> {
+    let storage = tenant.spec.storage.as_ref()?;
+    let profile = profiles.get(&storage.profile)?;
+    let name = tenant.name_any();
+    let render = |value: &str| {
+        value
+            .replace("{keySecret}", &secret_name(&name))
+            .replace("{keyNamespace}", key_namespace)
+            .replace(
+                "{keyReference}",
+                storage.key_reference.as_deref().unwrap_or_default(),
+            )
+    };
+    // The tenant's parameters first, so the profile's, which carry the encryption, win.
+    let mut parameters = storage.parameters.clone();
+    for (key, value) in &profile.parameters {
+        parameters.insert(key.clone(), render(value));
+    }
+    Some(StorageClass {
+        metadata: ObjectMeta {
+            name: Some(class_name(&name)),
+            labels: Some(tenant_labels(tenant)),
+            annotations: Some(BTreeMap::from([
+                (annotations::CONTROL.into(), "CLD-21,CLD-40".into()),
+                (
+                    "hosting.francetravail.fr/encryption-profile".into(),
+                    profile.name.clone(),
+                ),
+            ])),
+            owner_references: tenant.controller_owner_ref(&()).map(|o| vec![o]),
+            ..Default::default()
+        },
+        provisioner: profile.provisioner.clone(),
+        parameters: Some(parameters),
+        reclaim_policy: Some("Delete".into()),
+        allow_volume_expansion: Some(true),
+        volume_binding_mode: Some("WaitForFirstConsumer".into()),
+        mount_options: None,
+        allowed_topologies: None,
+    })
+}
+
+fn tenant_labels(tenant: &FranceTravailTenant) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (labels::TENANT.into(), tenant.name_any()),
+        (
+            labels::DATA_CLASSIFICATION.into(),
+            tenant.spec.data_classification.as_str().into(),
+        ),
+        (labels::MANAGED_BY.into(), labels::MANAGED_BY_VALUE.into()),
+    ])
+}
+
+/// `ft-claims-<tenant>`: the claims policy of a tenant and its binding.
+pub fn claims_policy_name(tenant: &str) -> String {
+    format!("ft-claims-{tenant}")
+}
+
+/// Refuses, in every namespace of the tenant, a PersistentVolumeClaim on any class but the
+/// tenant's, or on none (CLD-21). A tenant without `spec.storage` has no class: every claim is
+/// refused, saying so.
+pub fn claims_policy(
+    tenant: &FranceTravailTenant,
+) -> (ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding) {
+    let name = tenant.name_any();
+    let policy_name = claims_policy_name(&name);
+    let class = class_name(&name);
+    let validation = if tenant.spec.storage.is_some() {
+        Validation {
+            expression: format!(
+                "has(object.spec.storageClassName) && object.spec.storageClassName == '{class}'"
+            ),
+            message: Some(format!(
+                "tenant {name}: volumes must be encrypted with the tenant's own key: set spec.storageClassName: {class} (CLD-21)"
+            )),
+            reason: Some("Forbidden".into()),
+            ..Default::default()
+        }
+    } else {
+        Validation {
+            expression: "false".into(),
+            message: Some(format!(
+                "tenant {name} declares no spec.storage, so it has no encrypted storage class and may claim no volume (CLD-21)"
+            )),
+            reason: Some("Forbidden".into()),
+            ..Default::default()
+        }
+    };
+    let meta = |n: &str| ObjectMeta {
+        name: Some(n.into()),
+        labels: Some(tenant_labels(tenant)),
+        owner_references: tenant.controller_owner_ref(&()).map(|o| vec![o]),
+        ..Default::default()
+    };
+    (
+        ValidatingAdmissionPolicy {
+            metadata: meta(&policy_name),
+            spec: Some(ValidatingAdmissionPolicySpec {
+                failure_policy: Some("Fail".into()),
+                match_constraints: Some(MatchResources {
+                    resource_rules: Some(vec![NamedRuleWithOperations {
+                        api_groups: Some(vec![String::new()]),
+                        api_versions: Some(vec!["v1".into()]),
+                        operations: Some(vec!["CREATE".into()]),
+                        resources: Some(vec!["persistentvolumeclaims".into()]),
+                        ..Default::default()
+                    }]),
+                    ..Default::default()
+                }),
+                validations: Some(vec![validation]),
+                ..Default::default()
+            }),
+            status: None,
+        },
+        ValidatingAdmissionPolicyBinding {
+            metadata: meta(&policy_name),
+            spec: ValidatingAdmissionPolicyBindingSpec {
+                policy_name: policy_name.clone(),
+                match_resources: Some(MatchResources {
+                    namespace_selector: Some(LabelSelector {
+                        match_labels: Some(BTreeMap::from([(labels::TENANT.into(), name)])),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                validation_actions: vec!["Deny".into()],
+                ..Default::default()
+            },
+        },
+    )
+}

@@ -1,0 +1,18 @@
+//! The rules, tested without a cluster: one module per capability, named as in `src/`.
+
+mod access;
+mod admission_reviews;
+mod backup;
+mod common;
+mod controls;
+mod crds;
+mod cycles;
+mod desired;
+mod encryption;
+mod pass;
+mod placement;
+mod rbac;
+mod readme;
+mod regions;
+mod review;
+mod validate;

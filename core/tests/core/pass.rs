@@ -1,0 +1,141 @@
+//! The decisions of a reconcile pass that are not a builder's: when the controls may judge,
+//! when to look again, which key was lost, which rights to bind, and what an export request
+//! asks for.
+
+use std::time::Duration;
+
+use ft_core::api::{ExportStatus, TenantStatus, annotations};
+use ft_core::applied::ApplyReport;
+use ft_core::backup::{ExportStep, NO_ENGINE};
+use ft_core::pass::{
+    Applied, Judge, RESYNC, SETTLING, judge, next_look, replaced_key, wanted_bindings,
+};
+use ft_core::settings::BuildSettings;
+
+use crate::common;
+
+fn tenant() -> ft_core::api::FranceTravailTenant {
+    common::tenant("examples/tenant.yaml")
+}
+
+fn now() -> jiff::Timestamp {
+    "2026-11-22T12:00:00Z".parse().expect("a timestamp")
+}
+
+#[test]
+fn the_controls_judge_only_a_pass_that_wrote_nothing_and_sees_everything() {
+    let quiet = ApplyReport::default();
+    assert_eq!(judge(Applied::Done(&quiet)), Judge::Now);
+    let wrote = ApplyReport {
+        created: vec!["Namespace/a-prod".into()],
+        ..Default::default()
+    };
+    assert_eq!(
+        judge(Applied::Done(&wrote)),
+        Judge::Later { settling: true }
+    );
+    let unseen = ApplyReport {
+        unseen: 1,
+        ..Default::default()
+    };
+    assert_eq!(
+        judge(Applied::Done(&unseen)),
+        Judge::Later { settling: true }
+    );
+    assert_eq!(judge(Applied::Refused), Judge::Refused);
+    assert_eq!(judge(Applied::Failed), Judge::Later { settling: false });
+}
+
+#[test]
+fn a_pass_that_wrote_looks_again_within_a_second_any_other_within_the_resync() {
+    assert_eq!(
+        next_look(&Judge::Later { settling: true }),
+        Duration::from_secs(1)
+    );
+    assert_eq!(SETTLING, Duration::from_secs(1));
+    for judged in [Judge::Now, Judge::Refused, Judge::Later { settling: false }] {
+        assert_eq!(next_look(&judged), Duration::from_secs(60));
+    }
+    assert_eq!(RESYNC, Duration::from_secs(60));
+}
+
+#[test]
+fn a_key_other_than_the_one_the_status_knew_was_replaced() {
+    let mut t = tenant();
+    assert_eq!(replaced_key(&t, "sha256:new"), None, "no key known yet");
+    t.status = Some(TenantStatus {
+        key_fingerprint: Some("sha256:old".into()),
+        ..Default::default()
+    });
+    assert_eq!(replaced_key(&t, "sha256:old"), None);
+    assert_eq!(replaced_key(&t, "sha256:new"), Some("sha256:old"));
+}
+
+#[test]
+fn a_refused_spec_still_binds_the_rights_in_force_and_no_other() {
+    let t = tenant();
+    let built = common::desired_with(&t, &BuildSettings::default(), None, now());
+    let from_build = wanted_bindings(&t, Some(&built), now());
+    assert_eq!(from_build, built.role_bindings);
+    let refused = wanted_bindings(&t, None, now());
+    assert_eq!(refused, built.role_bindings);
+    // Once every grant has lapsed, a refused spec binds nothing.
+    let later = "2199-01-01T00:00:00Z".parse().expect("a timestamp");
+    assert!(wanted_bindings(&t, None, later).is_empty());
+}
+
+#[test]
+fn an_export_request_is_blocked_naming_why_or_started() {
+    let mut t = tenant();
+    let velero = "velero";
+    assert_eq!(
+        ft_core::backup::export_step(&t, Some(true), velero),
+        ExportStep::None
+    );
+    t.metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(annotations::EXPORT_REQUEST.into(), "2026-11-22".into());
+    // Without Velero: blocked, saying so.
+    let ExportStep::Show(Some(blocked)) = ft_core::backup::export_step(&t, Some(false), velero)
+    else {
+        panic!("blocked without Velero");
+    };
+    assert_eq!(blocked.phase, "Blocked");
+    assert_eq!(blocked.message, NO_ENGINE);
+    // Not known yet: the last status stands.
+    let previous = ExportStatus {
+        requested: "2026-11-22".into(),
+        phase: "InProgress".into(),
+        ..Default::default()
+    };
+    t.status = Some(TenantStatus {
+        export: Some(previous.clone()),
+        ..Default::default()
+    });
+    assert_eq!(
+        ft_core::backup::export_step(&t, None, velero),
+        ExportStep::Show(Some(previous))
+    );
+    // With Velero: one Backup per environment, made while the export has not finished.
+    let ExportStep::Run { wanted, create, .. } =
+        ft_core::backup::export_step(&t, Some(true), velero)
+    else {
+        panic!("runs with Velero");
+    };
+    assert_eq!(wanted.len(), t.spec.environments.len());
+    assert!(create);
+    t.status = Some(TenantStatus {
+        export: Some(ExportStatus {
+            requested: "2026-11-22".into(),
+            phase: "Completed".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let ExportStep::Run { create, .. } = ft_core::backup::export_step(&t, Some(true), velero)
+    else {
+        panic!("runs with Velero");
+    };
+    assert!(!create, "a finished export's Backups are Velero's");
+}

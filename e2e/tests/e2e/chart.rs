@@ -1,0 +1,926 @@
+//! The Helm chart, rendered by Helm's own engine: it lints clean, every object it renders is a
+//! valid object of its kind, its pods meet Pod Security `restricted`, its CRDs, access roles and
+//! RBAC are the operator's own, and wrong values are refused naming the value.
+//!
+//! These tests need `helm-python-sdk` (see `e2e/src/helm.rs`) but no cluster. The install,
+//! upgrade and uninstall on a cluster are in `chart_install.rs`.
+
+use std::collections::BTreeSet;
+
+use ft_core::api::labels::LEADER;
+use ft_core::placement::regions::RegionCatalogue;
+use ft_e2e::helm::{Helm, chart_dir, find};
+use ft_e2e::{operator_binary, workspace_root};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, PodSpec, SecurityContext, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use serde_json::{Value, json};
+
+const RELEASE: &str = "ft-operator";
+const NAMESPACE: &str = "ft-system";
+
+/// Values that change everything a platform team may change.
+fn other_values() -> Value {
+    json!({
+        "image": {
+            "repository": "registry.example.org/platform/ft-operator",
+            "digest": format!("sha256:{}", "a".repeat(64)),
+            "pullPolicy": "Always",
+        },
+        "imagePullSecrets": [{"name": "registry"}],
+        "replicaCount": 3,
+        "operatorNamespace": "platform-security",
+        "serviceAccount": {"name": "ft-operator-sa"},
+        "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
+        "logLevel": "debug",
+        "logFormat": "text",
+        "confinement": "webhook",
+        "webhook": {"port": 9443, "certificate": {"source": "cert-manager"}},
+        "metrics": {"port": 9090, "serviceMonitor": {"enabled": true, "labels": {"release": "prometheus"}}},
+        "placement": {
+            "defaultAllowedCountries": ["FR", "DE"],
+            "provider": "ovhcloud",
+            "regionCatalogue": {"providers": [{
+                "name": "ovhcloud",
+                "providerIdPrefixes": ["openstack://"],
+                "csiDrivers": ["cinder.csi.openstack.org"],
+                "regions": {"GRA": "FR", "DE": "DE", "BHS": "CA"}
+            }]}
+        },
+        "velero": {"namespace": "backup", "rbac": "always"},
+        "network": {
+            "dnsNamespace": "dns",
+            "dnsPodLabels": "app=coredns,tier=node",
+            "clusterNetworks": ["10.244.0.0/16", "10.96.0.0/12"]
+        },
+        "networkPolicy": {"apiServer": {"cidrs": ["192.0.2.10/32"], "ports": [6443]}},
+        "nodeSelector": {"node-role.example.org/platform": "true"},
+        "priorityClassName": "system-cluster-critical",
+    })
+}
+
+fn value_sets() -> Vec<(&'static str, Value)> {
+    vec![
+        ("default values", json!({})),
+        ("other values", other_values()),
+        (
+            "native confinement, one replica",
+            json!({"confinement": "native", "replicaCount": 1, "networkPolicy": {"enabled": false}}),
+        ),
+    ]
+}
+
+fn helm() -> Option<Helm> {
+    Helm::find().expect("Helm's engine")
+}
+
+fn namespace_of(values: &Value) -> &str {
+    values["operatorNamespace"].as_str().unwrap_or(NAMESPACE)
+}
+
+fn objects(helm: &Helm, values: &Value) -> Vec<Value> {
+    helm.objects(values, RELEASE, NAMESPACE)
+        .unwrap_or_else(|e| panic!("rendering with {values}: {e:#}"))
+}
+
+fn typed<T: k8s_openapi::serde::de::DeserializeOwned>(object: &Value) -> T {
+    serde_json::from_value(object.clone())
+        .unwrap_or_else(|e| panic!("{} {}: {e}", object["kind"], object["metadata"]["name"]))
+}
+
+fn deployment(objects: &[Value]) -> Deployment {
+    typed(find(objects, "Deployment", "ft-operator").expect("the Deployment"))
+}
+
+fn env(deployment: &Deployment) -> Vec<(String, Option<String>)> {
+    let container = &deployment
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers[0];
+    container
+        .env
+        .iter()
+        .flatten()
+        .map(|e| (e.name.clone(), e.value.clone()))
+        .collect()
+}
+
+fn env_value(deployment: &Deployment, name: &str) -> Option<String> {
+    env(deployment)
+        .into_iter()
+        .find(|(n, _)| n == name)
+        .and_then(|(_, v)| v)
+}
+
+/// Serialised through its typed k8s-openapi struct and back: a field the API server would not
+/// know (misspelt, misplaced) is dropped on the way, and the two differ.
+fn round_trips<T>(object: &Value) -> Result<(), String>
+where
+    T: k8s_openapi::serde::de::DeserializeOwned + k8s_openapi::serde::Serialize,
+{
+    let parsed: T = serde_json::from_value(object.clone()).map_err(|e| e.to_string())?;
+    let again = serde_json::to_value(&parsed).map_err(|e| e.to_string())?;
+    if normalized(&again) == normalized(object) {
+        Ok(())
+    } else {
+        Err(format!(
+            "fields lost in a typed round trip:\n rendered: {object}\n typed:    {again}"
+        ))
+    }
+}
+
+/// Without null fields, and every number as a float: YAML writes `minimum: 0.0` where Helm's
+/// Go engine writes `0`, and both mean the same to the API server.
+fn normalized(value: &Value) -> Value {
+    match value {
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k.clone(), normalized(v)))
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.iter().map(normalized).collect()),
+        Value::Number(n) => n.as_f64().map_or(Value::Null, Value::from),
+        other => other.clone(),
+    }
+}
+
+#[test]
+fn the_chart_lints_clean_with_default_and_other_values() {
+    let Some(helm) = helm() else { return };
+    for (what, values) in value_sets() {
+        let report = helm.lint(&values).unwrap();
+        assert_eq!(report["errors"], json!([]), "{what}: {report}");
+        // Severity 2 is a warning, 3 an error; 1 (info) is only `icon is recommended`.
+        let serious: Vec<_> = report["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["severity"].as_i64().unwrap_or(3) >= 2)
+            .collect();
+        assert!(serious.is_empty(), "{what}: {serious:?}");
+    }
+}
+
+#[test]
+fn every_rendered_object_is_a_valid_object_of_its_kind() {
+    let Some(helm) = helm() else { return };
+    for (what, values) in value_sets() {
+        let objects = objects(&helm, &values);
+        assert!(!objects.is_empty(), "{what}");
+        for object in &objects {
+            let kind = (
+                object["apiVersion"].as_str().unwrap_or_default(),
+                object["kind"].as_str().unwrap_or_default(),
+            );
+            let checked = match kind {
+                ("v1", "ServiceAccount") => round_trips::<ServiceAccount>(object),
+                ("v1", "Service") => round_trips::<Service>(object),
+                ("v1", "ConfigMap") => round_trips::<ConfigMap>(object),
+                ("apps/v1", "Deployment") => round_trips::<Deployment>(object),
+                ("policy/v1", "PodDisruptionBudget") => round_trips::<PodDisruptionBudget>(object),
+                ("networking.k8s.io/v1", "NetworkPolicy") => round_trips::<NetworkPolicy>(object),
+                ("rbac.authorization.k8s.io/v1", "ClusterRole") => {
+                    round_trips::<ClusterRole>(object)
+                }
+                ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => {
+                    round_trips::<ClusterRoleBinding>(object)
+                }
+                ("rbac.authorization.k8s.io/v1", "Role") => round_trips::<Role>(object),
+                ("rbac.authorization.k8s.io/v1", "RoleBinding") => {
+                    round_trips::<RoleBinding>(object)
+                }
+                ("apiextensions.k8s.io/v1", "CustomResourceDefinition") => {
+                    round_trips::<CustomResourceDefinition>(object)
+                }
+                // Not Kubernetes' own: the fields cert-manager and prometheus-operator require.
+                ("cert-manager.io/v1", "Certificate") => {
+                    let spec = &object["spec"];
+                    (spec["secretName"].is_string() && spec["issuerRef"]["name"].is_string())
+                        .then_some(())
+                        .ok_or_else(|| format!("incomplete Certificate: {spec}"))
+                }
+                ("cert-manager.io/v1", "Issuer") => {
+                    let spec = object["spec"].as_object().cloned().unwrap_or_default();
+                    (spec.contains_key("selfSigned") || spec.contains_key("ca"))
+                        .then_some(())
+                        .ok_or_else(|| format!("an Issuer of no kind: {spec:?}"))
+                }
+                ("monitoring.coreos.com/v1", "ServiceMonitor") => {
+                    (object["spec"]["endpoints"][0]["port"] == "metrics")
+                        .then_some(())
+                        .ok_or_else(|| format!("ServiceMonitor without the metrics port: {object}"))
+                }
+                other => Err(format!("unexpected kind {other:?}")),
+            };
+            if let Err(e) = checked {
+                panic!(
+                    "{what}: {} {}: {e}",
+                    object["kind"], object["metadata"]["name"]
+                );
+            }
+            let namespaced = !matches!(
+                kind.1,
+                "ClusterRole" | "ClusterRoleBinding" | "CustomResourceDefinition"
+            );
+            let namespace = object["metadata"]["namespace"].as_str();
+            if namespaced {
+                let velero_role = kind.1.starts_with("Role")
+                    && namespace == values["velero"]["namespace"].as_str();
+                assert!(
+                    namespace == Some(namespace_of(&values)) || velero_role,
+                    "{what}: {object}"
+                );
+            } else {
+                assert_eq!(namespace, None, "{what}: {object}");
+            }
+        }
+    }
+}
+
+/// What Pod Security `restricted` (v1.30 and later) refuses in a pod, as the admission
+/// controller checks it; empty when the pod passes.
+fn restricted_violations(pod: &PodSpec) -> Vec<String> {
+    let mut faults = Vec::new();
+    let pod_context = pod.security_context.clone().unwrap_or_default();
+    for (what, on) in [
+        ("hostNetwork", pod.host_network),
+        ("hostPID", pod.host_pid),
+        ("hostIPC", pod.host_ipc),
+    ] {
+        if on == Some(true) {
+            faults.push(format!("{what} is set"));
+        }
+    }
+    let allowed_volumes = [
+        "config_map",
+        "csi",
+        "downward_api",
+        "empty_dir",
+        "ephemeral",
+        "persistent_volume_claim",
+        "projected",
+        "secret",
+    ];
+    for volume in pod.volumes.iter().flatten() {
+        let as_json = serde_json::to_value(volume).unwrap();
+        for key in as_json.as_object().unwrap().keys().filter(|k| *k != "name") {
+            let snake = key.chars().fold(String::new(), |mut s, c| {
+                if c.is_uppercase() {
+                    s.push('_');
+                }
+                s.push(c.to_ascii_lowercase());
+                s
+            });
+            if !allowed_volumes.contains(&snake.as_str()) {
+                faults.push(format!("volume {} is of type {key}", volume.name));
+            }
+        }
+    }
+    let pod_non_root = pod_context.run_as_non_root == Some(true);
+    let pod_seccomp = pod_context
+        .seccomp_profile
+        .as_ref()
+        .map(|p| p.type_.clone());
+    if pod_context.run_as_user == Some(0) {
+        faults.push("the pod runs as user 0".into());
+    }
+    for container in pod
+        .containers
+        .iter()
+        .chain(pod.init_containers.iter().flatten())
+    {
+        let c: SecurityContext = container.security_context.clone().unwrap_or_default();
+        let name = &container.name;
+        if c.privileged == Some(true) {
+            faults.push(format!("{name} is privileged"));
+        }
+        if c.allow_privilege_escalation != Some(false) {
+            faults.push(format!("{name} may escalate privileges"));
+        }
+        let capabilities = c.capabilities.clone().unwrap_or_default();
+        if !capabilities.drop.iter().flatten().any(|d| d == "ALL") {
+            faults.push(format!("{name} does not drop ALL capabilities"));
+        }
+        if capabilities
+            .add
+            .iter()
+            .flatten()
+            .any(|a| a != "NET_BIND_SERVICE")
+        {
+            faults.push(format!("{name} adds capabilities"));
+        }
+        if !(c.run_as_non_root == Some(true) || (pod_non_root && c.run_as_non_root.is_none())) {
+            faults.push(format!("{name} may run as root"));
+        }
+        if c.run_as_user == Some(0) {
+            faults.push(format!("{name} runs as user 0"));
+        }
+        let seccomp = c
+            .seccomp_profile
+            .as_ref()
+            .map(|p| p.type_.clone())
+            .or(pod_seccomp.clone());
+        if !matches!(seccomp.as_deref(), Some("RuntimeDefault" | "Localhost")) {
+            faults.push(format!(
+                "{name} has no RuntimeDefault or Localhost seccomp profile"
+            ));
+        }
+        if container
+            .ports
+            .iter()
+            .flatten()
+            .any(|p| p.host_port.is_some_and(|h| h != 0))
+        {
+            faults.push(format!("{name} uses a host port"));
+        }
+    }
+    faults
+}
+
+#[test]
+fn the_restricted_check_finds_what_the_profile_refuses() {
+    // The checker itself, on a pod that breaks each rule it knows.
+    let bad: PodSpec = serde_json::from_value(json!({
+        "hostNetwork": true,
+        "securityContext": {"runAsUser": 0},
+        "volumes": [{"name": "root", "hostPath": {"path": "/"}}],
+        "containers": [{
+            "name": "c",
+            "ports": [{"containerPort": 80, "hostPort": 80}],
+            "securityContext": {"privileged": true, "capabilities": {"add": ["SYS_ADMIN"]}}
+        }]
+    }))
+    .unwrap();
+    let faults = restricted_violations(&bad);
+    for expected in [
+        "hostNetwork",
+        "user 0",
+        "hostPath",
+        "privileged",
+        "escalate",
+        "ALL",
+        "adds",
+        "may run as root",
+        "seccomp",
+        "host port",
+    ] {
+        assert!(
+            faults.iter().any(|f| f.contains(expected)),
+            "{expected} not found in {faults:?}"
+        );
+    }
+}
+
+#[test]
+fn the_operator_pods_meet_the_restricted_pod_security_profile() {
+    let Some(helm) = helm() else { return };
+    for (what, values) in value_sets() {
+        let deployment = deployment(&objects(&helm, &values));
+        let pod = deployment.spec.unwrap().template.spec.unwrap();
+        assert_eq!(restricted_violations(&pod), Vec::<String>::new(), "{what}");
+        for container in &pod.containers {
+            let context = container.security_context.clone().unwrap();
+            assert_eq!(context.read_only_root_filesystem, Some(true), "{what}");
+            assert_eq!(context.capabilities.unwrap().add, None, "{what}");
+        }
+        // The user the image runs as (operator/Dockerfile) is the one the chart asks for.
+        let dockerfile =
+            std::fs::read_to_string(workspace_root().join("operator/Dockerfile")).unwrap();
+        let user = pod.security_context.unwrap().run_as_user.unwrap();
+        assert!(
+            dockerfile.contains(&format!("USER {user}:{user}")),
+            "{what}: the image does not run as {user}"
+        );
+    }
+}
+
+#[test]
+fn the_image_is_built_in_stages_and_runs_distroless_as_non_root() {
+    let dockerfile = std::fs::read_to_string(workspace_root().join("operator/Dockerfile")).unwrap();
+    let stages: Vec<&str> = dockerfile
+        .lines()
+        .filter(|l| l.starts_with("FROM "))
+        .collect();
+    assert_eq!(stages.len(), 2, "{stages:?}");
+    assert!(stages[0].ends_with(" AS build"), "{stages:?}");
+    assert!(
+        stages[1].contains("gcr.io/distroless/") && stages[1].ends_with(":nonroot"),
+        "{stages:?}"
+    );
+    let last_stage = dockerfile.rsplit("FROM ").next().unwrap();
+    assert!(last_stage.contains("COPY --from=build"), "{last_stage}");
+    assert!(
+        !last_stage.contains("RUN "),
+        "nothing runs in the final image: {last_stage}"
+    );
+    // Cargo reads every member of the workspace: the build stage has them all.
+    let workspace = std::fs::read_to_string(workspace_root().join("Cargo.toml")).unwrap();
+    let members = workspace
+        .lines()
+        .find_map(|l| l.strip_prefix("members = "))
+        .expect("the workspace lists its members");
+    for member in members.trim_matches(['[', ']']).split(',') {
+        let member = member.trim().trim_matches('"');
+        assert!(
+            dockerfile.contains(&format!("COPY {member} {member}\n")),
+            "the build stage lacks the workspace member {member}"
+        );
+    }
+}
+
+#[test]
+fn two_replicas_elect_a_leader_and_a_drain_keeps_one() {
+    let Some(helm) = helm() else { return };
+    let objects = objects(&helm, &json!({}));
+    let deployment = deployment(&objects);
+    let spec = deployment.spec.clone().unwrap();
+    assert_eq!(spec.replicas, Some(2));
+    assert_eq!(
+        env_value(&deployment, "FT_LEASE_NAME").as_deref(),
+        Some("ft-operator")
+    );
+    // POD_NAME comes from the downward API (no literal value): each replica has its own.
+    assert!(
+        env(&deployment)
+            .iter()
+            .any(|(n, v)| n == "POD_NAME" && v.is_none())
+    );
+    let pdb: PodDisruptionBudget =
+        typed(find(&objects, "PodDisruptionBudget", "ft-operator").expect("a PDB"));
+    let pdb = pdb.spec.unwrap();
+    assert_eq!(
+        pdb.min_available,
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(1))
+    );
+    assert_eq!(
+        pdb.selector.unwrap().match_labels,
+        spec.selector.match_labels
+    );
+    // One replica: a PDB would block every drain.
+    let single = self::objects(&helm, &json!({"replicaCount": 1}));
+    assert!(find(&single, "PodDisruptionBudget", "ft-operator").is_none());
+}
+
+#[test]
+fn the_webhook_service_reaches_the_leader_only() {
+    let Some(helm) = helm() else { return };
+    let objects = objects(&helm, &json!({}));
+    let service: Service =
+        typed(find(&objects, "Service", "ft-operator-webhook").expect("the webhook Service"));
+    let spec = service.spec.unwrap();
+    assert_eq!(
+        spec.selector.unwrap().get(LEADER).map(String::as_str),
+        Some("true")
+    );
+    let port = &spec.ports.unwrap()[0];
+    assert_eq!(port.port, 443);
+    let deployment = deployment(&objects);
+    assert_eq!(
+        env_value(&deployment, "FT_WEBHOOK_SERVICE").as_deref(),
+        Some("ft-operator-webhook")
+    );
+    // Native confinement only: no webhook to reach.
+    let native = self::objects(&helm, &json!({"confinement": "native"}));
+    assert!(find(&native, "Service", "ft-operator-webhook").is_none());
+}
+
+#[test]
+fn cert_manager_issues_the_webhook_certificate_when_asked() {
+    let Some(helm) = helm() else { return };
+    let values = other_values();
+    let objects = objects(&helm, &values);
+    let certificate = find(&objects, "Certificate", "ft-operator-webhook").expect("a Certificate");
+    assert_eq!(
+        certificate["spec"]["dnsNames"][0],
+        "ft-operator-webhook.platform-security.svc"
+    );
+    let secret = certificate["spec"]["secretName"].as_str().unwrap();
+    let issuer = &certificate["spec"]["issuerRef"]["name"];
+    assert!(find(&objects, "Issuer", issuer.as_str().unwrap()).is_some());
+    let deployment = deployment(&objects);
+    let pod = deployment.spec.clone().unwrap().template.spec.unwrap();
+    let volume = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.secret.as_ref().and_then(|s| s.secret_name.as_deref()) == Some(secret))
+        .expect("the certificate's Secret mounted");
+    let mount = pod.containers[0]
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.name == volume.name)
+        .unwrap();
+    assert_eq!(mount.read_only, Some(true));
+    assert_eq!(
+        env_value(&deployment, "FT_WEBHOOK_CERT_DIR").as_deref(),
+        Some(mount.mount_path.as_str())
+    );
+    // A given issuer is used as it is, and the chart makes none.
+    let mut with_issuer = values.clone();
+    with_issuer["webhook"]["certificate"]["certManager"]["issuerRef"] =
+        json!({"name": "platform-ca", "kind": "ClusterIssuer", "group": "cert-manager.io"});
+    let objects = self::objects(&helm, &with_issuer);
+    assert!(!objects.iter().any(|o| o["kind"] == "Issuer"));
+    assert_eq!(
+        find(&objects, "Certificate", "ft-operator-webhook").unwrap()["spec"]["issuerRef"]["kind"],
+        "ClusterIssuer"
+    );
+    // By default the operator makes its own: nothing of cert-manager, nothing mounted.
+    let objects = self::objects(&helm, &json!({}));
+    assert!(
+        !objects
+            .iter()
+            .any(|o| o["apiVersion"] == "cert-manager.io/v1")
+    );
+    assert_eq!(
+        env_value(&self::deployment(&objects), "FT_WEBHOOK_CERT_DIR"),
+        None
+    );
+}
+
+#[test]
+fn every_setting_reaches_the_operator_as_a_flag_it_knows() {
+    let Some(helm) = helm() else { return };
+    let help = std::process::Command::new(operator_binary().unwrap())
+        .args(["run", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    for (what, values) in value_sets() {
+        let deployment = deployment(&objects(&helm, &values));
+        for (name, _) in env(&deployment) {
+            assert!(
+                help.contains(&format!("[env: {name}")),
+                "{what}: {name} is no environment variable of `ft-operator run`"
+            );
+        }
+    }
+    let values = other_values();
+    let objects = objects(&helm, &values);
+    let deployment = deployment(&objects);
+    let expected = [
+        ("FT_OPERATOR_NAMESPACE", "platform-security"),
+        ("FT_LOG_LEVEL", "debug"),
+        ("FT_LOG_FORMAT", "text"),
+        ("FT_METRICS_ADDRESS", "0.0.0.0:9090"),
+        ("FT_CONFINEMENT", "webhook"),
+        ("FT_WEBHOOK_ADDRESS", "0.0.0.0:9443"),
+        ("FT_VELERO_NAMESPACE", "backup"),
+        ("FT_DNS_NAMESPACE", "dns"),
+        ("FT_DNS_POD_LABELS", "app=coredns,tier=node"),
+        ("FT_CLUSTER_NETWORKS", "10.244.0.0/16,10.96.0.0/12"),
+        ("FT_PROVIDER", "ovhcloud"),
+    ];
+    for (name, value) in expected {
+        assert_eq!(
+            env_value(&deployment, name).as_deref(),
+            Some(value),
+            "{name}"
+        );
+    }
+    let spec = deployment.spec.clone().unwrap();
+    assert_eq!(spec.replicas, Some(3));
+    let pod = spec.template.spec.unwrap();
+    assert_eq!(
+        pod.containers[0].image.as_deref(),
+        Some(
+            format!(
+                "registry.example.org/platform/ft-operator@sha256:{}",
+                "a".repeat(64)
+            )
+            .as_str()
+        )
+    );
+    assert_eq!(pod.service_account_name.as_deref(), Some("ft-operator-sa"));
+    // The region catalogue reaches the operator as a file it parses, with the values' regions.
+    let path = env_value(&deployment, "FT_REGION_CATALOGUE").expect("FT_REGION_CATALOGUE");
+    let config_map: ConfigMap =
+        typed(find(&objects, "ConfigMap", "ft-operator-region-catalogue").unwrap());
+    let file = path.rsplit('/').next().unwrap();
+    let catalogue =
+        RegionCatalogue::parse(&config_map.data.unwrap()[file]).expect("a catalogue it accepts");
+    let regions: BTreeSet<(String, String)> = catalogue
+        .regions_of("ovhcloud")
+        .unwrap()
+        .map(|(r, c)| (r.to_string(), c.to_string()))
+        .collect();
+    assert!(
+        regions.contains(&("GRA".into(), "FR".into())),
+        "{regions:?}"
+    );
+    let mounted = pod.containers[0]
+        .volume_mounts
+        .iter()
+        .flatten()
+        .any(|m| path.starts_with(&m.mount_path));
+    assert!(mounted, "{path} is not mounted");
+}
+
+/// The generated CRD of this name, from the operator.
+fn generated_crd(name: &str) -> Value {
+    let files = ft_core::crd::crd_files().unwrap();
+    let (_, yaml) = files
+        .iter()
+        .find(|(file, _)| file.starts_with(name))
+        .unwrap_or_else(|| panic!("no generated CRD {name}"));
+    serde_saphyr::from_str(yaml).unwrap()
+}
+
+#[test]
+fn the_chart_carries_the_generated_crds_byte_for_byte() {
+    let generated = ft_core::crd::crd_files().unwrap();
+    let mut in_chart: Vec<String> = std::fs::read_dir(chart_dir().join("files/crds"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    in_chart.sort();
+    let mut names: Vec<String> = generated.iter().map(|(n, _)| n.clone()).collect();
+    names.sort();
+    assert_eq!(
+        in_chart, names,
+        "charts/ft-operator/files/crds/ lists other CRDs"
+    );
+    for (name, yaml) in &generated {
+        let chart = std::fs::read_to_string(chart_dir().join("files/crds").join(name)).unwrap();
+        assert!(
+            chart == *yaml,
+            "charts/ft-operator/files/crds/{name} differs from the generated CRD: run \
+             `cargo run -p ft-operator -- crd --output-dir charts/ft-operator/files/crds`"
+        );
+    }
+}
+
+#[test]
+fn the_rendered_crds_are_the_generated_ones_kept_on_uninstall() {
+    let Some(helm) = helm() else { return };
+    let objects = objects(&helm, &json!({}));
+    let crds: Vec<&Value> = objects
+        .iter()
+        .filter(|o| o["kind"] == "CustomResourceDefinition")
+        .collect();
+    assert_eq!(crds.len(), ft_core::crd::crd_files().unwrap().len());
+    for crd in crds {
+        let name = crd["metadata"]["name"].as_str().unwrap();
+        assert_eq!(
+            crd["metadata"]["annotations"]["helm.sh/resource-policy"], "keep",
+            "{name}"
+        );
+        let mut bare = crd.clone();
+        let metadata = bare["metadata"].as_object_mut().unwrap();
+        metadata.remove("labels");
+        metadata.remove("annotations");
+        assert!(
+            normalized(&bare) == normalized(&generated_crd(name)),
+            "{name} differs once rendered"
+        );
+    }
+    let not_kept = self::objects(&helm, &json!({"crds": {"keep": false}}));
+    let tenant = find(
+        &not_kept,
+        "CustomResourceDefinition",
+        "francetravailtenants.hosting.francetravail.fr",
+    )
+    .unwrap();
+    assert!(tenant["metadata"]["annotations"].is_null());
+    let none = self::objects(&helm, &json!({"crds": {"install": false}}));
+    assert!(!none.iter().any(|o| o["kind"] == "CustomResourceDefinition"));
+}
+
+#[test]
+fn the_default_allowed_countries_become_the_schema_default() {
+    let Some(helm) = helm() else { return };
+    let objects = objects(
+        &helm,
+        &json!({"placement": {"defaultAllowedCountries": ["FR", "DE"]}}),
+    );
+    let name = "francetravailtenants.hosting.francetravail.fr";
+    let rendered = find(&objects, "CustomResourceDefinition", name).unwrap();
+    let mut generated = generated_crd(name);
+    for version in generated["spec"]["versions"].as_array_mut().unwrap() {
+        let placement = &mut version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+            ["placement"];
+        // The 27 member states by default; the chart's value instead.
+        assert_eq!(
+            placement["default"]["allowedCountries"]
+                .as_array()
+                .unwrap()
+                .len(),
+            27
+        );
+        placement["default"]["allowedCountries"] = json!(["FR", "DE"]);
+        placement["properties"]["allowedCountries"]["default"] = json!(["FR", "DE"]);
+    }
+    assert!(normalized(&rendered["spec"]) == normalized(&generated["spec"]));
+}
+
+#[test]
+fn the_chart_carries_the_access_roles_of_the_policies() {
+    let policies =
+        std::fs::read_to_string(workspace_root().join("policies/access-roles.yaml")).unwrap();
+    let chart = std::fs::read_to_string(chart_dir().join("files/access-roles.yaml")).unwrap();
+    assert!(
+        chart == policies,
+        "charts/ft-operator/files/access-roles.yaml differs from policies/access-roles.yaml: copy it"
+    );
+    let Some(helm) = helm() else { return };
+    let objects = objects(&helm, &json!({}));
+    let expected: Vec<ClusterRole> = serde_saphyr::from_multiple::<Option<ClusterRole>>(&policies)
+        .unwrap()
+        .into_iter()
+        .flatten()
+        .collect();
+    assert_eq!(expected.len(), 3);
+    for role in expected {
+        let name = role.metadata.name.clone().unwrap();
+        let rendered: ClusterRole = typed(find(&objects, "ClusterRole", &name).unwrap());
+        assert_eq!(rendered.rules, role.rules, "{name}");
+        let labels = rendered.metadata.labels.unwrap();
+        for (key, value) in role.metadata.labels.unwrap() {
+            assert_eq!(labels.get(&key), Some(&value), "{name}: {key}");
+        }
+        assert_eq!(
+            rendered.metadata.annotations.unwrap()["helm.sh/resource-policy"],
+            "keep"
+        );
+    }
+}
+
+/// The chart's RBAC objects, without the access roles (which the operator binds, not holds).
+fn rbac_objects(objects: &[Value]) -> Vec<Value> {
+    objects
+        .iter()
+        .filter(|o| {
+            let kind = o["kind"].as_str().unwrap_or_default();
+            let access_role =
+                o["metadata"]["labels"]["hosting.francetravail.fr/access-role"].is_string();
+            matches!(
+                kind,
+                "ServiceAccount" | "ClusterRole" | "ClusterRoleBinding" | "Role" | "RoleBinding"
+            ) && !access_role
+        })
+        .cloned()
+        .collect()
+}
+
+/// What of an RBAC object grants: rules, or what it binds to whom.
+fn grants(object: &Value) -> Value {
+    json!({
+        "kind": object["kind"],
+        "name": object["metadata"]["name"],
+        "namespace": object["metadata"]["namespace"],
+        "rules": object["rules"],
+        "roleRef": object["roleRef"],
+        "subjects": object["subjects"],
+    })
+}
+
+#[test]
+fn the_chart_rbac_is_exactly_what_ft_operator_rbac_prints() {
+    let Some(helm) = helm() else { return };
+    let cases = [
+        (
+            json!({"velero": {"rbac": "always"}}),
+            NAMESPACE,
+            "ft-operator",
+            "velero",
+        ),
+        (
+            other_values(),
+            "platform-security",
+            "ft-operator-sa",
+            "backup",
+        ),
+    ];
+    for (values, namespace, account, velero) in cases {
+        let rendered: Vec<Value> = rbac_objects(&objects(&helm, &values))
+            .iter()
+            .map(grants)
+            .collect();
+        let printed: Vec<Value> = ft_core::rbac::objects(namespace, account, velero)
+            .iter()
+            .map(grants)
+            .collect();
+        assert_eq!(rendered.len(), printed.len(), "{rendered:#?}");
+        for expected in &printed {
+            assert!(
+                rendered.contains(expected),
+                "the chart lacks, or differs on, {expected:#}"
+            );
+        }
+    }
+    // Without Velero's namespace (offline render, `auto`) or with `never`: no Role there.
+    for values in [json!({}), json!({"velero": {"rbac": "never"}})] {
+        let rendered = rbac_objects(&objects(&helm, &values));
+        assert!(
+            !rendered
+                .iter()
+                .any(|o| o["metadata"]["namespace"] == "velero"),
+            "{values}"
+        );
+    }
+}
+
+#[test]
+fn the_operator_network_policy_opens_the_webhook_metrics_and_api_server_only() {
+    let Some(helm) = helm() else { return };
+    let objects = objects(&helm, &other_values());
+    let policy: NetworkPolicy = typed(find(&objects, "NetworkPolicy", "ft-operator").unwrap());
+    let spec = policy.spec.unwrap();
+    assert_eq!(
+        spec.policy_types,
+        Some(vec!["Ingress".into(), "Egress".into()])
+    );
+    let ports = |rules: Vec<Value>| -> Vec<Value> {
+        rules
+            .iter()
+            .flat_map(|r| r["ports"].as_array().cloned().unwrap_or_default())
+            .map(|p| p["port"].clone())
+            .collect()
+    };
+    let ingress: Vec<Value> = spec
+        .ingress
+        .unwrap()
+        .iter()
+        .map(|r| serde_json::to_value(r).unwrap())
+        .collect();
+    assert_eq!(ports(ingress), vec![json!("metrics"), json!("webhook")]);
+    let egress: Vec<Value> = spec
+        .egress
+        .unwrap()
+        .iter()
+        .map(|r| serde_json::to_value(r).unwrap())
+        .collect();
+    assert_eq!(egress.len(), 1);
+    assert_eq!(
+        egress[0]["to"],
+        json!([{"ipBlock": {"cidr": "192.0.2.10/32"}}])
+    );
+    assert_eq!(ports(egress), vec![json!(6443)]);
+    let selector = spec.pod_selector.unwrap().match_labels.unwrap();
+    let deployment = deployment(&objects);
+    let labels = deployment
+        .spec
+        .unwrap()
+        .template
+        .metadata
+        .unwrap()
+        .labels
+        .unwrap();
+    assert!(selector.iter().all(|(k, v)| labels.get(k) == Some(v)));
+}
+
+#[test]
+fn wrong_values_are_refused_naming_the_value() {
+    let Some(helm) = helm() else { return };
+    let cases = [
+        (json!({"replicaCount": 0}), "/replicaCount"),
+        (json!({"replicaCount": "two"}), "/replicaCount"),
+        (json!({"replicas": 2}), "'replicas' not allowed"),
+        (json!({"image": {"digest": "md5:1234"}}), "/image/digest"),
+        (json!({"image": {"repository": ""}}), "/image/repository"),
+        (json!({"logLevel": "verbose"}), "/logLevel"),
+        (json!({"confinement": "mutating"}), "/confinement"),
+        (
+            json!({"webhook": {"certificate": {"source": "vault"}}}),
+            "/webhook/certificate/source",
+        ),
+        (json!({"metrics": {"port": 70000}}), "/metrics/port"),
+        (
+            json!({"placement": {"defaultAllowedCountries": ["US"]}}),
+            "/placement/defaultAllowedCountries/0",
+        ),
+        (
+            json!({"placement": {"regionCatalogue": {"providers": [{"name": "ovh", "regions": {"GRA": "France"}}]}}}),
+            "/placement/regionCatalogue/providers/0/regions/GRA",
+        ),
+        (
+            json!({"velero": {"namespace": "Velero_NS"}}),
+            "/velero/namespace",
+        ),
+        (
+            json!({"network": {"clusterNetworks": ["10.0.0.0"]}}),
+            "/network/clusterNetworks/0",
+        ),
+        (
+            json!({"operatorNamespace": "Platform"}),
+            "/operatorNamespace",
+        ),
+    ];
+    for (values, field) in cases {
+        let error = match helm.render(&values, RELEASE, NAMESPACE) {
+            Ok(_) => panic!("{values} was accepted"),
+            Err(e) => e.to_string(),
+        };
+        assert!(error.contains(field), "{values}: {error}");
+    }
+}

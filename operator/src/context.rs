@@ -1,0 +1,205 @@
+//! What every pass shares: the client, the observed stores, the key store, the Event
+//! recorder, and the index of which tenant owns which namespace.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
+
+use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Client, Resource};
+use tracing::warn;
+
+use ft_core::api::{FranceTravailTenant, labels};
+use ft_core::placement::PlacementIndex;
+use ft_core::settings::BuildSettings;
+
+use crate::apply::{AppliedMemo, Applier};
+use crate::compliance::Compliance;
+use crate::health::Liveness;
+use crate::keystore::KeyStore;
+use crate::metrics::Metrics;
+use crate::observe::Observed;
+
+/// Maps a namespace to the tenant that owns it, so a child whose labels were removed by hand
+/// still wakes its tenant.
+#[derive(Clone, Default)]
+pub struct NamespaceIndex(Arc<RwLock<HashMap<String, String>>>);
+
+impl NamespaceIndex {
+    pub fn tenant_of(&self, namespace: &str) -> Option<String> {
+        self.0
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(namespace)
+            .cloned()
+    }
+
+    /// Fed by the namespace watch: a namespace labelled as a tenant's by the operator. A label
+    /// removed later leaves the entry: the namespace is still that tenant's.
+    pub fn observe(&self, namespace: &ObjectMeta) {
+        let labels = namespace.labels.as_ref();
+        let label = |key: &str| labels.and_then(|l| l.get(key));
+        if let (Some(name), Some(tenant), Some(labels::MANAGED_BY_VALUE)) = (
+            namespace.name.as_ref(),
+            label(labels::TENANT),
+            label(labels::MANAGED_BY).map(String::as_str),
+        ) {
+            self.record(tenant, [name.clone()]);
+        }
+    }
+
+    /// Fed by the passes: a tenant owns its namespaces before they exist.
+    pub fn record(&self, tenant: &str, namespaces: impl IntoIterator<Item = String>) {
+        let mut index = self.0.write().unwrap_or_else(|e| e.into_inner());
+        for ns in namespaces {
+            index.insert(ns, tenant.to_string());
+        }
+    }
+
+    pub fn forget(&self, tenant: &str) -> BTreeSet<String> {
+        let mut index = self.0.write().unwrap_or_else(|e| e.into_inner());
+        let gone: BTreeSet<String> = index
+            .iter()
+            .filter(|(_, t)| t.as_str() == tenant)
+            .map(|(ns, _)| ns.clone())
+            .collect();
+        index.retain(|_, t| t != tenant);
+        gone
+    }
+}
+
+pub struct Context {
+    pub client: Client,
+    pub observed: Observed,
+    pub memo: AppliedMemo,
+    pub metrics: Arc<Metrics>,
+    pub recorder: Recorder,
+    pub settings: BuildSettings,
+    pub index: NamespaceIndex,
+    pub compliance: Compliance,
+    /// Each tenant namespace's placement, for the webhook.
+    pub placements: PlacementIndex,
+    /// Where tenant keys are kept: a Secret per tenant in the operator's namespace when
+    /// running, in memory in tests.
+    pub keys: Arc<dyn KeyStore>,
+    /// Whether the controller moves: every pass marks its start and end.
+    pub liveness: Liveness,
+    /// False while the leader cannot confirm it holds its Lease: passes wait, so that it never
+    /// acts beside the next leader.
+    pub acting: tokio::sync::watch::Receiver<bool>,
+    /// Failed passes in a row, per tenant, for the backoff.
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        observed: Observed,
+        metrics: Arc<Metrics>,
+        settings: BuildSettings,
+        compliance: Compliance,
+        reporter: Reporter,
+        keys: Arc<dyn KeyStore>,
+    ) -> Self {
+        Self {
+            compliance,
+            placements: PlacementIndex::default(),
+            keys,
+            liveness: Liveness::new(metrics.clone()),
+            acting: tokio::sync::watch::channel(true).1,
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            observed,
+            memo: AppliedMemo::default(),
+            metrics,
+            settings,
+            index: NamespaceIndex::default(),
+            failures: Mutex::default(),
+        }
+    }
+
+    /// One more failed pass of `tenant`; returns how many in a row.
+    pub fn count_failure(&self, tenant: &str) -> u32 {
+        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let count = failures.entry(tenant.to_string()).or_default();
+        *count = count.saturating_add(1);
+        *count
+    }
+
+    pub fn forget_failures(&self, tenant: &str) {
+        self.failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(tenant);
+    }
+
+    /// Applies and prunes the children of one tenant.
+    pub fn applier<'a>(&'a self, tenant: &'a str) -> Applier<'a> {
+        Applier {
+            client: &self.client,
+            observed: &self.observed,
+            memo: &self.memo,
+            metrics: &self.metrics,
+            tenant,
+        }
+    }
+
+    pub async fn publish(
+        &self,
+        tenant: &FranceTravailTenant,
+        type_: EventType,
+        reason: &str,
+        note: String,
+    ) {
+        self.publish_on(&tenant.object_ref(&()), type_, reason, note)
+            .await;
+    }
+
+    pub async fn publish_on(
+        &self,
+        target: &ObjectReference,
+        type_: EventType,
+        reason: &str,
+        note: String,
+    ) {
+        self.publish_related(target, None, type_, reason, note)
+            .await;
+    }
+
+    /// An Event about `target` concerning `related` too. Events with the same reason on the
+    /// same objects are folded into one series, so a distinct `related` keeps them apart.
+    pub async fn publish_related(
+        &self,
+        target: &ObjectReference,
+        related: Option<ObjectReference>,
+        type_: EventType,
+        reason: &str,
+        note: String,
+    ) {
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(truncate(note, 1000)),
+            action: reason.into(),
+            secondary: related,
+        };
+        if let Err(e) = self.recorder.publish(&event, target).await {
+            warn!(object = ?target.name, reason, error = %e, "could not publish event");
+        } else {
+            self.metrics.write("Event", "create");
+        }
+    }
+}
+
+fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut cut = max;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push('…');
+    }
+    s
+}

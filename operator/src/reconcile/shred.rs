@@ -1,0 +1,297 @@
+//! Carries out a confirmed deletion (CLD-47, CLD-76), one `ft_core::shredding` step per
+//! pass, each recorded before the next begins.
+
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ObjectReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::{Api, Resource, ResourceExt};
+use serde_json::json;
+use tracing::info;
+
+use ft_core::api::{DeletionPolicy, FranceTravailTenant, ShreddingStatus};
+use ft_core::backup::{self};
+use ft_core::meta::owned_by;
+use ft_core::shredding::{self, Step};
+
+use crate::apply::Applier;
+use crate::context::Context;
+use crate::error::{Error, Result};
+
+/// Runs while the tenant is being deleted; the finalizer stays until this returns Ok.
+pub(super) async fn cleanup(tenant: &FranceTravailTenant, ctx: &Context) -> Result<Action> {
+    let name = tenant.name_any();
+    let applier = ctx.applier(&name);
+    if tenant.spec.deletion.policy == DeletionPolicy::Retain {
+        // The namespaces, their data and the key stay; the operator's own objects go.
+        let removed = applier.remove_own_objects().await?;
+        if let Some(left) = applier.own_objects_left().first() {
+            return Err(Error::CleanupPending(left.clone()));
+        }
+        info!(tenant = %name, removed = ?removed.pruned, "deletion policy Retain: namespaces, data and key are left in place");
+        ctx.publish(
+            tenant,
+            EventType::Normal,
+            "Retained",
+            format!(
+                "deletion policy Retain: namespaces, their data and the tenant key ({}) are left in place; the operator's own objects are removed",
+                ctx.keys.location(&name)
+            ),
+        )
+        .await;
+    } else {
+        shred(tenant, &applier, ctx).await?;
+    }
+    let forgotten = ctx.index.forget(&name);
+    for ns in &forgotten {
+        ctx.placements.remove(ns);
+    }
+    ctx.memo.forget_tenant(&name, &forgotten);
+    ctx.compliance.forget(&name);
+    ctx.metrics.forget_tenant(
+        &name,
+        ctx.compliance
+            .catalogue
+            .controls
+            .iter()
+            .map(|c| c.id.clone()),
+    );
+    Ok(Action::await_change())
+}
+
+/// Crypto-shredding, one step per pass, each recorded in `status.shredding` before the next
+/// begins: the key first, then the namespaces, then the cluster objects, then the record. A
+/// pass that finds a step unfinished returns a waiting error and is retried.
+async fn shred(tenant: &FranceTravailTenant, applier: &Applier<'_>, ctx: &Context) -> Result<()> {
+    let name = tenant.name_any();
+    let now = || Time(jiff::Timestamp::now());
+    let mut progress = tenant
+        .status
+        .as_ref()
+        .and_then(|s| s.shredding.clone())
+        .unwrap_or_else(|| ShreddingStatus {
+            started_at: Some(now()),
+            ..Default::default()
+        });
+    loop {
+        let step = shredding::next_step(tenant, &progress);
+        if progress.step != step.as_str() {
+            progress.step = step.as_str().into();
+            progress.message.clear();
+            write_shredding(tenant, &progress, ctx).await?;
+        }
+        match step {
+            Step::FinalExport => match final_export(tenant, ctx).await? {
+                Ok(exports) => {
+                    crate::crash_point!("shred-FinalExport", &name);
+                    progress.final_export_at = Some(now());
+                    progress.exports = exports;
+                    progress.message.clear();
+                    write_shredding(tenant, &progress, ctx).await?;
+                    info!(tenant = %name, exports = ?progress.exports, control = "CLD-73", "final export completed");
+                    ctx.publish(
+                        tenant,
+                        EventType::Normal,
+                        "FinalExported",
+                        format!(
+                            "every environment is exported before shredding: {}",
+                            progress.exports.join(", ")
+                        ),
+                    )
+                    .await;
+                }
+                Err(waiting) => {
+                    if progress.message != waiting {
+                        progress.message = waiting.clone();
+                        write_shredding(tenant, &progress, ctx).await?;
+                    }
+                    return Err(Error::ShreddingBlocked(waiting));
+                }
+            },
+            Step::DestroyKey => {
+                let destroyed = ctx.keys.destroy(&name).await?;
+                crate::crash_point!("shred-DestroyKey", &name);
+                // Destroyed by an earlier pass that could not record it: the status knew it.
+                progress.key_fingerprint = destroyed
+                    .or_else(|| tenant.status.as_ref()?.key_fingerprint.clone())
+                    .or_else(|| Some("none: the tenant had no key".into()));
+                progress.key_destroyed_at = Some(now());
+                write_shredding(tenant, &progress, ctx).await?;
+                info!(tenant = %name, fingerprint = ?progress.key_fingerprint, control = "CLD-47", "tenant key destroyed");
+                ctx.publish(
+                    tenant,
+                    EventType::Normal,
+                    "KeyDestroyed",
+                    format!(
+                        "destroyed the tenant key {} ({}): its volumes and backups are unreadable from now on (CLD-47)",
+                        progress.key_fingerprint.as_deref().unwrap_or_default(),
+                        ctx.keys.location(&name)
+                    ),
+                )
+                .await;
+            }
+            Step::DeleteNamespaces => {
+                delete_namespaces(tenant, ctx).await?;
+                crate::crash_point!("shred-DeleteNamespaces", &name);
+                progress.namespaces_deleted_at = Some(now());
+                write_shredding(tenant, &progress, ctx).await?;
+                ctx.publish(
+                    tenant,
+                    EventType::Normal,
+                    "Deleted",
+                    "every namespace of the tenant is gone".into(),
+                )
+                .await;
+            }
+            Step::DeleteClusterObjects => {
+                let removed = applier.remove_own_objects().await?;
+                for key in removed.pruned {
+                    if !progress.deleted.contains(&key) {
+                        progress.deleted.push(key);
+                    }
+                }
+                if let Some(left) = applier.own_objects_left().first() {
+                    write_shredding(tenant, &progress, ctx).await?;
+                    return Err(Error::CleanupPending(left.clone()));
+                }
+                crate::crash_point!("shred-DeleteClusterObjects", &name);
+                progress.cluster_objects_deleted_at = Some(now());
+                write_shredding(tenant, &progress, ctx).await?;
+            }
+            Step::WriteRecord => {
+                let record = shredding::record(
+                    tenant,
+                    &progress,
+                    ctx.keys.location(&name),
+                    &ctx.settings.key_namespace,
+                    &now(),
+                )
+                .map_err(|e| Error::KeyStore(format!("rendering the shredding record: {e}")))?;
+                let record_name = record.name_any();
+                let api: Api<ConfigMap> =
+                    Api::namespaced(ctx.client.clone(), &ctx.settings.key_namespace);
+                match api.create(&PostParams::default(), &record).await {
+                    Ok(_) => ctx.metrics.write("ConfigMap", "create"),
+                    // Written by a pass that could not record it: that one stands.
+                    Err(kube::Error::Api(s)) if s.code == 409 => {}
+                    Err(e) => return Err(Error::kube("create", &record_name, e)),
+                }
+                crate::crash_point!("shred-WriteRecord", &name);
+                progress.record = Some(format!(
+                    "ConfigMap {}/{record_name}",
+                    ctx.settings.key_namespace
+                ));
+                write_shredding(tenant, &progress, ctx).await?;
+                let note = format!(
+                    "tenant shredded: key {} destroyed, then {} namespace(s) and {} other object(s); record in {}",
+                    progress.key_fingerprint.as_deref().unwrap_or_default(),
+                    tenant.status.as_ref().map_or(0, |s| s.namespaces.len()),
+                    progress.deleted.len(),
+                    progress.record.as_deref().unwrap_or_default()
+                );
+                info!(tenant = %name, record = ?progress.record, control = "CLD-76", "{note}");
+                let related = ObjectReference {
+                    api_version: Some("v1".into()),
+                    kind: Some("ConfigMap".into()),
+                    namespace: Some(ctx.settings.key_namespace.clone()),
+                    name: Some(record_name),
+                    ..Default::default()
+                };
+                ctx.publish_related(
+                    &tenant.object_ref(&()),
+                    Some(related.clone()),
+                    EventType::Normal,
+                    "Shredded",
+                    note.clone(),
+                )
+                .await;
+                ctx.publish_on(&related, EventType::Normal, "Shredded", note)
+                    .await;
+            }
+            Step::Done => {
+                crate::crash_point!("shred-Done", &name);
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// The final export before shredding (CLD-73): its Backups, once all completed, or what it
+/// waits for. Nothing is destroyed until it is done.
+async fn final_export(
+    tenant: &FranceTravailTenant,
+    ctx: &Context,
+) -> Result<std::result::Result<Vec<String>, String>> {
+    if let Some(blocked) = shredding::final_export_blocked(tenant, ctx.compliance.backup_engine()) {
+        return Ok(Err(blocked));
+    }
+    let namespace = &ctx.settings.velero_namespace;
+    let wanted = backup::export_backups(tenant, backup::FINAL_EXPORT, namespace);
+    let created = super::backup::create_export(&wanted, ctx).await?;
+    if !created.is_empty() {
+        info!(tenant = %tenant.name_any(), backups = ?created, control = "CLD-73", "final export started");
+    }
+    let velero = ctx.observed.velero_view(tenant, namespace);
+    let progress = backup::export_progress(&wanted, &velero.backups);
+    Ok(shredding::final_export_outcome(&progress, &velero))
+}
+
+/// Records the shredding's progress in the tenant's status. A merge patch: the conditions and
+/// the rest of the status stay as they are.
+async fn write_shredding(
+    tenant: &FranceTravailTenant,
+    progress: &ShreddingStatus,
+    ctx: &Context,
+) -> Result<()> {
+    let api: Api<FranceTravailTenant> = Api::all(ctx.client.clone());
+    let patch = json!({ "status": { "shredding": progress } });
+    api.patch_status(
+        &tenant.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await
+    .map_err(|e| Error::kube("write status of", tenant.name_any(), e))?;
+    ctx.metrics.write("FranceTravailTenant", "status");
+    Ok(())
+}
+
+/// Deletes the tenant's namespaces and returns once none is left.
+async fn delete_namespaces(tenant: &FranceTravailTenant, ctx: &Context) -> Result<()> {
+    let name = tenant.name_any();
+    let namespaces: Vec<_> = ctx
+        .observed
+        .namespaces
+        .state()
+        .into_iter()
+        .filter(|ns| owned_by(&ns.metadata, &name))
+        .collect();
+    let Some(remaining) = namespaces.first() else {
+        return Ok(());
+    };
+    let api: Api<Namespace> = Api::all(ctx.client.clone());
+    for ns in namespaces
+        .iter()
+        .filter(|ns| ns.metadata.deletion_timestamp.is_none())
+    {
+        match api.delete(&ns.name_any(), &Default::default()).await {
+            Ok(_) => {
+                ctx.metrics.write("Namespace", "delete");
+                info!(tenant = %name, namespace = %ns.name_any(), control = "CLD-47", "namespace deleted");
+            }
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => {
+                return Err(Error::kube(
+                    "delete",
+                    format!("Namespace/{}", ns.name_any()),
+                    e,
+                ));
+            }
+        }
+    }
+    Err(Error::CleanupPending(format!(
+        "Namespace/{}",
+        remaining.name_any()
+    )))
+}

@@ -1,0 +1,401 @@
+//! The watches: what wakes a tenant, and the stores its passes read.
+
+mod backoff;
+mod tenant;
+mod trim;
+mod velero;
+
+pub use backoff::NoPause;
+pub use tenant::{Unreadable, read_tenant, unreadable_conditions};
+pub use velero::discover_velero;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::TryStreamExt;
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingAdmissionPolicy, MutatingAdmissionPolicyBinding, ValidatingAdmissionPolicy,
+    ValidatingAdmissionPolicyBinding,
+};
+use k8s_openapi::api::core::v1::{
+    LimitRange, Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod, ResourceQuota,
+};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::rbac::v1::RoleBinding;
+use k8s_openapi::api::storage::v1::StorageClass;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{ApiResource, DynamicObject, PartialObjectMeta};
+use kube::runtime::controller::{Config as ControllerConfig, Controller};
+use kube::runtime::events::Reporter;
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use tracing::{debug, info, warn};
+
+use ft_core::api::{ComplianceReport, FranceTravailTenant, labels};
+use ft_core::placement::PlacementIndex;
+use ft_core::placement::admission::Confinement;
+use ft_core::settings::BuildSettings;
+
+use crate::compliance::Compliance;
+use crate::context::{Context, NamespaceIndex};
+use crate::health::Liveness;
+use crate::keystore::SecretKeyStore;
+use crate::metrics::Metrics;
+use crate::observe::empty_stores;
+use crate::reconcile::{error_policy, reconcile};
+use backoff::Watch;
+use tenant::{report_unreadable, tenant_watch};
+use trim::{managers_only, node_placement, trim_meta, trim_node, trim_pod};
+use velero::{VeleroWriters, follow_velero, mark_listed};
+
+/// What one term of leadership gives the controller besides the cluster.
+pub struct Term {
+    /// Who acts, in Events.
+    pub reporter: Reporter,
+    /// Where the controller reports its watches and passes.
+    pub liveness: Liveness,
+    /// False while the leader cannot confirm it holds its Lease.
+    pub acting: tokio::sync::watch::Receiver<bool>,
+}
+
+/// Runs the controller until `shutdown` resolves. `placements` is shared with the webhook.
+pub async fn run(
+    client: Client,
+    metrics: Arc<Metrics>,
+    settings: BuildSettings,
+    compliance: Compliance,
+    placements: PlacementIndex,
+    term: Term,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let Term {
+        reporter,
+        liveness,
+        acting,
+    } = term;
+    let (observed, mut writers) = empty_stores();
+    let keys = Arc::new(SecretKeyStore::new(
+        client.clone(),
+        settings.key_namespace.clone(),
+    ));
+    let mut ctx = Context::new(
+        client.clone(),
+        observed,
+        metrics,
+        settings,
+        compliance,
+        reporter,
+        keys,
+    );
+    ctx.placements = placements;
+    ctx.liveness = liveness.clone();
+    ctx.acting = acting;
+    let ctx = Arc::new(ctx);
+    let ours = || watcher::Config::default().labels(labels::MANAGED_SELECTOR);
+    let everything = watcher::Config::default;
+    let watch = |resource| Watch {
+        client: &client,
+        liveness: &liveness,
+        resource,
+    };
+
+    // Namespaces and NetworkPolicies are watched unfiltered: a label removed by hand, or a
+    // policy made by hand in a tenant namespace, must be seen. Namespaces as metadata only.
+    let index = ctx.index.clone();
+    let namespaces = watch("namespaces")
+        .all::<PartialObjectMeta<Namespace>>(everything())
+        .modify(|o| managers_only(o.meta_mut()))
+        .reflect(writers.namespaces)
+        .inspect_ok(move |event| {
+            if let watcher::Event::Apply(ns) | watcher::Event::InitApply(ns) = event {
+                index.observe(&ns.metadata);
+            }
+        });
+    let network_policies = watch("networkpolicies")
+        .all::<NetworkPolicy>(everything())
+        .modify(|o| managers_only(o.meta_mut()))
+        .reflect(writers.network_policies);
+    let resource_quotas = watch("resourcequotas")
+        .all::<ResourceQuota>(ours())
+        .modify(|o| managers_only(o.meta_mut()))
+        .reflect(writers.resource_quotas);
+    let limit_ranges = watch("limitranges")
+        .all::<LimitRange>(ours())
+        .modify(|o| managers_only(o.meta_mut()))
+        .reflect(writers.limit_ranges);
+    let compliance_reports = watch("compliancereports")
+        .all::<ComplianceReport>(ours())
+        .modify(|o| managers_only(o.meta_mut()))
+        .reflect(writers.compliance_reports);
+    // What the controls judge, trimmed before it is stored: a cluster may hold many pods.
+    let pods = watch("pods")
+        .all::<Pod>(everything())
+        .modify(trim_pod)
+        .reflect(writers.pods);
+    let claims = watch("persistentvolumeclaims")
+        .all::<PersistentVolumeClaim>(everything())
+        .modify(|o| trim_meta(&mut o.metadata))
+        .reflect(writers.persistent_volume_claims);
+    let role_bindings = watch("rolebindings")
+        .all::<RoleBinding>(everything())
+        .modify(|o| managers_only(o.meta_mut()))
+        .reflect(writers.role_bindings);
+    let volumes = watch("persistentvolumes")
+        .all::<PersistentVolume>(everything())
+        .modify(|o| trim_meta(&mut o.metadata))
+        .reflect(writers.persistent_volumes);
+    let nodes = watch("nodes")
+        .all::<Node>(everything())
+        .modify(trim_node)
+        .reflect(writers.nodes);
+    let storage_classes = watch("storageclasses")
+        .all::<StorageClass>(everything())
+        .reflect(writers.storage_classes);
+    let validating_policies = watch("validatingadmissionpolicies")
+        .all::<ValidatingAdmissionPolicy>(ours())
+        .modify(|o| managers_only(o.meta_mut()))
+        .reflect(writers.validating_admission_policies);
+    let validating_bindings = watch("validatingadmissionpolicybindings")
+        .all::<ValidatingAdmissionPolicyBinding>(ours())
+        .modify(|o| managers_only(o.meta_mut()))
+        .reflect(writers.validating_admission_policy_bindings);
+    mark_listed(&mut writers.schedules);
+    mark_listed(&mut writers.backups);
+    mark_listed(&mut writers.restores);
+    mark_listed(&mut writers.backup_storage_locations);
+    // A cluster that does not serve MutatingAdmissionPolicies has none to watch.
+    let native = ctx.settings.confinement == Confinement::Native;
+    let mutating_policies = if native {
+        watch("mutatingadmissionpolicies")
+            .all::<MutatingAdmissionPolicy>(ours())
+            .modify(|o| managers_only(o.meta_mut()))
+            .reflect(writers.mutating_admission_policies)
+            .touched_objects()
+            .boxed()
+    } else {
+        mark_listed(&mut writers.mutating_admission_policies);
+        futures::stream::pending().boxed()
+    };
+    let mutating_bindings = if native {
+        watch("mutatingadmissionpolicybindings")
+            .all::<MutatingAdmissionPolicyBinding>(ours())
+            .modify(|o| managers_only(o.meta_mut()))
+            .reflect(writers.mutating_admission_policy_bindings)
+            .touched_objects()
+            .boxed()
+    } else {
+        mark_listed(&mut writers.mutating_admission_policy_bindings);
+        futures::stream::pending().boxed()
+    };
+
+    // Velero may come after the operator, or never: its stores start empty and listed, and a
+    // task fills them once the cluster serves its API, waking the tenants it concerns.
+    let velero_writers = VeleroWriters {
+        schedules: writers.schedules,
+        backups: writers.backups,
+        restores: writers.restores,
+        locations: writers.backup_storage_locations,
+    };
+    let (wake, woken) = futures::channel::mpsc::unbounded();
+
+    let (tenants, tenant_writer) = reflector::store();
+    let (unreadable_tx, unreadable) = futures::channel::mpsc::unbounded();
+    let tenant_stream = tenant_watch(
+        watch("francetravailtenants").of(
+            Api::<DynamicObject>::all_with(
+                client.clone(),
+                &ApiResource::erase::<FranceTravailTenant>(&()),
+            ),
+            everything(),
+        ),
+        tenants.clone(),
+        unreadable_tx,
+    )
+    .reflect(tenant_writer)
+    .applied_objects();
+    let controller = Controller::for_stream(tenant_stream, tenants.clone())
+        .with_config(
+            ControllerConfig::default()
+                .concurrency(16)
+                .debounce(Duration::from_millis(50)),
+        )
+        .trigger_backoff(NoPause);
+    let background = [
+        tokio::spawn(report_unreadable(ctx.clone(), unreadable)),
+        tokio::spawn(follow_velero(
+            client.clone(),
+            ctx.clone(),
+            velero_writers,
+            tenants.clone(),
+            wake.clone(),
+        )),
+        tokio::spawn(wake_on_recovery(
+            client.clone(),
+            liveness.clone(),
+            tenants.clone(),
+            wake,
+        )),
+    ];
+    // A change to a node or a storage class may concern any tenant.
+    let all_tenants = move || {
+        tenants
+            .state()
+            .iter()
+            .map(|t| ObjectRef::from_obj(&**t))
+            .collect::<Vec<_>>()
+    };
+    let index = &ctx.index;
+    let a1 = all_tenants.clone();
+    controller
+        .watches_stream(namespaces.touched_objects(), by_owner(index))
+        .watches_stream(network_policies.touched_objects(), by_owner(index))
+        .watches_stream(resource_quotas.touched_objects(), by_owner(index))
+        .watches_stream(limit_ranges.touched_objects(), by_owner(index))
+        .watches_stream(compliance_reports.touched_objects(), by_owner(index))
+        .watches_stream(validating_policies.touched_objects(), by_owner(index))
+        .watches_stream(validating_bindings.touched_objects(), by_owner(index))
+        .watches_stream(mutating_policies, by_owner(index))
+        .watches_stream(mutating_bindings, by_owner(index))
+        .watches_stream(pods.touched_objects(), by_namespace(index))
+        .watches_stream(claims.touched_objects(), by_namespace(index))
+        .watches_stream(role_bindings.touched_objects(), by_namespace(index))
+        .watches_stream(volumes.touched_objects(), {
+            // A volume concerns the tenant whose namespace claims it.
+            let index = index.clone();
+            move |o| {
+                let ns = o.spec.as_ref()?.claim_ref.as_ref()?.namespace.as_deref()?;
+                index.tenant_of(ns).map(|t| ObjectRef::new(&t))
+            }
+        })
+        // Nodes report their status every few seconds; only what placement reads matters.
+        .watches_stream(
+            nodes
+                .touched_objects()
+                .predicate_filter(node_placement, Default::default()),
+            move |_| a1(),
+        )
+        // A tenant's own class concerns that tenant only; any other class (a new default, a
+        // class changed by hand) may concern every tenant's claims.
+        .watches_stream(
+            storage_classes.touched_objects(),
+            move |class: StorageClass| match class.labels().get(labels::TENANT) {
+                Some(tenant) => vec![ObjectRef::new(tenant)],
+                None => all_tenants(),
+            },
+        )
+        .reconcile_on(woken)
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                debug!(error = %e, "controller event");
+            }
+        })
+        .await;
+    for task in background {
+        task.abort();
+    }
+}
+
+/// The tenant a child belongs to: from its label, or from the namespace it lives in.
+pub(crate) fn tenant_of(
+    meta: &ObjectMeta,
+    index: &NamespaceIndex,
+) -> Option<ObjectRef<FranceTravailTenant>> {
+    let from_label = meta
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(labels::TENANT))
+        .cloned();
+    // A namespaced child lives in `namespace`; a Namespace has none and is its own name.
+    let from_namespace = || {
+        meta.namespace
+            .as_deref()
+            .or(meta.name.as_deref())
+            .and_then(|ns| index.tenant_of(ns))
+    };
+    from_label
+        .or_else(from_namespace)
+        .map(|t| ObjectRef::new(&t))
+}
+
+/// Maps a child to its tenant, for `watches_stream`.
+pub(crate) fn by_owner<K: Resource>(
+    index: &NamespaceIndex,
+) -> impl Fn(K) -> Option<ObjectRef<FranceTravailTenant>> + Send + Sync + 'static {
+    let index = index.clone();
+    move |o| tenant_of(o.meta(), &index)
+}
+
+/// Maps an object of a tenant namespace (pod, claim, binding) to the tenant.
+pub(crate) fn by_namespace<K: Resource>(
+    index: &NamespaceIndex,
+) -> impl Fn(K) -> Option<ObjectRef<FranceTravailTenant>> + Send + Sync + 'static {
+    let index = index.clone();
+    move |o| {
+        let ns = o.meta().namespace.as_deref()?;
+        index.tenant_of(ns).map(|t| ObjectRef::new(&t))
+    }
+}
+
+/// Whether the API server serves MutatingAdmissionPolicies, by discovery, not by version.
+pub async fn discover_confinement(client: &Client) -> Confinement {
+    match client
+        .list_api_group_resources("admissionregistration.k8s.io/v1")
+        .await
+    {
+        Ok(list) => Confinement::from_resources(list.resources.iter().map(|r| r.name.as_str())),
+        Err(e) => {
+            warn!(error = %e, "cannot discover admissionregistration.k8s.io/v1; pods are confined by the webhook");
+            Confinement::Webhook
+        }
+    }
+}
+
+/// How often the API server is asked whether it is back, once a watch has failed.
+pub(crate) const RECOVERY_PROBE: Duration = Duration::from_millis(250);
+
+/// Wakes every tenant the moment the API server answers again after an outage, whatever
+/// their backoff: a right that lapsed meanwhile is revoked then (2.4.c), drift repaired.
+/// Also tells the liveness whether there are tenants, so that it expects passes.
+pub(crate) async fn wake_on_recovery(
+    client: Client,
+    liveness: Liveness,
+    tenants: reflector::Store<FranceTravailTenant>,
+    wake: futures::channel::mpsc::UnboundedSender<ObjectRef<FranceTravailTenant>>,
+) {
+    let mut outage = false;
+    loop {
+        tokio::time::sleep(RECOVERY_PROBE).await;
+        liveness.has_work(!tenants.is_empty());
+        if !outage && !liveness.take_watch_failure() {
+            continue;
+        }
+        let probe = client.request_text(
+            http::Request::get("/readyz")
+                .body(Vec::new())
+                .unwrap_or_default(),
+        );
+        let answered = matches!(
+            tokio::time::timeout(Duration::from_secs(2), probe).await,
+            Ok(Ok(_))
+        );
+        match (outage, answered) {
+            (false, false) => {
+                warn!("the API server does not answer: waiting for it");
+                outage = true;
+            }
+            (true, true) => {
+                info!("the API server answers again: every tenant is looked at now");
+                outage = false;
+                for tenant in tenants.state() {
+                    let _ = wake.unbounded_send(ObjectRef::from_obj(&*tenant));
+                }
+            }
+            _ => {}
+        }
+    }
+}
