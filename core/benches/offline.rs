@@ -259,6 +259,7 @@ impl Case {
         };
         let valid = validate_for_cluster(&tenant, &settings).expect("a valid tenant");
         let desired = desired(valid, &facts, now());
+        let fixed = ft_core::admission::fixed();
         let view = TenantView {
             namespaces: desired
                 .namespaces
@@ -283,12 +284,12 @@ impl Case {
                 .into_iter()
                 .chain([Arc::new(storage_class())])
                 .collect(),
-            validating_admission_policies: arcs(&desired.validating_admission_policies),
-            validating_admission_policy_bindings: arcs(
-                &desired.validating_admission_policy_bindings,
-            ),
-            mutating_admission_policies: arcs(&desired.mutating_admission_policies),
-            mutating_admission_policy_bindings: arcs(&desired.mutating_admission_policy_bindings),
+            // What the cluster-wide admission policies enforce, and the policies as installed.
+            environment_policies: arcs(&desired.environment_policies),
+            validating_admission_policies: arcs(&fixed.validating_admission_policies),
+            validating_admission_policy_bindings: arcs(&fixed.validating_admission_policy_bindings),
+            mutating_admission_policies: arcs(&fixed.mutating_admission_policies),
+            mutating_admission_policy_bindings: arcs(&fixed.mutating_admission_policy_bindings),
             key_fingerprint: Some("sha256:0123456789abcdef".into()),
             // No location nor Schedule: the backup controls judge, and fail, as cheaply as ever.
             velero: Default::default(),
@@ -297,6 +298,7 @@ impl Case {
             regions: Arc::new(regions),
             provider: None,
             backup_engine: Some(true),
+            confinement: Default::default(),
         };
         Self {
             tenant,

@@ -3,10 +3,14 @@
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
-use crate::api::{ComplianceReport, FranceTravailTenant};
+use crate::api::{ComplianceReport, EnvironmentPolicy, FranceTravailTenant};
 
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![ComplianceReport::crd(), FranceTravailTenant::crd()]
+    vec![
+        ComplianceReport::crd(),
+        EnvironmentPolicy::crd(),
+        FranceTravailTenant::crd(),
+    ]
 }
 
 /// Each CRD as its file in `crds/`: `<plural>.<group>.yaml`, starting with `---` so that the

@@ -7,10 +7,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use jiff::Timestamp;
-use k8s_openapi::api::admissionregistration::v1::{
-    MutatingAdmissionPolicy, MutatingAdmissionPolicyBinding, ValidatingAdmissionPolicy,
-    ValidatingAdmissionPolicyBinding,
-};
 use k8s_openapi::api::core::v1::{LimitRange, Namespace, Node, ResourceQuota};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::RoleBinding;
@@ -19,17 +15,15 @@ use kube::{Resource, ResourceExt};
 use serde::Serialize;
 
 use crate::access::role_bindings;
-use crate::api::{ComplianceReport, FranceTravailTenant, ReportSpec, labels};
+use crate::api::{ComplianceReport, EnvironmentPolicy, FranceTravailTenant, ReportSpec, labels};
 use crate::backup::velero::Schedule;
 use crate::backup::{schedules, with_scratch};
-use crate::encryption::{claims_policy, storage_class};
+use crate::encryption::{class_name, storage_class};
 use crate::isolation::{limit_range, namespace, resource_quota};
 use crate::meta::{child_labels, namespace_name};
 use crate::network::network_policies;
 use crate::placement::regions::RegionCatalogue;
-use crate::placement::{
-    Confinement, PodPlacement, allowed_regions, placement_policies, placements,
-};
+use crate::placement::{PodPlacement, allowed_regions, environment_policy, placements};
 use crate::settings::BuildSettings;
 use crate::validate::ValidTenant;
 
@@ -55,12 +49,7 @@ pub fn desired(tenant: ValidTenant<'_>, facts: &Facts<'_>, now: Timestamp) -> De
     // A restore test in progress has its scratch environment, built like any other.
     let effective = with_scratch(tenant, facts.restoring);
     let regions = allowed_regions(&effective, facts.nodes, facts.catalogue, facts.provider);
-    let desired = with_placement(
-        build(&effective, facts.settings),
-        &effective,
-        &regions,
-        facts.settings.confinement,
-    );
+    let desired = with_placement(build(&effective, facts.settings), &effective, &regions);
     let desired = with_access(desired, tenant, now);
     with_backups(desired, tenant, facts.settings, facts.velero)
 }
@@ -79,11 +68,9 @@ pub struct Desired {
     pub storage_classes: Vec<StorageClass>,
     /// The tenant's one report; its status is written by the evaluator, not here.
     pub compliance_reports: Vec<ComplianceReport>,
-    /// Placement admission, per environment (see `with_placement`).
-    pub validating_admission_policies: Vec<ValidatingAdmissionPolicy>,
-    pub validating_admission_policy_bindings: Vec<ValidatingAdmissionPolicyBinding>,
-    pub mutating_admission_policies: Vec<MutatingAdmissionPolicy>,
-    pub mutating_admission_policy_bindings: Vec<MutatingAdmissionPolicyBinding>,
+    /// What the cluster-wide admission policies enforce in each environment's namespace:
+    /// placement and storage class (see `with_placement`).
+    pub environment_policies: Vec<EnvironmentPolicy>,
     /// The Velero Schedules, one per environment (see `with_backups`). `None` while the
     /// cluster is not known to serve Velero: its objects are then left as they are.
     pub schedules: Option<Vec<Schedule>>,
@@ -112,19 +99,13 @@ impl Desired {
             role_bindings,
             storage_classes,
             compliance_reports,
-            validating_admission_policies,
-            validating_admission_policy_bindings,
-            mutating_admission_policies,
-            mutating_admission_policy_bindings,
+            environment_policies,
             schedules,
             placements: _,
         } = self;
         let mut out = Vec::new();
-        push(&mut out, validating_admission_policies)?;
-        push(&mut out, validating_admission_policy_bindings)?;
-        push(&mut out, mutating_admission_policies)?;
-        push(&mut out, mutating_admission_policy_bindings)?;
         push(&mut out, namespaces)?;
+        push(&mut out, environment_policies)?;
         push(&mut out, network_policies)?;
         push(&mut out, resource_quotas)?;
         push(&mut out, limit_ranges)?;
@@ -159,26 +140,24 @@ fn build(tenant: &FranceTravailTenant, settings: &BuildSettings) -> Desired {
         &settings.profiles,
         &settings.key_namespace,
     ));
-    // The claims policy is owned by the tenant: offline, with no uid, it has no owner yet.
-    let (policy, binding) = claims_policy(tenant);
-    desired.validating_admission_policies.push(policy);
-    desired.validating_admission_policy_bindings.push(binding);
     desired
 }
 
-/// Adds the placement admission policies of every environment (CLD-74, CLD-25), confining
-/// pods to `regions`: the region values of the cluster's nodes in allowed countries, a cluster
-/// fact, hence apart from `build`. Owned by the tenant, so they go when it goes.
+/// Adds the EnvironmentPolicy of every environment: where its pods may run (CLD-74, CLD-25),
+/// confined to `regions`, the region values of the cluster's nodes in allowed countries (a
+/// cluster fact, hence apart from `build`), and the class its claims must use (CLD-21).
 fn with_placement(
     mut desired: Desired,
     tenant: &FranceTravailTenant,
     regions: &BTreeSet<String>,
-    confinement: Confinement,
 ) -> Desired {
-    let owner = tenant.controller_owner_ref(&()).map(|o| vec![o]);
     let confined = placements(tenant, regions);
+    let class = tenant
+        .spec
+        .storage
+        .as_ref()
+        .map(|_| class_name(&tenant.name_any()));
     for placement in &confined {
-        let ns = namespace_name(&tenant.name_any(), &placement.environment);
         let Some(env) = tenant
             .spec
             .environments
@@ -187,19 +166,14 @@ fn with_placement(
         else {
             continue;
         };
-        let labels = child_labels(tenant, env);
-        let policies = placement_policies(placement, &ns, &labels, confinement);
-        let (mut policy, mut binding) = policies.validating;
-        policy.metadata.owner_references = owner.clone();
-        binding.metadata.owner_references = owner.clone();
-        desired.validating_admission_policies.push(policy);
-        desired.validating_admission_policy_bindings.push(binding);
-        if let Some((mut policy, mut binding)) = policies.mutating {
-            policy.metadata.owner_references = owner.clone();
-            binding.metadata.owner_references = owner.clone();
-            desired.mutating_admission_policies.push(policy);
-            desired.mutating_admission_policy_bindings.push(binding);
-        }
+        let ns = namespace_name(&tenant.name_any(), &env.name);
+        desired.environment_policies.push(environment_policy(
+            placement,
+            &ns,
+            &child_labels(tenant, env),
+            env.kind,
+            class.clone(),
+        ));
     }
     desired.placements = confined;
     desired

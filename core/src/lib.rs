@@ -23,6 +23,7 @@
 //! imports no capability, so the modules form no cycle (checked by a test).
 
 pub mod access;
+pub mod admission;
 pub mod api;
 pub mod applied;
 pub mod backup;

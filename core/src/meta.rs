@@ -3,10 +3,15 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::api::admissionregistration::v1::{MatchResources, ParamKind, ParamRef};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+    LabelSelector, LabelSelectorRequirement, ObjectMeta,
+};
 use kube::{Resource, ResourceExt};
 
-use crate::api::{Environment, FIELD_MANAGER, FranceTravailTenant, annotations, labels};
+use crate::api::{
+    ENVIRONMENT_POLICY, Environment, FIELD_MANAGER, FranceTravailTenant, GROUP, annotations, labels,
+};
 
 pub fn namespace_name(tenant: &str, environment: &str) -> String {
     format!("{tenant}-{environment}")
@@ -82,5 +87,49 @@ pub fn key_of(kind: &str, namespace: Option<&str>, name: &str) -> String {
     match namespace {
         Some(ns) => format!("{kind}/{ns}/{name}"),
         None => format!("{kind}/{name}"),
+    }
+}
+
+/// Every tenant namespace, by the label the operator keeps on it, and nothing else.
+pub fn tenant_namespace_selector() -> MatchResources {
+    MatchResources {
+        namespace_selector: Some(LabelSelector {
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: labels::TENANT.into(),
+                operator: "Exists".into(),
+                values: None,
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The EnvironmentPolicy kind, the policies' `paramKind`.
+pub fn environment_policy_kind() -> ParamKind {
+    ParamKind {
+        api_version: Some(format!("{GROUP}/v1alpha1")),
+        kind: Some("EnvironmentPolicy".into()),
+    }
+}
+
+/// The request's namespace's EnvironmentPolicy; none there, and the request is refused.
+pub fn environment_policy_ref() -> ParamRef {
+    ParamRef {
+        name: Some(ENVIRONMENT_POLICY.into()),
+        parameter_not_found_action: Some("Deny".into()),
+        ..Default::default()
+    }
+}
+
+/// The metadata of a fixed admission object.
+pub fn fixed_meta(name: &str) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.into()),
+        labels: Some(BTreeMap::from([(
+            labels::MANAGED_BY.into(),
+            labels::MANAGED_BY_VALUE.into(),
+        )])),
+        ..Default::default()
     }
 }

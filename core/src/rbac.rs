@@ -6,6 +6,11 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::api::admissionregistration::v1::{
+    MatchCondition, MatchResources, NamedRuleWithOperations, ValidatingAdmissionPolicy,
+    ValidatingAdmissionPolicyBinding, ValidatingAdmissionPolicyBindingSpec,
+    ValidatingAdmissionPolicySpec, Validation,
+};
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::rbac::v1::{
     ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
@@ -14,6 +19,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::access::{ADMIN_ROLE, DEVELOPER_ROLE, VIEWER_ROLE};
 use crate::api::{GROUP, labels};
+use crate::placement::review::WEBHOOK_CONFIGURATION;
 
 const WATCH: &[&str] = &["list", "watch"];
 /// Server-side apply is `patch`, and `create` when the object does not exist yet; pruning is
@@ -30,15 +36,17 @@ fn rule(groups: &[&str], resources: &[&str], verbs: &[&str]) -> PolicyRule {
     }
 }
 
-/// What the operator does across the cluster.
-pub fn cluster_rules() -> Vec<PolicyRule> {
+/// What the operator does across the cluster. `webhook`: it also registers its placement
+/// webhook, on clusters without MutatingAdmissionPolicies (the limits policy holds it to its
+/// own configuration).
+pub fn cluster_rules(webhook: bool) -> Vec<PolicyRule> {
     let mut bind = rule(&["rbac.authorization.k8s.io"], &["clusterroles"], &["bind"]);
     bind.resource_names = Some(vec![
         ADMIN_ROLE.into(),
         DEVELOPER_ROLE.into(),
         VIEWER_ROLE.into(),
     ]);
-    vec![
+    let mut rules = vec![
         // Its API: tenants (finalizer and status) and reports.
         rule(
             &[GROUP],
@@ -54,6 +62,9 @@ pub fn cluster_rules() -> Vec<PolicyRule> {
         rule(&["rbac.authorization.k8s.io"], &["rolebindings"], OWN),
         bind,
         rule(&["storage.k8s.io"], &["storageclasses"], OWN),
+        // What the cluster-wide admission policies enforce in each tenant namespace.
+        rule(&[GROUP], &["environmentpolicies"], OWN),
+        // The cluster-wide admission policies themselves: installed with the chart, read only.
         rule(
             &["admissionregistration.k8s.io"],
             &[
@@ -62,13 +73,7 @@ pub fn cluster_rules() -> Vec<PolicyRule> {
                 "mutatingadmissionpolicies",
                 "mutatingadmissionpolicybindings",
             ],
-            OWN,
-        ),
-        // The placement webhook's configuration, where policies cannot confine pods.
-        rule(
-            &["admissionregistration.k8s.io"],
-            &["mutatingwebhookconfigurations"],
-            &["create", "patch"],
+            &["get", "list", "watch"],
         ),
         // What the controls judge.
         rule(
@@ -82,7 +87,16 @@ pub fn cluster_rules() -> Vec<PolicyRule> {
             WATCH,
         ),
         rule(&["events.k8s.io"], &["events"], &["create", "patch"]),
-    ]
+    ];
+    if webhook {
+        // The placement webhook's configuration, where policies cannot confine pods.
+        rules.push(rule(
+            &["admissionregistration.k8s.io"],
+            &["mutatingwebhookconfigurations"],
+            &["create", "patch"],
+        ));
+    }
+    rules
 }
 
 /// What the operator does in its own namespace: its Lease, the tenant keys (by name only), the
@@ -135,6 +149,7 @@ pub fn objects(
     namespace: &str,
     service_account: &str,
     velero_namespace: &str,
+    webhook: bool,
 ) -> Vec<serde_json::Value> {
     let subject = Subject {
         kind: "ServiceAccount".into(),
@@ -154,7 +169,7 @@ pub fn objects(
         }),
         serde_json::to_value(ClusterRole {
             metadata: meta(service_account, None),
-            rules: Some(cluster_rules()),
+            rules: Some(cluster_rules(webhook)),
             aggregation_rule: None,
         }),
         serde_json::to_value(ClusterRoleBinding {
@@ -221,3 +236,167 @@ pub fn allows(
             }
     })
 }
+
+/// The name of the policy that holds the operator to tenant namespaces, and of its binding.
+pub const LIMITS: &str = "ft-operator-limits";
+
+/// What RBAC cannot say, having no label selectors: a ValidatingAdmissionPolicy that holds the
+/// operator's own ServiceAccount to tenant namespaces. Its namespaces are those labelled as a
+/// tenant's (the label already there before a change or a deletion); its namespaced children
+/// only in such namespaces; RoleBindings only to the three access ClusterRoles; StorageClasses
+/// only a tenant's own; Velero objects only of its tenant's namespaces; the webhook
+/// configuration only its own. Whoever holds the operator's token gains no power over
+/// `kube-system`, Velero's or the operator's namespace, nor over any pod outside tenants.
+pub fn limits(
+    namespace: &str,
+    service_account: &str,
+) -> (ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding) {
+    const TENANT: &str = "'hosting.francetravail.fr/tenant'";
+    let rules = |group: &str, resources: &[&str]| NamedRuleWithOperations {
+        api_groups: Some(vec![group.into()]),
+        api_versions: Some(vec!["*".into()]),
+        operations: Some(vec!["CREATE".into(), "UPDATE".into(), "DELETE".into()]),
+        resources: Some(resources.iter().map(|r| r.to_string()).collect()),
+        ..Default::default()
+    };
+    let check = |expression: String, message: &str| Validation {
+        expression,
+        message: Some(format!("{service_account}: {message}")),
+        reason: Some("Forbidden".into()),
+        ..Default::default()
+    };
+    // The object as it is after the request, or before a deletion; and as it was before.
+    let after = "(request.operation == 'DELETE' ? oldObject : object)";
+    let labelled =
+        |o: &str| format!("(has({o}.metadata.labels) && {TENANT} in {o}.metadata.labels)");
+    let tenant_of = |o: &str| format!("{o}.metadata.labels[{TENANT}]");
+    let resource = "request.resource.resource";
+    let velero_namespaces = |list: &str| {
+        format!(
+            "(has({list}) && size({list}) > 0 && {list}.all(n, n.startsWith({} + '-')))",
+            tenant_of(after)
+        )
+    };
+    let validations = vec![
+        check(
+            format!(
+                "{resource} != 'namespaces' || ({} && (request.operation == 'CREATE' || {}))",
+                labelled(after),
+                labelled("oldObject")
+            ),
+            "only namespaces labelled as a tenant's, the label already there before a change",
+        ),
+        check(
+            format!(
+                "!({resource} in ['resourcequotas', 'limitranges', 'networkpolicies', 'rolebindings', 'environmentpolicies']) || (namespaceObject != null && {})",
+                labelled("namespaceObject")
+            ),
+            "only in tenant namespaces",
+        ),
+        check(
+            format!(
+                "{resource} != 'rolebindings' || request.operation == 'DELETE' || (object.roleRef.kind == 'ClusterRole' && object.roleRef.name in ['{ADMIN_ROLE}', '{DEVELOPER_ROLE}', '{VIEWER_ROLE}'])"
+            ),
+            "RoleBindings only to the access ClusterRoles",
+        ),
+        check(
+            format!(
+                "{resource} != 'storageclasses' || ({} && {after}.metadata.name == 'ft-' + {} + '-encrypted')",
+                labelled(after),
+                tenant_of(after)
+            ),
+            "only a tenant's own StorageClass",
+        ),
+        check(
+            format!(
+                "!({resource} in ['backups', 'restores']) || ({} && {})",
+                labelled(after),
+                velero_namespaces(&format!("{after}.spec.includedNamespaces"))
+            ),
+            "Velero backups and restores only of the namespaces of the tenant they are labelled with",
+        ),
+        check(
+            format!(
+                "{resource} != 'schedules' || ({} && {})",
+                labelled(after),
+                velero_namespaces(&format!("{after}.spec.template.includedNamespaces"))
+            ),
+            "Velero schedules only of the namespaces of the tenant they are labelled with",
+        ),
+        check(
+            format!(
+                "{resource} != 'restores' || request.operation == 'DELETE' || !has(object.spec.namespaceMapping) || object.spec.namespaceMapping.all(k, object.spec.namespaceMapping[k].startsWith({} + '-'))",
+                tenant_of("object")
+            ),
+            "Velero restores only into the tenant's own namespaces",
+        ),
+        check(
+            format!(
+                "{resource} != 'mutatingwebhookconfigurations' || {after}.metadata.name == '{WEBHOOK_CONFIGURATION}'"
+            ),
+            "only its own webhook configuration",
+        ),
+    ];
+    let mut meta = ObjectMeta {
+        name: Some(LIMITS.into()),
+        ..Default::default()
+    };
+    meta.labels = Some(BTreeMap::from([(
+        labels::MANAGED_BY.into(),
+        labels::MANAGED_BY_VALUE.into(),
+    )]));
+    (
+        ValidatingAdmissionPolicy {
+            metadata: meta.clone(),
+            spec: Some(ValidatingAdmissionPolicySpec {
+                failure_policy: Some("Fail".into()),
+                match_constraints: Some(MatchResources {
+                    resource_rules: Some(vec![
+                        rules("", &["namespaces", "resourcequotas", "limitranges"]),
+                        rules("networking.k8s.io", &["networkpolicies"]),
+                        rules("rbac.authorization.k8s.io", &["rolebindings"]),
+                        rules("storage.k8s.io", &["storageclasses"]),
+                        rules(GROUP, &["environmentpolicies"]),
+                        rules("velero.io", &["backups", "restores", "schedules"]),
+                        rules(
+                            "admissionregistration.k8s.io",
+                            &["mutatingwebhookconfigurations"],
+                        ),
+                    ]),
+                    ..Default::default()
+                }),
+                match_conditions: Some(vec![MatchCondition {
+                    name: "the-operator".into(),
+                    expression: format!(
+                        "request.userInfo.username == 'system:serviceaccount:{namespace}:{service_account}'"
+                    ),
+                }]),
+                validations: Some(validations),
+                ..Default::default()
+            }),
+            status: None,
+        },
+        ValidatingAdmissionPolicyBinding {
+            metadata: meta,
+            spec: ValidatingAdmissionPolicyBindingSpec {
+                policy_name: LIMITS.into(),
+                validation_actions: vec!["Deny".into()],
+                ..Default::default()
+            },
+        },
+    )
+}
+
+/// The limits policy with placeholders for the chart, which puts in the release's namespace
+/// and ServiceAccount: `charts/ft-operator/files/operator-limits.yaml`, checked by a test.
+pub fn limits_template() -> Result<String, serde_saphyr::SerializeError> {
+    let (policy, binding) = limits(NAMESPACE_PLACEHOLDER, SERVICE_ACCOUNT_PLACEHOLDER);
+    Ok(format!(
+        "---\n{}---\n{}",
+        serde_saphyr::to_string(&policy)?,
+        serde_saphyr::to_string(&binding)?
+    ))
+}
+
+pub const NAMESPACE_PLACEHOLDER: &str = "FT_OPERATOR_NAMESPACE";
+pub const SERVICE_ACCOUNT_PLACEHOLDER: &str = "FT_OPERATOR_SERVICE_ACCOUNT";

@@ -6,8 +6,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt;
 
 use crate::access;
-use crate::api::{ExportStatus, FranceTravailTenant, ReportStatus, TenantStatus};
-use crate::controls::compliant_condition;
+use crate::api::{ControlResult, ExportStatus, FranceTravailTenant, ReportStatus, TenantStatus};
+use crate::controls::{ADMISSION_POLICY_MISSING, compliant_condition};
 use crate::meta::namespace_name;
 use crate::validate::InvalidTenant;
 
@@ -180,7 +180,28 @@ pub fn after_pass(
     export: Option<ExportStatus>,
     now: &Time,
 ) -> TenantStatus {
+    let applied = matches!(outcome, Outcome::Applied);
     let mut status = next_status(tenant, outcome, report, now);
+    // The cluster-wide admission policies missing or changed: the tenant is no longer
+    // protected at admission, whatever the operator applies.
+    let unprotected = report.and_then(|r| {
+        r.controls
+            .iter()
+            .find(|c| c.result == ControlResult::Fail && c.reason == ADMISSION_POLICY_MISSING)
+    });
+    if let (true, Some(control)) = (applied, unprotected)
+        && let Some(degraded) = status.conditions.iter_mut().find(|c| c.type_ == DEGRADED)
+    {
+        let was = condition(tenant.status.as_ref(), DEGRADED);
+        degraded.status = "True".into();
+        degraded.reason = ADMISSION_POLICY_MISSING.into();
+        degraded.message = format!("{} ({}): {}", control.id, control.title, control.message);
+        if was.is_none_or(|w| w.status != "True") {
+            degraded.last_transition_time = now.clone();
+        } else if let Some(w) = was {
+            degraded.last_transition_time = w.last_transition_time.clone();
+        }
+    }
     status.key_fingerprint = Some(key_fingerprint);
     if export.is_some() {
         status.export = export;

@@ -110,6 +110,7 @@ pub async fn install_crds(client: &Client) -> anyhow::Result<()> {
         )
         .await?;
     }
+    install_admission_policies(client).await?;
     // The tenant API must be served, not only stored.
     wait_for(
         "the tenant API to be served",
@@ -127,6 +128,47 @@ pub async fn install_crds(client: &Client) -> anyhow::Result<()> {
         },
     )
     .await
+}
+
+/// Installs the cluster-wide admission policies of `admission/`, as the chart does: the
+/// mutating ones only where the API server serves them.
+pub async fn install_admission_policies(client: &Client) -> anyhow::Result<()> {
+    async fn apply<K>(client: &Client, objects: &[K]) -> anyhow::Result<()>
+    where
+        K: kube::Resource<DynamicType = (), Scope = k8s_openapi::ClusterResourceScope>
+            + Clone
+            + std::fmt::Debug
+            + serde::Serialize
+            + serde::de::DeserializeOwned,
+    {
+        let api: Api<K> = Api::all(client.clone());
+        for object in objects {
+            let name = object.meta().name.clone().unwrap_or_default();
+            api.patch(
+                &name,
+                &PatchParams::apply("ft-e2e").force(),
+                &Patch::Apply(object),
+            )
+            .await
+            .with_context(|| format!("installing {} {name}", K::kind(&())))?;
+        }
+        Ok(())
+    }
+    let fixed = ft_core::admission::fixed();
+    apply(client, &fixed.validating_admission_policies).await?;
+    apply(client, &fixed.validating_admission_policy_bindings).await?;
+    let served = client
+        .list_api_group_resources("admissionregistration.k8s.io/v1")
+        .await?;
+    if served
+        .resources
+        .iter()
+        .any(|r| r.name == "mutatingadmissionpolicies")
+    {
+        apply(client, &fixed.mutating_admission_policies).await?;
+        apply(client, &fixed.mutating_admission_policy_bindings).await?;
+    }
+    Ok(())
 }
 
 /// `kubectl auth can-i VERB RESOURCE -n NAMESPACE --as USER`: the API server's own answer.

@@ -11,10 +11,6 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Mutex;
 
 use k8s_openapi::NamespaceResourceScope;
-use k8s_openapi::api::admissionregistration::v1::{
-    MutatingAdmissionPolicy, MutatingAdmissionPolicyBinding, ValidatingAdmissionPolicy,
-    ValidatingAdmissionPolicyBinding,
-};
 use k8s_openapi::api::core::v1::{LimitRange, Namespace, ResourceQuota};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::RoleBinding;
@@ -27,7 +23,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use ft_core::access::undeclared_subjects;
-use ft_core::api::{ComplianceReport, FIELD_MANAGER};
+use ft_core::api::{ComplianceReport, EnvironmentPolicy, FIELD_MANAGER};
 use ft_core::applied::{ApplyReport, differs};
 use ft_core::backup::velero::Schedule;
 use ft_core::desired::Desired;
@@ -65,14 +61,7 @@ impl Child for StorageClass {
     const REPLACE_WHEN_IMMUTABLE: bool = true;
 }
 
-cluster_child!(
-    Namespace,
-    ComplianceReport,
-    ValidatingAdmissionPolicy,
-    ValidatingAdmissionPolicyBinding,
-    MutatingAdmissionPolicy,
-    MutatingAdmissionPolicyBinding
-);
+cluster_child!(Namespace, ComplianceReport);
 
 fn namespaced<K>(client: Client, namespace: Option<&str>) -> Api<K>
 where
@@ -95,6 +84,7 @@ namespaced_child!(
     ResourceQuota,
     LimitRange,
     RoleBinding,
+    EnvironmentPolicy,
     Schedule
 );
 
@@ -166,10 +156,7 @@ impl Applier<'_> {
             role_bindings,
             storage_classes,
             compliance_reports,
-            validating_admission_policies,
-            validating_admission_policy_bindings,
-            mutating_admission_policies,
-            mutating_admission_policy_bindings,
+            environment_policies,
             schedules,
             placements: _,
         } = desired;
@@ -180,34 +167,6 @@ impl Applier<'_> {
         // down can keep a lapsed grant bound (2.4.c).
         self.prune(role_bindings, &observed.role_bindings, &mut report)
             .await?;
-
-        // Placement admission first: bound to the namespaces by their labels, it is in place
-        // before the first pod can be created in them. Refusal before confinement, so that a
-        // pod admitted meanwhile is never unconfined.
-        self.apply_kind(
-            validating_admission_policies,
-            &observed.validating_admission_policies,
-            &mut report,
-        )
-        .await?;
-        self.apply_kind(
-            validating_admission_policy_bindings,
-            &observed.validating_admission_policy_bindings,
-            &mut report,
-        )
-        .await?;
-        self.apply_kind(
-            mutating_admission_policies,
-            &observed.mutating_admission_policies,
-            &mut report,
-        )
-        .await?;
-        self.apply_kind(
-            mutating_admission_policy_bindings,
-            &observed.mutating_admission_policy_bindings,
-            &mut report,
-        )
-        .await?;
 
         self.apply_kind(namespaces, &self.observed.namespaces, &mut report)
             .await?;
@@ -222,6 +181,14 @@ impl Applier<'_> {
                 return Err(Error::NamespaceTerminating(name));
             }
         }
+        // What the cluster-wide admission policies enforce in each namespace, right after it:
+        // until it is there, they refuse every pod and claim of the namespace.
+        self.apply_kind(
+            environment_policies,
+            &self.observed.environment_policies,
+            &mut report,
+        )
+        .await?;
         self.apply_kind(
             network_policies,
             &self.observed.network_policies,
@@ -270,33 +237,14 @@ impl Applier<'_> {
             self.prune(schedules, &observed.schedules, &mut report)
                 .await?;
         }
+        self.prune(
+            environment_policies,
+            &self.observed.environment_policies,
+            &mut report,
+        )
+        .await?;
         self.prune(storage_classes, &observed.storage_classes, &mut report)
             .await?;
-        // Bindings before their policies.
-        self.prune(
-            mutating_admission_policy_bindings,
-            &observed.mutating_admission_policy_bindings,
-            &mut report,
-        )
-        .await?;
-        self.prune(
-            mutating_admission_policies,
-            &observed.mutating_admission_policies,
-            &mut report,
-        )
-        .await?;
-        self.prune(
-            validating_admission_policy_bindings,
-            &observed.validating_admission_policy_bindings,
-            &mut report,
-        )
-        .await?;
-        self.prune(
-            validating_admission_policies,
-            &observed.validating_admission_policies,
-            &mut report,
-        )
-        .await?;
         Ok(report)
     }
 
@@ -314,26 +262,6 @@ impl Applier<'_> {
             .await?;
         self.prune::<StorageClass, _>(&[], &o.storage_classes, &mut report)
             .await?;
-        self.prune::<MutatingAdmissionPolicyBinding, _>(
-            &[],
-            &o.mutating_admission_policy_bindings,
-            &mut report,
-        )
-        .await?;
-        self.prune::<MutatingAdmissionPolicy, _>(&[], &o.mutating_admission_policies, &mut report)
-            .await?;
-        self.prune::<ValidatingAdmissionPolicyBinding, _>(
-            &[],
-            &o.validating_admission_policy_bindings,
-            &mut report,
-        )
-        .await?;
-        self.prune::<ValidatingAdmissionPolicy, _>(
-            &[],
-            &o.validating_admission_policies,
-            &mut report,
-        )
-        .await?;
         Ok(report)
     }
 
@@ -357,10 +285,6 @@ impl Applier<'_> {
             left(&o.schedules, t),
             left(&o.compliance_reports, t),
             left(&o.storage_classes, t),
-            left(&o.mutating_admission_policy_bindings, t),
-            left(&o.mutating_admission_policies, t),
-            left(&o.validating_admission_policy_bindings, t),
-            left(&o.validating_admission_policies, t),
         ]
         .concat()
     }

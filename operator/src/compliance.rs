@@ -9,6 +9,7 @@ use kube::runtime::reflector::ObjectRef;
 
 use ft_core::api::{ComplianceReport, ReportStatus};
 use ft_core::controls::{Catalogue, ClusterFacts};
+use ft_core::placement::Confinement;
 use ft_core::placement::regions::RegionCatalogue;
 
 use crate::error::{Error, Result};
@@ -81,11 +82,13 @@ impl Compliance {
         *self.backup_engine.lock().unwrap_or_else(|e| e.into_inner()) = engine;
     }
 
-    pub fn facts(&self) -> ClusterFacts {
+    /// The cluster facts the controls judge by, on a cluster that confines pods so.
+    pub fn facts(&self, confinement: Confinement) -> ClusterFacts {
         ClusterFacts {
             regions: self.regions.clone(),
             provider: self.provider.clone(),
             backup_engine: self.backup_engine(),
+            confinement,
         }
     }
 

@@ -7,6 +7,7 @@
 //! status. The deletion and backup executors are in [`reconcile`], the watches in [`watch`],
 //! leadership and start-up in [`run`].
 
+pub mod admission;
 pub mod apply;
 pub mod compliance;
 pub mod context;
@@ -15,6 +16,7 @@ pub mod failpoint;
 pub mod health;
 pub mod keystore;
 pub mod metrics;
+pub mod migrate;
 pub mod observe;
 pub mod plan;
 pub mod reconcile;

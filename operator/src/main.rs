@@ -8,7 +8,6 @@ use clap::{Parser, Subcommand, ValueEnum};
 use ft_operator::compliance::Compliance;
 use ft_operator::run::{RunConfig, WebhookSettings};
 
-use ft_core::crd;
 use ft_core::placement::admission::Confinement;
 use ft_core::settings::{BuildSettings, DnsEndpoint};
 
@@ -30,11 +29,22 @@ enum Command {
         #[arg(long)]
         output_dir: Option<PathBuf>,
     },
+    /// Print the cluster-wide admission policies (the content of `admission/`), which the chart
+    /// installs and the operator only reads.
+    Admission {
+        /// Write one file per kind group into this directory instead of printing.
+        #[arg(long)]
+        output_dir: Option<PathBuf>,
+    },
     /// Render every object `run` would apply for a tenant: on a cluster described by the flags
     /// (its nodes, provider, Velero), or on the current cluster (`--from-cluster`).
     Plan(Box<PlanArgs>),
     /// Print the control catalogue: what each control checks and the rules it evidences.
     Controls,
+    /// Remove the per-environment admission policies of earlier versions, each once the
+    /// cluster-wide ones are in place and its namespaces have their EnvironmentPolicy. Needs
+    /// the right to delete admission policies, which `run` does not have.
+    Migrate,
     /// Print the operator's own least-privilege RBAC: its ServiceAccount, ClusterRole, Role
     /// (in its namespace) and their bindings.
     Rbac {
@@ -47,6 +57,10 @@ enum Command {
         /// Velero's namespace, where the operator keeps Schedules, restore tests and exports.
         #[arg(long, default_value = ft_core::backup::DEFAULT_VELERO_NAMESPACE)]
         velero_namespace: String,
+        /// It confines pods with its own webhook (`run --confinement webhook` or `auto` on a
+        /// cluster before Kubernetes 1.36): the right to register it.
+        #[arg(long)]
+        webhook: bool,
     },
     /// Print the version.
     Version,
@@ -230,15 +244,26 @@ fn main() -> ExitCode {
             println!("ft-operator {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
-        Command::Crd { output_dir } => print_crds(output_dir),
+        Command::Crd { output_dir } => print_files(ft_core::crd::crd_files(), output_dir),
+        Command::Admission { output_dir } => print_files(ft_core::admission::files(), output_dir),
         Command::Plan(args) => run_plan(*args),
         Command::Controls => print_controls(),
+        Command::Migrate => run_migrate(),
         Command::Rbac {
             namespace,
             service_account,
             velero_namespace,
+            webhook,
         } => {
-            let objects = ft_core::rbac::objects(&namespace, &service_account, &velero_namespace);
+            let mut objects =
+                ft_core::rbac::objects(&namespace, &service_account, &velero_namespace, webhook);
+            // And what RBAC cannot say: the policy holding it to tenant namespaces.
+            let (limits, binding) = ft_core::rbac::limits(&namespace, &service_account);
+            objects.extend(
+                [serde_json::to_value(limits), serde_json::to_value(binding)]
+                    .into_iter()
+                    .flatten(),
+            );
             match serde_saphyr::to_string_multiple(&objects) {
                 Ok(yaml) => {
                     print!("{yaml}");
@@ -251,6 +276,40 @@ fn main() -> ExitCode {
             }
         }
         Command::Run(args) => run(*args),
+    }
+}
+
+fn run_migrate() -> ExitCode {
+    let result = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|runtime| {
+            runtime.block_on(async {
+                let client = kube::Client::try_default().await?;
+                let confinement = ft_operator::watch::discover_confinement(&client).await;
+                ft_operator::migrate::migrate(&client, confinement).await
+            })
+        });
+    match result {
+        Ok(migration) => {
+            for key in &migration.removed {
+                println!("removed {key}");
+            }
+            for key in &migration.waiting {
+                println!("kept {key}: a namespace it covers has no EnvironmentPolicy yet");
+            }
+            if migration.waiting.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                // Run again once the operator has written every EnvironmentPolicy.
+                ExitCode::from(3)
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -267,19 +326,22 @@ fn print_controls() -> ExitCode {
     }
 }
 
-fn print_crds(output_dir: Option<PathBuf>) -> ExitCode {
-    let result = match output_dir {
-        None => crd::render()
-            .map(|yaml| print!("{yaml}"))
-            .map_err(|e| e.to_string()),
-        Some(dir) => crd::crd_files()
-            .map_err(|e| e.to_string())
-            .and_then(|files| {
-                files.into_iter().try_for_each(|(name, yaml)| {
-                    std::fs::write(dir.join(&name), yaml).map_err(|e| format!("{name}: {e}"))
-                })
+/// Prints generated files concatenated, or writes each into `output_dir`.
+fn print_files(
+    files: Result<Vec<(String, String)>, serde_saphyr::SerializeError>,
+    output_dir: Option<PathBuf>,
+) -> ExitCode {
+    let result = files
+        .map_err(|e| e.to_string())
+        .and_then(|files| match output_dir {
+            None => {
+                files.iter().for_each(|(_, yaml)| print!("{yaml}"));
+                Ok(())
+            }
+            Some(dir) => files.into_iter().try_for_each(|(name, yaml)| {
+                std::fs::write(dir.join(&name), yaml).map_err(|e| format!("{name}: {e}"))
             }),
-    };
+        });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

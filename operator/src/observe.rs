@@ -17,7 +17,7 @@ use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::PartialObjectMeta;
 use kube::runtime::reflector::{self, ObjectRef, Store, store::Writer};
 
-use ft_core::api::ComplianceReport;
+use ft_core::api::{ComplianceReport, EnvironmentPolicy};
 use ft_core::backup::VeleroView;
 use ft_core::backup::velero::{Backup, BackupStorageLocation, Restore, Schedule};
 use ft_core::controls::TenantView;
@@ -81,7 +81,9 @@ stores! {
     resource_quotas: ResourceQuota,
     limit_ranges: LimitRange,
     compliance_reports: ComplianceReport,
-    /// The placement admission objects the operator made.
+    /// What the cluster-wide admission policies enforce in each tenant namespace.
+    environment_policies: EnvironmentPolicy,
+    /// The cluster-wide admission objects (`admission/`), which the operator only reads.
     validating_admission_policies: ValidatingAdmissionPolicy,
     validating_admission_policy_bindings: ValidatingAdmissionPolicyBinding,
     mutating_admission_policies: MutatingAdmissionPolicy,
@@ -115,24 +117,9 @@ impl Observed {
             .collect()
     }
 
-    /// What the cluster holds in and for the given namespaces of one tenant.
-    pub fn view(&self, tenant: &str, namespaces: &BTreeSet<String>) -> TenantView {
-        fn labelled<K: kube::Resource<DynamicType = ()> + Clone + 'static>(
-            store: &Store<K>,
-            tenant: &str,
-        ) -> Vec<std::sync::Arc<K>> {
-            store
-                .state()
-                .into_iter()
-                .filter(|o| {
-                    o.meta()
-                        .labels
-                        .as_ref()
-                        .and_then(|l| l.get(ft_core::api::labels::TENANT))
-                        .is_some_and(|t| t == tenant)
-                })
-                .collect()
-        }
+    /// What the cluster holds in and for the given namespaces of one tenant, and the
+    /// cluster-wide admission objects.
+    pub fn view(&self, namespaces: &BTreeSet<String>) -> TenantView {
         fn within<K: kube::Resource<DynamicType = ()> + Clone + 'static>(
             store: &Store<K>,
             namespaces: &BTreeSet<String>,
@@ -186,16 +173,11 @@ impl Observed {
             role_bindings: within(&self.role_bindings, namespaces),
             nodes: self.nodes.state(),
             storage_classes: self.storage_classes.state(),
-            validating_admission_policies: labelled(&self.validating_admission_policies, tenant),
-            validating_admission_policy_bindings: labelled(
-                &self.validating_admission_policy_bindings,
-                tenant,
-            ),
-            mutating_admission_policies: labelled(&self.mutating_admission_policies, tenant),
-            mutating_admission_policy_bindings: labelled(
-                &self.mutating_admission_policy_bindings,
-                tenant,
-            ),
+            environment_policies: within(&self.environment_policies, namespaces),
+            validating_admission_policies: self.validating_admission_policies.state(),
+            validating_admission_policy_bindings: self.validating_admission_policy_bindings.state(),
+            mutating_admission_policies: self.mutating_admission_policies.state(),
+            mutating_admission_policy_bindings: self.mutating_admission_policy_bindings.state(),
             // Read from the key store by the caller: the reflectors never hold Secrets.
             key_fingerprint: None,
             velero: VeleroView::default(),

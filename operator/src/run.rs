@@ -26,9 +26,6 @@ use ft_core::placement::PlacementIndex;
 use ft_core::placement::admission::Confinement;
 use ft_core::placement::review::WebhookClient;
 use ft_core::settings::BuildSettings;
-use ft_core::shredding::protection::{
-    DELETION_PROTECTION, deletion_confirmation_recorder, deletion_protection,
-};
 
 use crate::compliance::Compliance;
 use crate::health::Liveness;
@@ -286,7 +283,7 @@ async fn lead(
         Some(chosen) => chosen,
         None => discover_confinement(client).await,
     };
-    protect_tenants_from_deletion(client, settings.confinement).await?;
+    check_fixed_policies(client, settings.confinement).await;
     info!(confinement = ?settings.confinement, "placement admission");
     let placements = PlacementIndex::default();
     let webhook = if settings.confinement == Confinement::Webhook {
@@ -668,7 +665,7 @@ async fn label_pod(client: &Client, namespace: &str, pod: &str, leader: bool) ->
         .map(|_| ())
 }
 
-const WEBHOOK_CONFIGURATION: &str = "ft-operator-pod-placement";
+use ft_core::placement::review::WEBHOOK_CONFIGURATION;
 
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
@@ -693,44 +690,15 @@ async fn shutdown_signal() {
     }
 }
 
-/// Applies the cluster-wide policy that refuses to delete a tenant whose deletion was not
-/// confirmed. Before any tenant is reconciled: no tenant is ever unprotected.
-async fn protect_tenants_from_deletion(
-    client: &kube::Client,
-    confinement: Confinement,
-) -> anyhow::Result<()> {
-    let (policy, binding) = deletion_protection();
-    apply_cluster_object(client, &policy).await?;
-    apply_cluster_object(client, &binding).await?;
-    // Where MutatingAdmissionPolicies are served, who confirms a deletion is recorded too.
-    if confinement == Confinement::Native {
-        let (recorder, recorder_binding) = deletion_confirmation_recorder();
-        apply_cluster_object(client, &recorder).await?;
-        apply_cluster_object(client, &recorder_binding).await?;
+/// Reads the cluster-wide admission objects (`admission/`, installed with the chart) and says
+/// which are missing or changed: without them, tenant namespaces are not protected. The
+/// operator never writes them; the controls (GEO-3, ENC-2, DEL-1) report them continuously.
+async fn check_fixed_policies(client: &kube::Client, confinement: Confinement) {
+    let problems = crate::admission::problems(client, confinement).await;
+    if problems.is_empty() {
+        info!("the cluster-wide admission policies are in place");
     }
-    info!(
-        policy = DELETION_PROTECTION,
-        "tenants can be deleted only once confirmed"
-    );
-    Ok(())
-}
-
-async fn apply_cluster_object<K>(client: &kube::Client, object: &K) -> anyhow::Result<()>
-where
-    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::ClusterResourceScope>
-        + Clone
-        + std::fmt::Debug
-        + serde::Serialize
-        + serde::de::DeserializeOwned,
-{
-    let name = object.meta().name.clone().unwrap_or_default();
-    kube::Api::<K>::all(client.clone())
-        .patch(
-            &name,
-            &kube::api::PatchParams::apply(ft_core::api::FIELD_MANAGER).force(),
-            &kube::api::Patch::Apply(object),
-        )
-        .await
-        .with_context(|| format!("applying {} {name}", K::kind(&())))?;
-    Ok(())
+    for problem in problems {
+        error!(%problem, "cluster-wide admission policy: install admission/ (or the chart) again");
+    }
 }

@@ -1,10 +1,12 @@
 //! The operator's API, group `hosting.francetravail.fr`, and the labels it puts on what it owns.
 
 mod country;
+mod environment;
 mod report;
 mod tenant;
 
 pub use country::{Country, Standing};
+pub use environment::*;
 pub use report::*;
 pub use tenant::*;
 

@@ -6,11 +6,11 @@ use kube::ResourceExt;
 use serde_json::json;
 
 use super::finding::*;
-use super::placement::is_placement;
+
 use super::view::*;
 use crate::api::ControlResult;
 use crate::applied::differs;
-use crate::encryption::class_name;
+use crate::encryption::{CLAIMS_POLICY, class_name};
 use crate::meta::object_key;
 
 /// The default StorageClass is marked by this annotation.
@@ -134,28 +134,25 @@ pub(super) fn tenant_key(inputs: &Inputs) -> Finding {
         }
         (None, Some(_)) => {}
     }
-    let claims_policy: Vec<_> = desired
-        .validating_admission_policies
-        .iter()
-        .filter(|p| !is_placement(*p))
-        .cloned()
-        .collect();
-    let claims_binding: Vec<_> = desired
-        .validating_admission_policy_bindings
-        .iter()
-        .filter(|b| !is_placement(*b))
-        .cloned()
-        .collect();
-    problems.extend(drift(
-        &claims_policy,
-        &inputs.observed.validating_admission_policies,
-        spec_mismatch,
-    ));
-    problems.extend(drift(
-        &claims_binding,
-        &inputs.observed.validating_admission_policy_bindings,
-        spec_mismatch,
-    ));
+    let unprotected = fixed_drift(inputs, CLAIMS_POLICY, false);
+    if !unprotected.is_empty() {
+        // Claims are no longer checked at admission: that comes first.
+        problems.extend(unprotected);
+        return finding(
+            ControlResult::Fail,
+            ADMISSION_POLICY_MISSING,
+            listing(&problems),
+        );
+    }
+    for policy in &inputs.observed.environment_policies {
+        if policy.spec.storage_class.as_deref() != Some(own.as_str()) {
+            problems.push(format!(
+                "{} admits claims on {} instead of {own}",
+                object_key(&**policy),
+                policy.spec.storage_class.as_deref().unwrap_or("no class")
+            ));
+        }
+    }
     for pv in &inputs.observed.persistent_volumes {
         let class = pv
             .spec

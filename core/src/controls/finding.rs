@@ -166,3 +166,38 @@ pub(super) fn spec_mismatch<K: Serialize>(want: &K, have: &K) -> bool {
     let spec = |v: &Value| json!({ "spec": v["spec"] });
     differs(&spec(&want), &spec(&have)) || differs(&scope(&have), &scope(&want))
 }
+
+/// The fixed admission objects named `name` (`crate::admission::fixed`), each as the cluster
+/// should hold it: what is missing or was changed by hand. `mutating` for MutatingAdmission
+/// objects too.
+pub(super) fn fixed_drift(inputs: &Inputs, name: &str, mutating: bool) -> Vec<String> {
+    fn named<K: Resource>(mut items: Vec<K>, name: &str) -> Vec<K> {
+        items.retain(|i| i.meta().name.as_deref() == Some(name));
+        items
+    }
+    let fixed = crate::admission::fixed();
+    let observed = inputs.observed;
+    let mut problems = drift(
+        &named(fixed.validating_admission_policies, name),
+        &observed.validating_admission_policies,
+        spec_mismatch,
+    );
+    problems.extend(drift(
+        &named(fixed.validating_admission_policy_bindings, name),
+        &observed.validating_admission_policy_bindings,
+        spec_mismatch,
+    ));
+    if mutating {
+        problems.extend(drift(
+            &named(fixed.mutating_admission_policies, name),
+            &observed.mutating_admission_policies,
+            spec_mismatch,
+        ));
+        problems.extend(drift(
+            &named(fixed.mutating_admission_policy_bindings, name),
+            &observed.mutating_admission_policy_bindings,
+            spec_mismatch,
+        ));
+    }
+    problems
+}

@@ -19,4 +19,7 @@ pub use catalogue::{Catalogue, CatalogueError, Control, Rule, Severity};
 pub use encryption::encrypts;
 pub use evaluate::{EVALUATORS, evaluate};
 pub use report::{Transition, compliant_condition, next_report, transitions};
-pub use view::{ClusterFacts, Evaluation, Finding, Inputs, Judge, NOT_IN_THIS_VERSION, TenantView};
+pub use view::{
+    ADMISSION_POLICY_MISSING, ClusterFacts, Evaluation, Finding, Inputs, Judge,
+    NOT_IN_THIS_VERSION, TenantView,
+};

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::{Resource, ResourceExt};
+use kube::ResourceExt;
 
 use super::finding::*;
 use super::view::*;
@@ -12,6 +12,7 @@ use crate::api::{ControlResult, EnvironmentKind};
 use crate::meta::namespace_name;
 use crate::meta::object_key;
 use crate::placement::regions::{Location, REGION_LABEL};
+use crate::placement::{Confinement, PLACEMENT_POLICY};
 
 pub(super) fn node_labels(node: &Node) -> &BTreeMap<String, String> {
     static EMPTY: BTreeMap<String, String> = BTreeMap::new();
@@ -278,65 +279,31 @@ pub(super) fn placement_admission(inputs: &Inputs) -> Finding {
         Ok(d) => d,
         Err(f) => return f,
     };
-    let placement: Vec<_> = desired
-        .validating_admission_policies
-        .iter()
-        .filter(|p| is_placement(*p))
-        .cloned()
-        .collect();
-    if placement.is_empty() {
+    if desired.environment_policies.is_empty() {
         return finding(
             ControlResult::Unknown,
             "NotBuilt",
-            "no placement admission policy was built for the tenant",
+            "no EnvironmentPolicy was built for the tenant",
         );
     }
-    let placement_bindings: Vec<_> = desired
-        .validating_admission_policy_bindings
-        .iter()
-        .filter(|b| is_placement(*b))
-        .cloned()
-        .collect();
-    let observed = inputs.observed;
-    let mut problems = drift(
-        &placement,
-        &observed.validating_admission_policies,
-        spec_mismatch,
-    );
+    let native = inputs.facts.confinement == Confinement::Native;
+    let mut problems = fixed_drift(inputs, PLACEMENT_POLICY, native);
     problems.extend(drift(
-        &placement_bindings,
-        &observed.validating_admission_policy_bindings,
+        &desired.environment_policies,
+        &inputs.observed.environment_policies,
         spec_mismatch,
     ));
-    problems.extend(drift(
-        &desired.mutating_admission_policies,
-        &observed.mutating_admission_policies,
-        spec_mismatch,
-    ));
-    problems.extend(drift(
-        &desired.mutating_admission_policy_bindings,
-        &observed.mutating_admission_policy_bindings,
-        spec_mismatch,
-    ));
-    let confined = if desired.mutating_admission_policies.is_empty() {
-        "confined by the operator's webhook"
+    let confined = if native {
+        "confined by the cluster's MutatingAdmissionPolicy"
     } else {
-        "confined by a MutatingAdmissionPolicy"
+        "confined by the operator's webhook"
     };
     judge(
         problems,
-        "AdmissionPolicyMissing",
+        ADMISSION_POLICY_MISSING,
         "EnforcedAtAdmission",
         format!(
-            "new pods of each environment are {confined} and refused by a ValidatingAdmissionPolicy if they could leave the allowed regions"
+            "new pods of each environment are {confined} and refused by its ValidatingAdmissionPolicy if they could leave the allowed regions, both reading each namespace's EnvironmentPolicy"
         ),
     )
-}
-
-pub(super) fn is_placement<K: Resource>(object: &K) -> bool {
-    object
-        .meta()
-        .name
-        .as_deref()
-        .is_some_and(|n| n.starts_with("ft-placement-"))
 }

@@ -16,14 +16,19 @@ use k8s_openapi::api::rbac::v1::RoleBinding;
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::core::PartialObjectMeta;
 
-use crate::api::{ControlResult, FranceTravailTenant};
+use crate::api::{ControlResult, EnvironmentPolicy, FranceTravailTenant};
 use crate::backup::VeleroView;
 use crate::desired::Desired;
+use crate::placement::Confinement;
 use crate::placement::regions::RegionCatalogue;
 
 /// The reason of a control whose capability this version of the operator does not have yet.
 /// Such a control is `Unknown`, never `Pass`, and does not by itself make a tenant `Unknown`.
 pub const NOT_IN_THIS_VERSION: &str = "NotInThisVersion";
+
+/// The reason of a control, and of the tenant's Degraded condition, when a cluster-wide
+/// admission policy the tenant relies on is missing or was changed.
+pub const ADMISSION_POLICY_MISSING: &str = "AdmissionPolicyMissing";
 
 /// What the cluster holds in and for one tenant's namespaces.
 #[derive(Clone, Debug, Default)]
@@ -43,7 +48,9 @@ pub struct TenantView {
     pub nodes: Vec<Arc<Node>>,
     /// Every StorageClass of the cluster.
     pub storage_classes: Vec<Arc<StorageClass>>,
-    /// The tenant's placement admission objects.
+    /// The EnvironmentPolicies in the tenant's namespaces.
+    pub environment_policies: Vec<Arc<EnvironmentPolicy>>,
+    /// The cluster's fixed admission objects (`crate::admission::fixed`), as they are.
     pub validating_admission_policies: Vec<Arc<ValidatingAdmissionPolicy>>,
     pub validating_admission_policy_bindings: Vec<Arc<ValidatingAdmissionPolicyBinding>>,
     pub mutating_admission_policies: Vec<Arc<MutatingAdmissionPolicy>>,
@@ -62,6 +69,9 @@ pub struct ClusterFacts {
     pub provider: Option<String>,
     /// Whether the cluster serves Velero's API; `None` when it could not be told.
     pub backup_engine: Option<bool>,
+    /// How new pods are confined: with `Native`, the fixed MutatingAdmissionPolicy must be in
+    /// place too.
+    pub confinement: Confinement,
 }
 
 pub struct Inputs<'a> {

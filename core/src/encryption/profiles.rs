@@ -10,12 +10,15 @@ use k8s_openapi::api::admissionregistration::v1::{
     ValidatingAdmissionPolicySpec, Validation,
 };
 use k8s_openapi::api::storage::v1::StorageClass;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{Resource, ResourceExt};
 use serde::Deserialize;
 
 use super::key::secret_name;
 use crate::api::{FranceTravailTenant, annotations, labels};
+use crate::meta::{
+    environment_policy_kind, environment_policy_ref, fixed_meta, tenant_namespace_selector,
+};
 
 /// The encryption profiles compiled into the binary.
 pub const PROFILES_YAML: &str = include_str!("../../../policies/encryption-profiles.yaml");
@@ -155,52 +158,26 @@ fn tenant_labels(tenant: &FranceTravailTenant) -> BTreeMap<String, String> {
     ])
 }
 
-/// `ft-claims-<tenant>`: the claims policy of a tenant and its binding.
-pub fn claims_policy_name(tenant: &str) -> String {
-    format!("ft-claims-{tenant}")
-}
+/// The claims policy and its binding.
+pub const CLAIMS_POLICY: &str = "ft-claims";
 
-/// Refuses, in every namespace of the tenant, a PersistentVolumeClaim on any class but the
-/// tenant's, or on none (CLD-21). A tenant without `spec.storage` has no class: every claim is
-/// refused, saying so.
-pub fn claims_policy(
-    tenant: &FranceTravailTenant,
-) -> (ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding) {
-    let name = tenant.name_any();
-    let policy_name = claims_policy_name(&name);
-    let class = class_name(&name);
-    let validation = if tenant.spec.storage.is_some() {
-        Validation {
-            expression: format!(
-                "has(object.spec.storageClassName) && object.spec.storageClassName == '{class}'"
-            ),
-            message: Some(format!(
-                "tenant {name}: volumes must be encrypted with the tenant's own key: set spec.storageClassName: {class} (CLD-21)"
-            )),
-            reason: Some("Forbidden".into()),
-            ..Default::default()
-        }
-    } else {
-        Validation {
-            expression: "false".into(),
-            message: Some(format!(
-                "tenant {name} declares no spec.storage, so it has no encrypted storage class and may claim no volume (CLD-21)"
-            )),
-            reason: Some("Forbidden".into()),
-            ..Default::default()
-        }
-    };
-    let meta = |n: &str| ObjectMeta {
-        name: Some(n.into()),
-        labels: Some(tenant_labels(tenant)),
-        owner_references: tenant.controller_owner_ref(&()).map(|o| vec![o]),
+/// Refuses, in every tenant namespace, a PersistentVolumeClaim on any class but the tenant's,
+/// as its namespace's EnvironmentPolicy names it, or on none (CLD-21). A tenant without
+/// `spec.storage` has no class: every claim is refused, saying so. Cluster-wide and fixed,
+/// like the placement policies.
+pub fn claims_policy() -> (ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding) {
+    let refuse = |expression: &str, message: &str| Validation {
+        expression: expression.into(),
+        message_expression: Some(format!("'tenant ' + params.spec.tenant + {message}")),
+        reason: Some("Forbidden".into()),
         ..Default::default()
     };
     (
         ValidatingAdmissionPolicy {
-            metadata: meta(&policy_name),
+            metadata: fixed_meta(CLAIMS_POLICY),
             spec: Some(ValidatingAdmissionPolicySpec {
                 failure_policy: Some("Fail".into()),
+                param_kind: Some(environment_policy_kind()),
                 match_constraints: Some(MatchResources {
                     resource_rules: Some(vec![NamedRuleWithOperations {
                         api_groups: Some(vec![String::new()]),
@@ -211,24 +188,27 @@ pub fn claims_policy(
                     }]),
                     ..Default::default()
                 }),
-                validations: Some(vec![validation]),
+                validations: Some(vec![
+                    refuse(
+                        "has(params.spec.storageClass)",
+                        "' declares no spec.storage, so it has no encrypted storage class and may claim no volume (CLD-21)'",
+                    ),
+                    refuse(
+                        "!has(params.spec.storageClass) || (has(object.spec.storageClassName) && object.spec.storageClassName == params.spec.storageClass)",
+                        "\": volumes must be encrypted with the tenant's own key: set spec.storageClassName: \" + params.spec.storageClass + ' (CLD-21)'",
+                    ),
+                ]),
                 ..Default::default()
             }),
             status: None,
         },
         ValidatingAdmissionPolicyBinding {
-            metadata: meta(&policy_name),
+            metadata: fixed_meta(CLAIMS_POLICY),
             spec: ValidatingAdmissionPolicyBindingSpec {
-                policy_name: policy_name.clone(),
-                match_resources: Some(MatchResources {
-                    namespace_selector: Some(LabelSelector {
-                        match_labels: Some(BTreeMap::from([(labels::TENANT.into(), name)])),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }),
+                policy_name: CLAIMS_POLICY.into(),
+                param_ref: Some(environment_policy_ref()),
+                match_resources: Some(tenant_namespace_selector()),
                 validation_actions: vec!["Deny".into()],
-                ..Default::default()
             },
         },
     )

@@ -9,5 +9,7 @@ mod model;
 pub mod regions;
 pub mod review;
 
-pub use admission::{Confinement, PlacementPolicies, placement_policies};
+pub use admission::{
+    Confinement, PLACEMENT_POLICY, environment_policy, placement_mutation, placement_validation,
+};
 pub use model::*;

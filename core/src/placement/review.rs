@@ -24,6 +24,9 @@ use crate::api::labels::{MANAGED_BY, MANAGED_BY_VALUE, TENANT};
 /// The path the API server posts pod AdmissionReviews to.
 pub const MUTATE_PODS_PATH: &str = "/mutate-pods";
 
+/// The MutatingWebhookConfiguration the operator registers its webhook with, in webhook mode.
+pub const WEBHOOK_CONFIGURATION: &str = "ft-operator-pod-placement";
+
 /// The webhook's name in its configuration (the API server wants a fully qualified name).
 pub const WEBHOOK_NAME: &str = "pod-placement.hosting.francetravail.fr";
 

@@ -272,6 +272,7 @@ impl Case {
     fn of(tenant: FranceTravailTenant) -> Self {
         // Placement admission confines pods to Paris, where both healthy nodes are.
         let desired = common::desired_with(&tenant, &BuildSettings::default(), Some(true), now());
+        let fixed = ft_core::admission::fixed();
         let view = TenantView {
             namespaces: desired
                 .namespaces
@@ -304,12 +305,12 @@ impl Case {
                 .into_iter()
                 .chain(desired.storage_classes.iter().map(|c| Arc::new(managed(c))))
                 .collect(),
-            validating_admission_policies: arcs(&desired.validating_admission_policies),
-            validating_admission_policy_bindings: arcs(
-                &desired.validating_admission_policy_bindings,
-            ),
-            mutating_admission_policies: arcs(&desired.mutating_admission_policies),
-            mutating_admission_policy_bindings: arcs(&desired.mutating_admission_policy_bindings),
+            // What the cluster-wide admission policies enforce, and the policies as installed.
+            environment_policies: arcs(&desired.environment_policies),
+            validating_admission_policies: arcs(&fixed.validating_admission_policies),
+            validating_admission_policy_bindings: arcs(&fixed.validating_admission_policy_bindings),
+            mutating_admission_policies: arcs(&fixed.mutating_admission_policies),
+            mutating_admission_policy_bindings: arcs(&fixed.mutating_admission_policy_bindings),
             key_fingerprint: Some("sha256:0123456789abcdef".into()),
             velero: backed_up(&tenant),
         };
@@ -317,6 +318,7 @@ impl Case {
             regions: Arc::new(RegionCatalogue::embedded().expect("embedded region catalogue")),
             provider: None,
             backup_engine: Some(true),
+            confinement: Default::default(),
         };
         Self {
             tenant,
@@ -1183,12 +1185,38 @@ fn geo3_fails_when_a_validating_binding_is_deleted() {
     let mut case = Case::healthy();
     remove(
         &mut case.view.validating_admission_policy_bindings,
-        "ft-placement-offres-emploi-dev",
+        "ft-placement",
     );
     assert_fails(
         &case.judge("GEO-3"),
         "AdmissionPolicyMissing",
-        &["ValidatingAdmissionPolicyBinding/ft-placement-offres-emploi-dev is missing"],
+        &["ValidatingAdmissionPolicyBinding/ft-placement is missing"],
+    );
+}
+
+#[test]
+fn geo3_fails_when_an_environment_policy_is_deleted_or_edited() {
+    let mut case = Case::healthy();
+    case.view
+        .environment_policies
+        .retain(|p| p.metadata.namespace.as_deref() != Some("offres-emploi-dev"));
+    assert_fails(
+        &case.judge("GEO-3"),
+        "AdmissionPolicyMissing",
+        &["EnvironmentPolicy/offres-emploi-dev/ft-environment is missing"],
+    );
+    let mut case = Case::healthy();
+    for policy in &mut case.view.environment_policies {
+        if policy.metadata.namespace.as_deref() == Some("offres-emploi-prod") {
+            let mut edited = (**policy).clone();
+            edited.spec.regions.push("us-east-1".into());
+            *policy = std::sync::Arc::new(edited);
+        }
+    }
+    assert_fails(
+        &case.judge("GEO-3"),
+        "AdmissionPolicyMissing",
+        &["EnvironmentPolicy/offres-emploi-prod/ft-environment was changed by hand"],
     );
 }
 
@@ -1197,7 +1225,7 @@ fn geo3_fails_when_a_validation_is_removed_by_hand() {
     let mut case = Case::healthy();
     edit(
         &mut case.view.validating_admission_policies,
-        "ft-placement-offres-emploi-prod",
+        "ft-placement",
         |policy| {
             if let Some(v) = policy.spec.as_mut().and_then(|s| s.validations.as_mut()) {
                 v.pop();
@@ -1207,36 +1235,26 @@ fn geo3_fails_when_a_validation_is_removed_by_hand() {
     assert_fails(
         &case.judge("GEO-3"),
         "AdmissionPolicyMissing",
-        &["ValidatingAdmissionPolicy/ft-placement-offres-emploi-prod was changed by hand"],
+        &["ValidatingAdmissionPolicy/ft-placement was changed by hand"],
     );
 }
 
 #[test]
 fn geo3_fails_when_a_mutating_policy_is_missing() {
     let mut case = Case::healthy();
-    remove(
-        &mut case.view.mutating_admission_policies,
-        "ft-placement-offres-emploi-prod",
-    );
+    remove(&mut case.view.mutating_admission_policies, "ft-placement");
     assert_fails(
         &case.judge("GEO-3"),
         "AdmissionPolicyMissing",
-        &["MutatingAdmissionPolicy/ft-placement-offres-emploi-prod is missing"],
+        &["MutatingAdmissionPolicy/ft-placement is missing"],
     );
 }
 
 #[test]
 fn geo3_is_unknown_when_no_admission_policy_was_built() {
     let mut case = Case::healthy();
-    // Built without placement: only the claims policy.
-    case.desired
-        .validating_admission_policies
-        .retain(|p| !kube::ResourceExt::name_any(p).starts_with("ft-placement-"));
-    case.desired
-        .validating_admission_policy_bindings
-        .retain(|b| !kube::ResourceExt::name_any(b).starts_with("ft-placement-"));
-    case.desired.mutating_admission_policies.clear();
-    case.desired.mutating_admission_policy_bindings.clear();
+    // Built without placement: no EnvironmentPolicy.
+    case.desired.environment_policies.clear();
     assert_result(&case.judge("GEO-3"), Unknown, "NotBuilt");
 }
 
@@ -1283,14 +1301,30 @@ fn enc2_fails_for_a_volume_not_provisioned_by_the_tenant_class() {
 #[test]
 fn enc2_fails_when_the_claims_policy_is_missing() {
     let mut case = Case::healthy();
-    remove(
-        &mut case.view.validating_admission_policies,
-        "ft-claims-offres-emploi",
+    remove(&mut case.view.validating_admission_policies, "ft-claims");
+    assert_fails(
+        &case.judge("ENC-2"),
+        "AdmissionPolicyMissing",
+        &["ValidatingAdmissionPolicy/ft-claims is missing"],
     );
+}
+
+#[test]
+fn enc2_fails_when_an_environment_admits_claims_on_another_class() {
+    let mut case = Case::healthy();
+    for policy in &mut case.view.environment_policies {
+        if policy.metadata.namespace.as_deref() == Some("offres-emploi-dev") {
+            let mut edited = (**policy).clone();
+            edited.spec.storage_class = Some("gp3-encrypted".into());
+            *policy = std::sync::Arc::new(edited);
+        }
+    }
     assert_fails(
         &case.judge("ENC-2"),
         "NotEncryptedWithTenantKey",
-        &["ValidatingAdmissionPolicy/ft-claims-offres-emploi is missing"],
+        &[
+            "EnvironmentPolicy/offres-emploi-dev/ft-environment admits claims on gp3-encrypted instead of ft-offres-emploi-encrypted",
+        ],
     );
 }
 

@@ -4,7 +4,7 @@
 use crate::common;
 
 use ft_core::api::{ShreddingStatus, annotations};
-use ft_core::encryption::{KeyReference, Profiles, claims_policy, class_name, storage_class};
+use ft_core::encryption::{KeyReference, Profiles, claims_policy, storage_class};
 use ft_core::encryption::{TenantKey, fingerprint, key_secret};
 use ft_core::shredding::protection::{deletion_confirmation_recorder, deletion_protection};
 use ft_core::shredding::{Step, confirmed_by, next_step, record, record_name};
@@ -190,38 +190,48 @@ fn matched(policy: &ValidatingAdmissionPolicy) -> (String, String, String) {
 }
 
 #[test]
-fn the_claims_policy_admits_only_the_tenant_class_in_the_tenant_namespaces() {
-    let (policy, binding) = claims_policy(&tenant());
+fn the_claims_policy_admits_only_the_class_each_namespace_names() {
+    let (policy, binding) = claims_policy();
+    assert_eq!(policy.metadata.name.as_deref(), Some("ft-claims"));
     let spec = policy.spec.clone().expect("spec");
     assert_eq!(spec.failure_policy.as_deref(), Some("Fail"));
     assert_eq!(
         matched(&policy),
         ("".into(), "persistentvolumeclaims".into(), "CREATE".into())
     );
-    let validation = &spec.validations.expect("validations")[0];
+    let validations = spec.validations.expect("validations");
+    assert_eq!(validations[0].expression, "has(params.spec.storageClass)");
     assert!(
-        validation
+        validations[1]
             .expression
-            .contains(&format!("== '{}'", class_name("offres-emploi")))
+            .contains("object.spec.storageClassName == params.spec.storageClass")
     );
-    assert!(
-        validation
-            .message
-            .as_deref()
-            .unwrap_or_default()
-            .contains("CLD-21")
-    );
-    let selector = binding
-        .spec
+    for validation in &validations {
+        let message = validation.message_expression.as_deref().unwrap_or_default();
+        assert!(
+            message.contains("CLD-21") && message.contains("params.spec.tenant"),
+            "{message}"
+        );
+    }
+    let spec = &binding.spec;
+    let selector = spec
         .match_resources
-        .expect("match")
-        .namespace_selector
+        .as_ref()
+        .and_then(|m| m.namespace_selector.as_ref())
         .expect("selector");
+    let tenant_namespace = std::collections::BTreeMap::from([(
+        "hosting.francetravail.fr/tenant".to_string(),
+        "offres-emploi".to_string(),
+    )]);
+    assert!(common::selects(selector, &tenant_namespace));
+    assert!(!common::selects(selector, &Default::default()));
+    assert_eq!(spec.validation_actions, ["Deny"]);
+    let reference = spec.param_ref.as_ref().expect("paramRef");
+    assert_eq!(reference.name.as_deref(), Some("ft-environment"));
     assert_eq!(
-        selector.match_labels.unwrap_or_default()["hosting.francetravail.fr/tenant"],
-        "offres-emploi"
+        reference.parameter_not_found_action.as_deref(),
+        Some("Deny")
     );
-    assert_eq!(binding.spec.validation_actions, ["Deny"]);
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! The rules, tested without a cluster: one module per capability, named as in `src/`.
 
 mod access;
+mod admission;
 mod admission_reviews;
 mod backup;
 mod common;

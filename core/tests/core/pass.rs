@@ -139,3 +139,66 @@ fn an_export_request_is_blocked_naming_why_or_started() {
     };
     assert!(!create, "a finished export's Backups are Velero's");
 }
+
+#[test]
+fn a_missing_cluster_wide_policy_makes_the_tenant_degraded_naming_it() {
+    use ft_core::api::{ControlResult, ControlStatus, ReportStatus};
+    use ft_core::status::{Outcome, after_pass, condition};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    let t = tenant();
+    let report = |result, reason: &str| ReportStatus {
+        controls: vec![ControlStatus {
+            id: "GEO-3".into(),
+            rules: vec!["CLD-74".into()],
+            title: "Placement is enforced when pods are admitted".into(),
+            severity: "high".into(),
+            result,
+            reason: reason.into(),
+            message: "ValidatingAdmissionPolicyBinding/ft-placement is missing".into(),
+            last_transition_time: Time(now()),
+        }],
+        ..Default::default()
+    };
+    let now = Time(now());
+    let missing = report(ControlResult::Fail, "AdmissionPolicyMissing");
+    let status = after_pass(
+        &t,
+        Outcome::Applied,
+        Some(&missing),
+        "sha256:k".into(),
+        None,
+        &now,
+    );
+    let degraded = condition(Some(&status), "Degraded").expect("Degraded");
+    assert_eq!(
+        (degraded.status.as_str(), degraded.reason.as_str()),
+        ("True", "AdmissionPolicyMissing")
+    );
+    assert!(
+        degraded.message.contains("ft-placement is missing"),
+        "{}",
+        degraded.message
+    );
+    // Ready still says the children are in place: the operator did its part.
+    assert_eq!(
+        condition(Some(&status), "Ready").expect("Ready").status,
+        "True"
+    );
+
+    // Any other failing control, or a passing GEO-3, degrades nothing.
+    let other = report(ControlResult::Fail, "PodsOutsideAllowedCountries");
+    let status = after_pass(
+        &t,
+        Outcome::Applied,
+        Some(&other),
+        "sha256:k".into(),
+        None,
+        &now,
+    );
+    assert_eq!(
+        condition(Some(&status), "Degraded")
+            .expect("Degraded")
+            .status,
+        "False"
+    );
+}

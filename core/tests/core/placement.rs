@@ -13,12 +13,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use ft_core::api::{Country, EnvironmentKind, FranceTravailTenant, NodePool};
-use ft_core::placement::admission::{Confinement, placement_policies};
+use ft_core::placement::admission::Confinement;
 use ft_core::placement::regions::RegionCatalogue;
 use ft_core::placement::{PodPlacement, Pool, allowed_regions, placements};
-use k8s_openapi::api::admissionregistration::v1::MatchResources;
+use ft_core::placement::{environment_policy, placement_mutation, placement_validation};
+use k8s_openapi::api::admissionregistration::v1::{MatchResources, ParamKind, ParamRef};
 use k8s_openapi::api::core::v1::{Node, Pod};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::{Value, json};
 
 // ---------------------------------------------------------------------------------------------
@@ -1039,7 +1039,6 @@ fn a_pod_the_validation_accepts_reaches_only_nodes_its_placement_allows() {
 // ---------------------------------------------------------------------------------------------
 
 const NAMESPACE: &str = "offres-emploi-prod";
-const POLICY: &str = "ft-placement-offres-emploi-prod";
 
 fn object_labels() -> Labels {
     labels(&[
@@ -1059,33 +1058,22 @@ fn namespace_labels(tenant: &str, environment: &str) -> Labels {
     ])
 }
 
-fn assert_named(meta: &ObjectMeta) {
-    assert_eq!(meta.name.as_deref(), Some(POLICY));
-    assert_eq!(meta.labels.as_ref(), Some(&object_labels()));
-}
-
-/// Binds to the namespace of offres-emploi's prod, and to no other.
-fn assert_binds_this_namespace(resources: Option<&MatchResources>) {
+/// Every tenant namespace, and no other.
+fn assert_binds_tenant_namespaces(resources: Option<&MatchResources>) {
     let selector = resources
         .and_then(|r| r.namespace_selector.as_ref())
         .expect("a namespace selector");
     assert!(common::selects(selector, &namespace_labels(TENANT, "prod")));
-    assert!(!common::selects(selector, &namespace_labels(TENANT, "dev")));
-    assert!(!common::selects(
+    assert!(common::selects(
         selector,
-        &namespace_labels("billing", "prod")
+        &namespace_labels("billing", "dev")
     ));
-    assert!(!common::selects(
-        selector,
-        &labels(&[("kubernetes.io/metadata.name", NAMESPACE)])
-    ));
-    let keys: BTreeSet<&str> = selector
-        .match_labels
-        .iter()
-        .flatten()
-        .map(|(k, _)| k.as_str())
-        .collect();
-    assert_eq!(keys, BTreeSet::from([TENANT_LABEL, ENVIRONMENT_LABEL]));
+    for other in ["default", "kube-system", "ft-system"] {
+        assert!(!common::selects(
+            selector,
+            &labels(&[("kubernetes.io/metadata.name", other)])
+        ));
+    }
 }
 
 /// Pods, on creation only.
@@ -1101,47 +1089,66 @@ fn assert_matches_pod_creation(constraints: Option<&MatchResources>) {
     assert_eq!(rule.resources, Some(vec!["pods".to_string()]));
 }
 
-#[test]
-fn native_confinement_mutates_and_validates_the_namespaces_pods() {
-    let policies = placement_policies(&prod(), NAMESPACE, &object_labels(), Confinement::Native);
-    let (mutating, mutating_binding) = policies.mutating.expect("a mutating policy");
-    let (validating, validating_binding) = policies.validating;
+/// The request namespace's EnvironmentPolicy, refusing where there is none.
+fn assert_reads_the_environment_policy(kind: Option<&ParamKind>, reference: Option<&ParamRef>) {
+    let kind = kind.expect("a paramKind");
+    assert_eq!(
+        kind.api_version.as_deref(),
+        Some("hosting.francetravail.fr/v1alpha1")
+    );
+    assert_eq!(kind.kind.as_deref(), Some("EnvironmentPolicy"));
+    let reference = reference.expect("a paramRef");
+    assert_eq!(reference.name.as_deref(), Some("ft-environment"));
+    assert_eq!(reference.namespace, None, "the request's namespace");
+    assert_eq!(
+        reference.parameter_not_found_action.as_deref(),
+        Some("Deny")
+    );
+}
 
+#[test]
+fn the_placement_policies_are_fixed_and_read_each_namespaces_environment_policy() {
+    let (validating, validating_binding) = placement_validation();
+    let (mutating, mutating_binding) = placement_mutation();
     for meta in [
-        &mutating.metadata,
-        &mutating_binding.metadata,
         &validating.metadata,
         &validating_binding.metadata,
+        &mutating.metadata,
+        &mutating_binding.metadata,
     ] {
-        assert_named(meta);
+        assert_eq!(meta.name.as_deref(), Some("ft-placement"));
     }
 
-    // The validating policy fails closed and denies.
+    // The validating policy fails closed and denies, with the tenant, the placement and the
+    // rule in its messages.
     let spec = validating.spec.as_ref().expect("a spec");
     assert_eq!(spec.failure_policy.as_deref(), Some("Fail"));
     assert_matches_pod_creation(spec.match_constraints.as_ref());
     let validations = spec.validations.as_ref().expect("validations");
+    assert_eq!(validations[0].expression, "size(params.spec.regions) > 0");
     assert!(
         validations
             .iter()
-            .any(|v| v.expression == "!has(object.spec.nodeName)"),
+            .any(|v| v.expression.ends_with("!has(object.spec.nodeName)")),
         "{validations:?}"
     );
     for validation in validations {
-        let message = validation.message.as_deref().unwrap_or_default();
+        let message = validation.message_expression.as_deref().unwrap_or_default();
         assert!(
-            message.contains(TENANT) && message.contains("CLD-74, CLD-25"),
+            message.contains("params.spec.tenant") && message.contains("params.spec.rules"),
             "{message}"
         );
     }
-    assert_eq!(validating_binding.spec.policy_name, POLICY);
-    assert_eq!(
-        validating_binding.spec.validation_actions,
-        vec!["Deny".to_string()]
+    assert_eq!(validating_binding.spec.policy_name, "ft-placement");
+    assert_eq!(validating_binding.spec.validation_actions, ["Deny"]);
+    assert_binds_tenant_namespaces(validating_binding.spec.match_resources.as_ref());
+    assert_reads_the_environment_policy(
+        spec.param_kind.as_ref(),
+        validating_binding.spec.param_ref.as_ref(),
     );
-    assert_binds_this_namespace(validating_binding.spec.match_resources.as_ref());
 
     // The mutating policy does not block on itself: the validating one catches what it misses.
+    // It holds no tenant's values: they come from the parameter.
     let spec = mutating.spec.as_ref().expect("a spec");
     assert_eq!(spec.failure_policy.as_deref(), Some("Ignore"));
     assert_matches_pod_creation(spec.match_constraints.as_ref());
@@ -1153,50 +1160,79 @@ fn native_confinement_mutates_and_validates_the_namespaces_pods() {
         .as_ref()
         .and_then(|p| p.expression.as_deref())
         .expect("a JSON patch expression");
-    for value in ALLOWED.iter().chain([&REGION, &POOL, &"production"]) {
-        assert!(
-            expression.contains(&format!("\"{value}\"")),
-            "{value} in {expression}"
-        );
+    assert!(expression.contains("params.spec.terms"), "{expression}");
+    for value in ALLOWED.iter().chain([&POOL, &"production"]) {
+        assert!(!expression.contains(value), "{value} in {expression}");
     }
     let binding = mutating_binding.spec.as_ref().expect("a binding spec");
-    assert_eq!(binding.policy_name.as_deref(), Some(POLICY));
-    assert_binds_this_namespace(binding.match_resources.as_ref());
+    assert_eq!(binding.policy_name.as_deref(), Some("ft-placement"));
+    assert_binds_tenant_namespaces(binding.match_resources.as_ref());
+    assert_reads_the_environment_policy(spec.param_kind.as_ref(), binding.param_ref.as_ref());
 }
 
 #[test]
-fn webhook_confinement_has_no_mutating_policy() {
-    let policies = placement_policies(&prod(), NAMESPACE, &object_labels(), Confinement::Webhook);
-    assert!(policies.mutating.is_none());
-    let (validating, binding) = policies.validating;
-    assert_named(&validating.metadata);
-    let spec = validating.spec.as_ref().expect("a spec");
-    assert_eq!(spec.failure_policy.as_deref(), Some("Fail"));
-    assert_eq!(spec.validations.as_ref().map(Vec::len), Some(2));
-    assert_eq!(binding.spec.validation_actions, vec!["Deny".to_string()]);
-    assert_binds_this_namespace(binding.spec.match_resources.as_ref());
-}
+fn the_environment_policy_carries_the_placement_of_its_namespace() {
+    let policy = environment_policy(
+        &prod(),
+        NAMESPACE,
+        &object_labels(),
+        EnvironmentKind::Production,
+        Some("ft-offres-emploi-encrypted".into()),
+    );
+    assert_eq!(policy.metadata.name.as_deref(), Some("ft-environment"));
+    assert_eq!(policy.metadata.namespace.as_deref(), Some(NAMESPACE));
+    assert_eq!(policy.metadata.labels.as_ref(), Some(&object_labels()));
+    let spec = &policy.spec;
+    assert_eq!(
+        (spec.tenant.as_str(), spec.environment.as_str()),
+        (TENANT, "prod")
+    );
+    assert_eq!(spec.regions, ALLOWED);
+    assert_eq!(spec.rules, "CLD-74, CLD-25");
+    assert_eq!(
+        spec.storage_class.as_deref(),
+        Some("ft-offres-emploi-encrypted")
+    );
+    // One term: the allowed regions, on the production pool.
+    let terms: Vec<Vec<(&str, &str, Vec<&str>)>> = spec
+        .terms
+        .iter()
+        .map(|t| {
+            t.iter()
+                .map(|r| {
+                    (
+                        r.key.as_str(),
+                        r.operator.as_str(),
+                        r.values.iter().map(String::as_str).collect(),
+                    )
+                })
+                .collect()
+        })
+        .collect();
+    assert_eq!(
+        terms,
+        [vec![
+            (REGION, "In", ALLOWED.to_vec()),
+            (POOL, "In", vec!["production"]),
+        ]]
+    );
+    assert!(spec.placement.contains("eu-west-3"), "{}", spec.placement);
 
-#[test]
-fn without_an_allowed_region_every_pod_is_refused_and_none_mutated() {
+    // Without an allowed region the policy says so, and the validating policy refuses.
     let nowhere = PodPlacement {
         regions: BTreeSet::new(),
-        ..prod()
+        ..dev()
     };
-    for confinement in [Confinement::Native, Confinement::Webhook] {
-        let policies = placement_policies(&nowhere, NAMESPACE, &object_labels(), confinement);
-        assert!(policies.mutating.is_none(), "{confinement:?}");
-        let (validating, binding) = policies.validating;
-        let spec = validating.spec.as_ref().expect("a spec");
-        assert_eq!(spec.failure_policy.as_deref(), Some("Fail"));
-        let validations = spec.validations.as_ref().expect("validations");
-        assert_eq!(validations.len(), 1, "{validations:?}");
-        assert_eq!(validations[0].expression, "false");
-        let message = validations[0].message.as_deref().unwrap_or_default();
-        assert!(message.contains(TENANT), "{message}");
-        assert_eq!(binding.spec.validation_actions, vec!["Deny".to_string()]);
-        assert_binds_this_namespace(binding.spec.match_resources.as_ref());
-    }
+    let policy = environment_policy(
+        &nowhere,
+        "offres-emploi-dev",
+        &object_labels(),
+        EnvironmentKind::Development,
+        None,
+    );
+    assert!(policy.spec.regions.is_empty());
+    assert_eq!(policy.spec.rules, "CLD-74, CLD-25");
+    assert_eq!(policy.spec.storage_class, None);
 }
 
 #[test]

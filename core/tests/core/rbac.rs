@@ -7,7 +7,7 @@ use ft_core::rbac::{allows, cluster_rules, namespace_rules, objects, velero_rule
 
 #[test]
 fn no_wildcard_no_escalate_no_impersonate() {
-    for rule in cluster_rules()
+    for rule in cluster_rules(true)
         .iter()
         .chain(namespace_rules().iter())
         .chain(velero_rules().iter())
@@ -26,7 +26,7 @@ fn no_wildcard_no_escalate_no_impersonate() {
 
 #[test]
 fn bind_only_on_the_roles_access_grants_bind() {
-    let rules = cluster_rules();
+    let rules = cluster_rules(true);
     for role in [ADMIN_ROLE, DEVELOPER_ROLE, VIEWER_ROLE] {
         assert!(allows(
             &rules,
@@ -61,7 +61,7 @@ fn bind_only_on_the_roles_access_grants_bind() {
 
 #[test]
 fn secrets_only_in_its_own_namespace_by_name() {
-    let cluster = cluster_rules();
+    let cluster = cluster_rules(true);
     for verb in ["get", "list", "watch", "create", "delete"] {
         assert!(
             !allows(&cluster, verb, "", "secrets", None),
@@ -79,7 +79,7 @@ fn secrets_only_in_its_own_namespace_by_name() {
 
 #[test]
 fn what_the_reconciler_writes_is_allowed() {
-    let rules = cluster_rules();
+    let rules = cluster_rules(true);
     for (group, resource) in [
         ("", "namespaces"),
         ("networking.k8s.io", "networkpolicies"),
@@ -87,14 +87,7 @@ fn what_the_reconciler_writes_is_allowed() {
         ("", "limitranges"),
         ("rbac.authorization.k8s.io", "rolebindings"),
         ("storage.k8s.io", "storageclasses"),
-        (
-            "admissionregistration.k8s.io",
-            "validatingadmissionpolicies",
-        ),
-        (
-            "admissionregistration.k8s.io",
-            "mutatingadmissionpolicybindings",
-        ),
+        ("hosting.francetravail.fr", "environmentpolicies"),
         ("hosting.francetravail.fr", "compliancereports"),
     ] {
         for verb in ["create", "patch", "delete"] {
@@ -117,8 +110,69 @@ fn what_the_reconciler_writes_is_allowed() {
 }
 
 #[test]
+fn the_admission_policies_are_read_never_written() {
+    let rules = cluster_rules(true);
+    for resource in [
+        "validatingadmissionpolicies",
+        "validatingadmissionpolicybindings",
+        "mutatingadmissionpolicies",
+        "mutatingadmissionpolicybindings",
+    ] {
+        assert!(allows(
+            &rules,
+            "watch",
+            "admissionregistration.k8s.io",
+            resource,
+            None
+        ));
+        for verb in ["create", "update", "patch", "delete", "deletecollection"] {
+            assert!(
+                !allows(&rules, verb, "admissionregistration.k8s.io", resource, None),
+                "{verb} {resource}"
+            );
+        }
+    }
+    // Nor a webhook on anything but pods: no validating webhook configuration at all.
+    for verb in ["create", "patch", "delete"] {
+        assert!(
+            !allows(
+                &rules,
+                verb,
+                "admissionregistration.k8s.io",
+                "validatingwebhookconfigurations",
+                None
+            ),
+            "{verb}"
+        );
+    }
+}
+
+#[test]
+fn no_webhook_configuration_is_written_where_policies_confine_pods() {
+    for verb in ["create", "patch", "update", "delete"] {
+        assert!(
+            !allows(
+                &cluster_rules(false),
+                verb,
+                "admissionregistration.k8s.io",
+                "mutatingwebhookconfigurations",
+                None
+            ),
+            "{verb}"
+        );
+    }
+    assert!(allows(
+        &cluster_rules(true),
+        "create",
+        "admissionregistration.k8s.io",
+        "mutatingwebhookconfigurations",
+        None
+    ));
+}
+
+#[test]
 fn velero_objects_only_in_velero_namespace_and_backups_never_deleted() {
-    let cluster = cluster_rules();
+    let cluster = cluster_rules(true);
     for resource in ["schedules", "backups", "restores", "backupstoragelocations"] {
         for verb in ["list", "create", "delete"] {
             assert!(
@@ -151,7 +205,7 @@ fn velero_objects_only_in_velero_namespace_and_backups_never_deleted() {
 
 #[test]
 fn the_printed_objects_bind_the_service_account_in_its_namespace() {
-    let printed = objects("ft-system", "ft-operator", "backup-system");
+    let printed = objects("ft-system", "ft-operator", "backup-system", true);
     let kinds: Vec<&str> = printed.iter().filter_map(|o| o["kind"].as_str()).collect();
     assert_eq!(
         kinds,

@@ -223,17 +223,16 @@ fn plan_prints_every_object_as_yaml_documents() {
     assert_eq!(count("ComplianceReport"), 1);
     // The developers on both environments, the administrator on production.
     assert_eq!(count("RoleBinding"), 3);
-    // The tenant's encrypted class, and the policy that admits claims on it only.
+    // The tenant's encrypted class.
     assert_eq!(count("StorageClass"), 1);
-    // What `run` applies too: per environment, the placement policies that confine its pods
-    // (a validating backstop and a mutating one), besides the claims policy.
-    assert_eq!(count("ValidatingAdmissionPolicy"), 1 + 2);
-    assert_eq!(count("ValidatingAdmissionPolicyBinding"), 1 + 2);
-    assert_eq!(count("MutatingAdmissionPolicy"), 2);
-    assert_eq!(count("MutatingAdmissionPolicyBinding"), 2);
+    // What `run` applies too: per environment, what the cluster-wide admission policies
+    // enforce in its namespace. The policies themselves are the cluster's, not the tenant's.
+    assert_eq!(count("EnvironmentPolicy"), 2);
+    assert_eq!(count("ValidatingAdmissionPolicy"), 0);
+    assert_eq!(count("MutatingAdmissionPolicy"), 0);
     // No Velero on the cluster `plan` was given: no Schedule.
     assert_eq!(count("Schedule"), 0);
-    assert_eq!(docs.len(), 25 + 8);
+    assert_eq!(docs.len(), 25);
 }
 
 #[test]

@@ -37,6 +37,7 @@ const OPERATOR_NAMESPACE: &str = "ft-system";
 const CONCURRENCY: usize = 16;
 const IDLE: Duration = Duration::from_secs(60);
 const DRIFT_SAMPLES: usize = 20;
+const ADMISSION_SAMPLES: usize = 200;
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
@@ -44,6 +45,10 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     }
     let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn ms_fine(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
 
 fn ms(d: Duration) -> String {
@@ -165,6 +170,58 @@ async fn direct_writes(client: &Client, prefix: &str, n: usize) -> anyhow::Resul
             .await?;
     }
     Ok(started.elapsed())
+}
+
+/// The admission objects of the cluster: policies and bindings, validating and mutating.
+async fn admission_objects(client: &Client) -> anyhow::Result<usize> {
+    use k8s_openapi::api::admissionregistration::v1::{
+        MutatingAdmissionPolicy, MutatingAdmissionPolicyBinding, ValidatingAdmissionPolicy,
+        ValidatingAdmissionPolicyBinding,
+    };
+    let all = Default::default();
+    Ok(Api::<ValidatingAdmissionPolicy>::all(client.clone())
+        .list_metadata(&all)
+        .await?
+        .items
+        .len()
+        + Api::<ValidatingAdmissionPolicyBinding>::all(client.clone())
+            .list_metadata(&all)
+            .await?
+            .items
+            .len()
+        + Api::<MutatingAdmissionPolicy>::all(client.clone())
+            .list_metadata(&all)
+            .await?
+            .items
+            .len()
+        + Api::<MutatingAdmissionPolicyBinding>::all(client.clone())
+            .list_metadata(&all)
+            .await?
+            .items
+            .len())
+}
+
+/// What every pod creation in the cluster pays for the tenants' admission policies: server-side
+/// dry-run creations of a pod in `default`, a namespace no tenant owns, one after another.
+async fn admission_cost(client: &Client) -> anyhow::Result<Vec<Duration>> {
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), "default");
+    let pod = ft_e2e::restricted_pod("admission-cost", serde_json::json!({}))?;
+    let dry_run = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    // Connections and the API server's caches warm first, then the timed samples.
+    for _ in 0..ADMISSION_SAMPLES / 4 {
+        pods.create(&dry_run, &pod).await?;
+    }
+    let mut times = Vec::with_capacity(ADMISSION_SAMPLES);
+    for _ in 0..ADMISSION_SAMPLES {
+        let started = Instant::now();
+        pods.create(&dry_run, &pod).await?;
+        times.push(started.elapsed());
+    }
+    times.sort();
+    Ok(times)
 }
 
 async fn apply(client: Client, object: serde_json::Value) -> anyhow::Result<()> {
@@ -334,6 +391,9 @@ async fn main() -> anyhow::Result<()> {
     })
     .await?;
 
+    eprintln!("bench: admission cost before the benchmark's tenants");
+    let admission_before = admission_cost(&client).await?;
+    let objects_before = admission_objects(&client).await?;
     let run = unique("b");
     let mut rows = Vec::new();
     let mut last = (String::new(), 0);
@@ -360,6 +420,9 @@ async fn main() -> anyhow::Result<()> {
     tokio::time::sleep(IDLE).await;
     let idle_writes = operator.metric(writes).await? - before;
     let (rss, peak, cpu) = process_usage(pid)?;
+    eprintln!("bench: admission cost with every tenant");
+    let admission_after = admission_cost(&client).await?;
+    let objects_after = admission_objects(&client).await?;
     eprintln!("bench: drift repair");
     let drift = drift_repair(&client, &last.0, last.1).await?;
     let tenants: usize = sizes.iter().sum();
@@ -397,6 +460,16 @@ async fn main() -> anyhow::Result<()> {
             ms(percentile(times, 99.0))
         );
     }
+    println!(
+        "| dry-run pod creation in `default`, p50 / p99 of {ADMISSION_SAMPLES}: before the tenants / with them | {} / {} — {} / {} |",
+        ms_fine(percentile(&admission_before, 50.0)),
+        ms_fine(percentile(&admission_before, 99.0)),
+        ms_fine(percentile(&admission_after, 50.0)),
+        ms_fine(percentile(&admission_after, 99.0))
+    );
+    println!(
+        "| admission policies and bindings in the cluster: before the tenants / with them | {objects_before} / {objects_after} |"
+    );
     println!("| operator resident memory, steady / peak | {rss:.1} MiB / {peak:.1} MiB |");
     println!(
         "| operator CPU time, whole run | {:.1} s |",

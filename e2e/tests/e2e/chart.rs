@@ -11,6 +11,10 @@ use ft_core::api::labels::LEADER;
 use ft_core::placement::regions::RegionCatalogue;
 use ft_e2e::helm::{Helm, chart_dir, find};
 use ft_e2e::{operator_binary, workspace_root};
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingAdmissionPolicy, MutatingAdmissionPolicyBinding, ValidatingAdmissionPolicy,
+    ValidatingAdmissionPolicyBinding,
+};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, PodSpec, SecurityContext, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -201,6 +205,18 @@ fn every_rendered_object_is_a_valid_object_of_its_kind() {
                 ("apiextensions.k8s.io/v1", "CustomResourceDefinition") => {
                     round_trips::<CustomResourceDefinition>(object)
                 }
+                ("admissionregistration.k8s.io/v1", "ValidatingAdmissionPolicy") => {
+                    round_trips::<ValidatingAdmissionPolicy>(object)
+                }
+                ("admissionregistration.k8s.io/v1", "ValidatingAdmissionPolicyBinding") => {
+                    round_trips::<ValidatingAdmissionPolicyBinding>(object)
+                }
+                ("admissionregistration.k8s.io/v1", "MutatingAdmissionPolicy") => {
+                    round_trips::<MutatingAdmissionPolicy>(object)
+                }
+                ("admissionregistration.k8s.io/v1", "MutatingAdmissionPolicyBinding") => {
+                    round_trips::<MutatingAdmissionPolicyBinding>(object)
+                }
                 // Not Kubernetes' own: the fields cert-manager and prometheus-operator require.
                 ("cert-manager.io/v1", "Certificate") => {
                     let spec = &object["spec"];
@@ -229,7 +245,13 @@ fn every_rendered_object_is_a_valid_object_of_its_kind() {
             }
             let namespaced = !matches!(
                 kind.1,
-                "ClusterRole" | "ClusterRoleBinding" | "CustomResourceDefinition"
+                "ClusterRole"
+                    | "ClusterRoleBinding"
+                    | "CustomResourceDefinition"
+                    | "ValidatingAdmissionPolicy"
+                    | "ValidatingAdmissionPolicyBinding"
+                    | "MutatingAdmissionPolicy"
+                    | "MutatingAdmissionPolicyBinding"
             );
             let namespace = object["metadata"]["namespace"].as_str();
             if namespaced {
@@ -473,7 +495,7 @@ fn two_replicas_elect_a_leader_and_a_drain_keeps_one() {
 #[test]
 fn the_webhook_service_reaches_the_leader_only() {
     let Some(helm) = helm() else { return };
-    let objects = objects(&helm, &json!({}));
+    let objects = objects(&helm, &json!({"confinement": "auto"}));
     let service: Service =
         typed(find(&objects, "Service", "ft-operator-webhook").expect("the webhook Service"));
     let spec = service.spec.unwrap();
@@ -488,8 +510,8 @@ fn the_webhook_service_reaches_the_leader_only() {
         env_value(&deployment, "FT_WEBHOOK_SERVICE").as_deref(),
         Some("ft-operator-webhook")
     );
-    // Native confinement only: no webhook to reach.
-    let native = self::objects(&helm, &json!({"confinement": "native"}));
+    // Native confinement only (the default): no webhook to reach.
+    let native = self::objects(&helm, &json!({}));
     assert!(find(&native, "Service", "ft-operator-webhook").is_none());
 }
 
@@ -697,6 +719,89 @@ fn the_rendered_crds_are_the_generated_ones_kept_on_uninstall() {
 }
 
 #[test]
+fn the_chart_installs_the_generated_admission_policies_kept_on_uninstall() {
+    let generated = ft_core::admission::files().unwrap();
+    for (name, yaml) in &generated {
+        let chart =
+            std::fs::read_to_string(chart_dir().join("files/admission").join(name)).unwrap();
+        assert!(
+            chart == *yaml,
+            "charts/ft-operator/files/admission/{name} differs from the generated policies: run \
+             `cargo run -p ft-operator -- admission --output-dir charts/ft-operator/files/admission`"
+        );
+    }
+    let Some(helm) = helm() else { return };
+    let objects = objects(&helm, &json!({}));
+    let fixed = ft_core::admission::fixed();
+    for (kind, names) in [
+        (
+            "ValidatingAdmissionPolicy",
+            fixed
+                .validating_admission_policies
+                .iter()
+                .map(|p| p.metadata.name.clone().unwrap_or_default())
+                .collect::<Vec<_>>(),
+        ),
+        (
+            "ValidatingAdmissionPolicyBinding",
+            fixed
+                .validating_admission_policy_bindings
+                .iter()
+                .map(|b| b.metadata.name.clone().unwrap_or_default())
+                .collect(),
+        ),
+    ] {
+        for name in names {
+            let rendered = find(&objects, kind, &name)
+                .unwrap_or_else(|| panic!("the chart does not render {kind} {name}"));
+            assert_eq!(
+                rendered["metadata"]["annotations"]["helm.sh/resource-policy"], "keep",
+                "{kind} {name}"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_chart_holds_the_operator_to_tenant_namespaces_as_ft_operator_rbac_does() {
+    let path = chart_dir().join("files/operator-limits.yaml");
+    let generated = ft_core::rbac::limits_template().unwrap();
+    if std::env::var_os("FT_UPDATE_CHART").is_some() {
+        std::fs::write(&path, &generated).unwrap();
+    }
+    let in_chart = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        in_chart == generated,
+        "{} is stale: run FT_UPDATE_CHART=1 cargo test -p ft-e2e --test e2e chart::",
+        path.display()
+    );
+    let Some(helm) = helm() else { return };
+    for (values, namespace, account) in [
+        (json!({}), NAMESPACE, "ft-operator"),
+        (other_values(), "platform-security", "ft-operator-sa"),
+    ] {
+        let objects = objects(&helm, &values);
+        let (policy, binding) = ft_core::rbac::limits(namespace, account);
+        let rendered = find(&objects, "ValidatingAdmissionPolicy", "ft-operator-limits")
+            .expect("the chart renders the limits policy");
+        assert_eq!(
+            rendered["spec"],
+            serde_json::to_value(&policy).unwrap()["spec"]
+        );
+        let rendered = find(
+            &objects,
+            "ValidatingAdmissionPolicyBinding",
+            "ft-operator-limits",
+        )
+        .expect("and its binding");
+        assert_eq!(
+            rendered["spec"],
+            serde_json::to_value(&binding).unwrap()["spec"]
+        );
+    }
+}
+
+#[test]
 fn the_default_allowed_countries_become_the_schema_default() {
     let Some(helm) = helm() else { return };
     let objects = objects(
@@ -793,20 +898,29 @@ fn the_chart_rbac_is_exactly_what_ft_operator_rbac_prints() {
             NAMESPACE,
             "ft-operator",
             "velero",
+            false,
+        ),
+        (
+            json!({"velero": {"rbac": "always"}, "confinement": "auto"}),
+            NAMESPACE,
+            "ft-operator",
+            "velero",
+            true,
         ),
         (
             other_values(),
             "platform-security",
             "ft-operator-sa",
             "backup",
+            true,
         ),
     ];
-    for (values, namespace, account, velero) in cases {
+    for (values, namespace, account, velero, webhook) in cases {
         let rendered: Vec<Value> = rbac_objects(&objects(&helm, &values))
             .iter()
             .map(grants)
             .collect();
-        let printed: Vec<Value> = ft_core::rbac::objects(namespace, account, velero)
+        let printed: Vec<Value> = ft_core::rbac::objects(namespace, account, velero, webhook)
             .iter()
             .map(grants)
             .collect();

@@ -15,13 +15,16 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use ft_core::api::FranceTravailTenant;
 use ft_core::api::labels::{LEADER, TENANT};
+use ft_core::api::{ENVIRONMENT_POLICY, EnvironmentPolicy};
+use ft_core::placement::PLACEMENT_POLICY;
 use ft_e2e::helm::Helm;
 use ft_e2e::{
     Operator, cluster, delete_tenant, example_tenant, kubeconfig_as_service_account, unique,
     wait_for,
 };
 use k8s_openapi::api::admissionregistration::v1::{
-    MutatingWebhookConfiguration, ValidatingAdmissionPolicyBinding,
+    MutatingAdmissionPolicy, MutatingAdmissionPolicyBinding, MutatingWebhookConfiguration,
+    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
 };
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, Service, ServiceAccount};
@@ -34,9 +37,10 @@ use serde_json::json;
 const RELEASE: &str = "ft-operator";
 const WEBHOOK_CONFIGURATION: &str = "ft-operator-pod-placement";
 const SETTLE: Duration = Duration::from_secs(60);
-const CRDS: [&str; 2] = [
+const CRDS: [&str; 3] = [
     "francetravailtenants.hosting.francetravail.fr",
     "compliancereports.hosting.francetravail.fr",
+    "environmentpolicies.hosting.francetravail.fr",
 ];
 
 async fn create_namespace(client: &Client, name: &str, restricted: bool) -> anyhow::Result<()> {
@@ -139,6 +143,20 @@ async fn helm_installs_upgrades_and_uninstalls_the_operator_leaving_tenants_unto
         adopt::<ClusterRole>(&client, role, &namespace).await?;
     }
     adopt::<ClusterRoleBinding>(&client, "ft-operator", &namespace).await?;
+    // The cluster-wide admission policies, installed by the other tests as the chart would.
+    let fixed = ft_core::admission::fixed();
+    for policy in &fixed.validating_admission_policies {
+        adopt::<ValidatingAdmissionPolicy>(&client, &policy.name_any(), &namespace).await?;
+    }
+    for binding in &fixed.validating_admission_policy_bindings {
+        adopt::<ValidatingAdmissionPolicyBinding>(&client, &binding.name_any(), &namespace).await?;
+    }
+    for policy in &fixed.mutating_admission_policies {
+        adopt::<MutatingAdmissionPolicy>(&client, &policy.name_any(), &namespace).await?;
+    }
+    for binding in &fixed.mutating_admission_policy_bindings {
+        adopt::<MutatingAdmissionPolicyBinding>(&client, &binding.name_any(), &namespace).await?;
+    }
 
     // The webhook path, which clusters before 1.36 take: Service, certificate, registration.
     let values = json!({"velero": {"namespace": velero}, "confinement": "webhook"});
@@ -254,25 +272,34 @@ async fn helm_installs_upgrades_and_uninstalls_the_operator_leaving_tenants_unto
     let key = format!("ft-key-{tenant_name}");
     let key_uid = secrets.get(&key).await?.uid();
 
-    // Break-glass (README): with the operator down, its webhook and the tenant's admission
-    // bindings are deleted; the operator, once back, puts them back.
+    // Break-glass (README): with the operator down, its webhook and the tenant's
+    // EnvironmentPolicies are deleted; the operator, once back, puts them back. The
+    // cluster-wide policies are the chart's, and stay.
     drop(operator);
     webhooks
         .delete(WEBHOOK_CONFIGURATION, &DeleteParams::default())
         .await?;
-    let bindings: Api<ValidatingAdmissionPolicyBinding> = Api::all(client.clone());
+    let environment_policies: Api<EnvironmentPolicy> = Api::all(client.clone());
     let of_tenant = ListParams::default().labels(&format!("{TENANT}={tenant_name}"));
-    let deleted = bindings.list(&of_tenant).await?.items.len();
-    assert!(deleted > 0, "the tenant has admission bindings");
-    bindings
-        .delete_collection(&DeleteParams::default(), &of_tenant)
-        .await?;
+    let deleted = environment_policies.list(&of_tenant).await?.items.len();
+    assert_eq!(deleted, tenant_namespaces.len(), "one per tenant namespace");
+    for ns in &tenant_namespaces {
+        Api::<EnvironmentPolicy>::namespaced(client.clone(), ns)
+            .delete(ENVIRONMENT_POLICY, &DeleteParams::default())
+            .await?;
+    }
+    let bindings: Api<ValidatingAdmissionPolicyBinding> = Api::all(client.clone());
+    assert!(bindings.get_opt(PLACEMENT_POLICY).await?.is_some());
     let operator = Operator::start_with_env(&env, &kubeconfig)?;
-    wait_for("the webhook and bindings back", SETTLE, || async {
-        let webhook = webhooks.get_opt(WEBHOOK_CONFIGURATION).await?.is_some();
-        let restored = bindings.list(&of_tenant).await?.items.len();
-        Ok((webhook && restored == deleted).then_some(()))
-    })
+    wait_for(
+        "the webhook and EnvironmentPolicies back",
+        SETTLE,
+        || async {
+            let webhook = webhooks.get_opt(WEBHOOK_CONFIGURATION).await?.is_some();
+            let restored = environment_policies.list(&of_tenant).await?.items.len();
+            Ok((webhook && restored == deleted).then_some(()))
+        },
+    )
     .await?;
 
     // Upgrade: the Deployment follows the values; nothing of the tenant moves.

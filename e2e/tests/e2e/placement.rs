@@ -6,11 +6,14 @@
 use std::time::Duration;
 
 use ft_core::api::{ComplianceReport, ControlResult, FranceTravailTenant};
+use ft_core::placement::PLACEMENT_POLICY;
 use ft_e2e::{
     Operator, TestNodes, cluster, create_example_tenant, delete_tenant, ensure_namespace,
     example_tenant, free_port, install_crds, node, restricted_pod, unique, wait_for,
 };
-use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingAdmissionPolicyBinding, MutatingWebhookConfiguration,
+};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{DeleteParams, PostParams};
 use kube::{Api, Client};
@@ -216,6 +219,14 @@ async fn without_mutating_policies_the_operators_webhook_confines_pods() -> anyh
     let client = cluster().await?;
     install_crds(&client).await?;
     ensure_namespace(&client, OPERATOR_NAMESPACE).await?;
+    // A cluster before Kubernetes 1.36: no MutatingAdmissionPolicy confines pods. Put back at
+    // the end (`install_crds` installs the cluster-wide policies).
+    let mutating: Api<MutatingAdmissionPolicyBinding> = Api::all(client.clone());
+    if mutating.get_opt(PLACEMENT_POLICY).await?.is_some() {
+        mutating
+            .delete(PLACEMENT_POLICY, &DeleteParams::default())
+            .await?;
+    }
     let nodes: Api<Node> = Api::all(client.clone());
     let paris = unique("e2e-fr");
     nodes
@@ -259,15 +270,8 @@ async fn without_mutating_policies_the_operators_webhook_confines_pods() -> anyh
         region_of(&confined_terms[0]).is_some_and(|r| r.contains("eu-west-3")),
         "{confined_terms:?}"
     );
-    // No MutatingAdmissionPolicy was made: the webhook did it.
-    let policies: Api<k8s_openapi::api::admissionregistration::v1::MutatingAdmissionPolicy> =
-        Api::all(client.clone());
-    assert!(
-        policies
-            .get_opt(&format!("ft-placement-{ns}"))
-            .await?
-            .is_none()
-    );
+    // No MutatingAdmissionPolicy binds: the webhook did it.
+    assert!(mutating.get_opt(PLACEMENT_POLICY).await?.is_none());
     // The validating policy still refuses what the webhook cannot fix.
     let forced = restricted_pod("forced", json!({"nodeName": paris}))?;
     // The webhook answers at once; the policy takes effect a moment after it is created.
@@ -293,5 +297,64 @@ async fn without_mutating_policies_the_operators_webhook_confines_pods() -> anyh
         .delete("ft-operator-pod-placement", &DeleteParams::default())
         .await?;
     nodes.delete(&paris, &DeleteParams::default()).await?;
+    install_crds(&client).await?;
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "e2e: needs a Kubernetes API server; set KUBECONFIG and run `cargo test -p ft-e2e -- --ignored --test-threads=1`"]
+async fn a_tenant_namespace_without_its_environment_policy_refuses_every_pod_and_claim()
+-> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim};
+    let client = cluster().await?;
+    install_crds(&client).await?;
+    // A namespace labelled as a tenant's, whose parameters are missing (never written, or
+    // deleted): the cluster-wide policies fail closed there.
+    let ns = unique("e2e-noparams");
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": ns,
+                "labels": {"hosting.francetravail.fr/tenant": ns}}}))?,
+        )
+        .await?;
+    let dry_run = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
+    let claim: PersistentVolumeClaim = serde_json::from_value(json!({
+        "metadata": {"name": "data"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+    }))?;
+    // The API server answers 422: the binding cannot be configured without its parameter.
+    let pod_refusal = wait_for("a pod refused for want of parameters", SETTLE, || async {
+        let pod = restricted_pod("p", json!({}))?;
+        Ok(match pods.create(&dry_run, &pod).await {
+            Err(kube::Error::Api(s)) if s.code == 422 || s.code == 403 => Some(s.message),
+            _ => None,
+        })
+    })
+    .await?;
+    assert!(
+        pod_refusal.contains("'ft-placement'") && pod_refusal.contains("no params found"),
+        "{pod_refusal}"
+    );
+    match claims.create(&dry_run, &claim).await {
+        Err(kube::Error::Api(s)) if s.code == 422 || s.code == 403 => assert!(
+            s.message.contains("'ft-claims'") && s.message.contains("no params found"),
+            "{}",
+            s.message
+        ),
+        other => panic!("a claim admitted without parameters: {other:?}"),
+    }
+    // Elsewhere, nothing changes.
+    let default: Api<Pod> = Api::namespaced(client.clone(), "default");
+    default
+        .create(&dry_run, &restricted_pod("p", json!({}))?)
+        .await?;
+    namespaces.delete(&ns, &DeleteParams::default()).await?;
     Ok(())
 }

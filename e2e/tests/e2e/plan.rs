@@ -22,27 +22,15 @@ const OPERATOR_NAMESPACE: &str = "ft-system";
 const SETTLE: Duration = Duration::from_secs(30);
 
 /// Every kind the operator applies for a tenant, cluster-wide or in its namespaces.
-const KINDS: [(&str, &str); 12] = [
+const KINDS: [(&str, &str); 9] = [
     ("v1", "Namespace"),
+    ("hosting.francetravail.fr/v1alpha1", "EnvironmentPolicy"),
     ("networking.k8s.io/v1", "NetworkPolicy"),
     ("v1", "ResourceQuota"),
     ("v1", "LimitRange"),
     ("rbac.authorization.k8s.io/v1", "RoleBinding"),
     ("storage.k8s.io/v1", "StorageClass"),
     ("hosting.francetravail.fr/v1alpha1", "ComplianceReport"),
-    (
-        "admissionregistration.k8s.io/v1",
-        "ValidatingAdmissionPolicy",
-    ),
-    (
-        "admissionregistration.k8s.io/v1",
-        "ValidatingAdmissionPolicyBinding",
-    ),
-    ("admissionregistration.k8s.io/v1", "MutatingAdmissionPolicy"),
-    (
-        "admissionregistration.k8s.io/v1",
-        "MutatingAdmissionPolicyBinding",
-    ),
     ("velero.io/v1", "Schedule"),
 ];
 

@@ -42,10 +42,10 @@ pub(super) async fn evaluate(
     let previous = ctx.compliance.previous(&name, Some(&stored));
 
     let namespaces = tenant_namespaces(tenant);
-    let mut observed = ctx.observed.view(&name, &namespaces);
+    let mut observed = ctx.observed.view(&namespaces);
     observed.key_fingerprint = Some(key_fingerprint.to_string());
     observed.velero = velero.clone();
-    let facts = ctx.compliance.facts();
+    let facts = ctx.compliance.facts(ctx.settings.confinement);
     let now = jiff::Timestamp::now();
     let evaluations = judge(&Inputs {
         tenant,

@@ -30,11 +30,11 @@ use kube::api::{ApiResource, DynamicObject, PartialObjectMeta};
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
 use kube::runtime::events::Reporter;
 use kube::runtime::reflector::{self, ObjectRef};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::{WatchStreamExt, predicates, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{debug, info, warn};
 
-use ft_core::api::{ComplianceReport, FranceTravailTenant, labels};
+use ft_core::api::{ComplianceReport, EnvironmentPolicy, FranceTravailTenant, labels};
 use ft_core::placement::PlacementIndex;
 use ft_core::placement::admission::Confinement;
 use ft_core::settings::BuildSettings;
@@ -154,12 +154,18 @@ pub async fn run(
     let storage_classes = watch("storageclasses")
         .all::<StorageClass>(everything())
         .reflect(writers.storage_classes);
+    let environment_policies = watch("environmentpolicies")
+        .all::<EnvironmentPolicy>(ours())
+        .modify(|o| managers_only(o.meta_mut()))
+        .reflect(writers.environment_policies);
+    // The cluster-wide admission objects, read only: a change to one concerns every tenant.
+    // Unfiltered: the chart labels them as Helm's; a cluster holds few of them.
     let validating_policies = watch("validatingadmissionpolicies")
-        .all::<ValidatingAdmissionPolicy>(ours())
+        .all::<ValidatingAdmissionPolicy>(everything())
         .modify(|o| managers_only(o.meta_mut()))
         .reflect(writers.validating_admission_policies);
     let validating_bindings = watch("validatingadmissionpolicybindings")
-        .all::<ValidatingAdmissionPolicyBinding>(ours())
+        .all::<ValidatingAdmissionPolicyBinding>(everything())
         .modify(|o| managers_only(o.meta_mut()))
         .reflect(writers.validating_admission_policy_bindings);
     mark_listed(&mut writers.schedules);
@@ -170,10 +176,11 @@ pub async fn run(
     let native = ctx.settings.confinement == Confinement::Native;
     let mutating_policies = if native {
         watch("mutatingadmissionpolicies")
-            .all::<MutatingAdmissionPolicy>(ours())
+            .all::<MutatingAdmissionPolicy>(everything())
             .modify(|o| managers_only(o.meta_mut()))
             .reflect(writers.mutating_admission_policies)
             .touched_objects()
+            .predicate_filter(predicates::generation, Default::default())
             .boxed()
     } else {
         mark_listed(&mut writers.mutating_admission_policies);
@@ -181,10 +188,11 @@ pub async fn run(
     };
     let mutating_bindings = if native {
         watch("mutatingadmissionpolicybindings")
-            .all::<MutatingAdmissionPolicyBinding>(ours())
+            .all::<MutatingAdmissionPolicyBinding>(everything())
             .modify(|o| managers_only(o.meta_mut()))
             .reflect(writers.mutating_admission_policy_bindings)
             .touched_objects()
+            .predicate_filter(predicates::generation, Default::default())
             .boxed()
     } else {
         mark_listed(&mut writers.mutating_admission_policy_bindings);
@@ -248,17 +256,35 @@ pub async fn run(
             .collect::<Vec<_>>()
     };
     let index = &ctx.index;
-    let a1 = all_tenants.clone();
+    let (a1, a2, a3, a4, a5) = (
+        all_tenants.clone(),
+        all_tenants.clone(),
+        all_tenants.clone(),
+        all_tenants.clone(),
+        all_tenants.clone(),
+    );
     controller
         .watches_stream(namespaces.touched_objects(), by_owner(index))
         .watches_stream(network_policies.touched_objects(), by_owner(index))
         .watches_stream(resource_quotas.touched_objects(), by_owner(index))
         .watches_stream(limit_ranges.touched_objects(), by_owner(index))
         .watches_stream(compliance_reports.touched_objects(), by_owner(index))
-        .watches_stream(validating_policies.touched_objects(), by_owner(index))
-        .watches_stream(validating_bindings.touched_objects(), by_owner(index))
-        .watches_stream(mutating_policies, by_owner(index))
-        .watches_stream(mutating_bindings, by_owner(index))
+        .watches_stream(environment_policies.touched_objects(), by_owner(index))
+        // The API server writes the policies' status: only a change of their spec counts.
+        .watches_stream(
+            validating_policies
+                .touched_objects()
+                .predicate_filter(predicates::generation, Default::default()),
+            move |_| a2(),
+        )
+        .watches_stream(
+            validating_bindings
+                .touched_objects()
+                .predicate_filter(predicates::generation, Default::default()),
+            move |_| a3(),
+        )
+        .watches_stream(mutating_policies, move |_| a4())
+        .watches_stream(mutating_bindings, move |_| a5())
         .watches_stream(pods.touched_objects(), by_namespace(index))
         .watches_stream(claims.touched_objects(), by_namespace(index))
         .watches_stream(role_bindings.touched_objects(), by_namespace(index))

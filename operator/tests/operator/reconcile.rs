@@ -230,23 +230,30 @@ impl Harness {
             |_| {},
         );
         list(
+            &mut w.environment_policies,
+            desired.environment_policies.iter().cloned(),
+            |_| {},
+        );
+        // The cluster-wide admission policies, installed with the chart.
+        let fixed = ft_core::admission::fixed();
+        list(
             &mut w.validating_admission_policies,
-            desired.validating_admission_policies.iter().cloned(),
+            fixed.validating_admission_policies.into_iter(),
             |_| {},
         );
         list(
             &mut w.validating_admission_policy_bindings,
-            desired.validating_admission_policy_bindings.iter().cloned(),
+            fixed.validating_admission_policy_bindings.into_iter(),
             |_| {},
         );
         list(
             &mut w.mutating_admission_policies,
-            desired.mutating_admission_policies.iter().cloned(),
+            fixed.mutating_admission_policies.into_iter(),
             |_| {},
         );
         list(
             &mut w.mutating_admission_policy_bindings,
-            desired.mutating_admission_policy_bindings.iter().cloned(),
+            fixed.mutating_admission_policy_bindings.into_iter(),
             |_| {},
         );
         let (backups, restores) = backed_up(desired);
@@ -533,7 +540,8 @@ async fn a_tenant_with_its_finalizer_gets_every_child_applied_then_its_status() 
     let applied = applies(&calls);
     let desired = desired(&t);
     assert_eq!(applied.len(), desired.to_values().unwrap().len());
-    // Placement admission is in place before the namespaces exist: no pod can slip in between.
+    // Each namespace's EnvironmentPolicy right after the namespaces, before anything else: the
+    // cluster-wide policies refuse every pod of a tenant namespace until it is there.
     let at = |path: &str| applied.iter().position(|a| a == path).unwrap();
     let first_namespace = at("/api/v1/namespaces/offres-emploi-prod");
     assert_eq!(
@@ -541,21 +549,21 @@ async fn a_tenant_with_its_finalizer_gets_every_child_applied_then_its_status() 
         "/api/v1/namespaces/offres-emploi-dev"
     );
     for env in ["prod", "dev"] {
-        for kind in [
-            "validatingadmissionpolicies",
-            "validatingadmissionpolicybindings",
-            "mutatingadmissionpolicies",
-            "mutatingadmissionpolicybindings",
-        ] {
-            let path = format!(
-                "/apis/admissionregistration.k8s.io/v1/{kind}/ft-placement-offres-emploi-{env}"
-            );
-            assert!(
-                at(&path) < first_namespace,
-                "{path} applied after the namespaces"
-            );
-        }
+        let path = format!(
+            "/apis/hosting.francetravail.fr/v1alpha1/namespaces/offres-emploi-{env}/environmentpolicies/ft-environment"
+        );
+        assert!(
+            at(&path) <= first_namespace + 3,
+            "{path} not applied right after the namespaces: {applied:?}"
+        );
     }
+    // The admission policies themselves are the cluster's: the operator writes none.
+    assert!(
+        !calls
+            .iter()
+            .any(|c| c.path.contains("admissionregistration")),
+        "{calls:?}"
+    );
     assert!(applied.contains(&"/apis/networking.k8s.io/v1/namespaces/offres-emploi-prod/networkpolicies/ft-default-deny".to_string()));
     assert!(
         applied
@@ -1039,7 +1047,6 @@ async fn deletion_with_retain_keeps_namespaces_and_key_and_removes_the_operators
     for kind in [
         "storageclasses/ft-offres-emploi-encrypted",
         "rolebindings/",
-        "validatingadmissionpolicies/ft-claims-offres-emploi",
         "compliancereports/offres-emploi",
     ] {
         assert!(

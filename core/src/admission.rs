@@ -1,0 +1,71 @@
+//! The cluster-wide admission objects, fixed whatever the tenants: the placement policies
+//! (CLD-74, CLD-25), the claims policy (CLD-21), and the deletion protection (CLD-47). Each
+//! reads what to enforce in a tenant namespace from its `EnvironmentPolicy`. They are
+//! generated into `admission/` (a test fails when stale), installed by the chart or with
+//! `kubectl apply -f admission/`; the operator only reads them and reports one missing or
+//! changed.
+
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingAdmissionPolicy, MutatingAdmissionPolicyBinding, ValidatingAdmissionPolicy,
+    ValidatingAdmissionPolicyBinding,
+};
+use serde::Serialize;
+
+use crate::encryption::claims_policy;
+use crate::placement::{placement_mutation, placement_validation};
+use crate::shredding::protection::{deletion_confirmation_recorder, deletion_protection};
+
+/// Every fixed admission object, by kind.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Fixed {
+    pub validating_admission_policies: Vec<ValidatingAdmissionPolicy>,
+    pub validating_admission_policy_bindings: Vec<ValidatingAdmissionPolicyBinding>,
+    /// Only on API servers that serve them (Kubernetes 1.36+).
+    pub mutating_admission_policies: Vec<MutatingAdmissionPolicy>,
+    pub mutating_admission_policy_bindings: Vec<MutatingAdmissionPolicyBinding>,
+}
+
+pub fn fixed() -> Fixed {
+    let (placement, placement_binding) = placement_validation();
+    let (claims, claims_binding) = claims_policy();
+    let (protection, protection_binding) = deletion_protection();
+    let (confine, confine_binding) = placement_mutation();
+    let (recorder, recorder_binding) = deletion_confirmation_recorder();
+    Fixed {
+        validating_admission_policies: vec![placement, claims, protection],
+        validating_admission_policy_bindings: vec![
+            placement_binding,
+            claims_binding,
+            protection_binding,
+        ],
+        mutating_admission_policies: vec![confine, recorder],
+        mutating_admission_policy_bindings: vec![confine_binding, recorder_binding],
+    }
+}
+
+/// The files of `admission/`: the validating objects in one, the mutating ones (which only
+/// API servers of Kubernetes 1.36 and later serve) in another, each starting with `---`.
+pub fn files() -> Result<Vec<(String, String)>, serde_saphyr::SerializeError> {
+    fn yaml<T: Serialize>(items: &[T]) -> Result<String, serde_saphyr::SerializeError> {
+        items
+            .iter()
+            .map(|item| Ok(format!("---\n{}", serde_saphyr::to_string(item)?)))
+            .collect()
+    }
+    let Fixed {
+        validating_admission_policies,
+        validating_admission_policy_bindings,
+        mutating_admission_policies,
+        mutating_admission_policy_bindings,
+    } = fixed();
+    Ok(vec![
+        (
+            "validating.yaml".into(),
+            yaml(&validating_admission_policies)? + &yaml(&validating_admission_policy_bindings)?,
+        ),
+        (
+            "mutating.yaml".into(),
+            yaml(&mutating_admission_policies)? + &yaml(&mutating_admission_policy_bindings)?,
+        ),
+    ])
+}
