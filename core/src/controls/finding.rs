@@ -171,30 +171,36 @@ pub(super) fn spec_mismatch<K: Serialize>(want: &K, have: &K) -> bool {
 /// should hold it: what is missing or was changed by hand. `mutating` for MutatingAdmission
 /// objects too.
 pub(super) fn fixed_drift(inputs: &Inputs, name: &str, mutating: bool) -> Vec<String> {
-    fn named<K: Resource>(mut items: Vec<K>, name: &str) -> Vec<K> {
-        items.retain(|i| i.meta().name.as_deref() == Some(name));
+    fn named<K: Resource + Clone>(items: &[K], name: &str) -> Vec<K> {
         items
+            .iter()
+            .filter(|i| i.meta().name.as_deref() == Some(name))
+            .cloned()
+            .collect()
     }
-    let fixed = crate::admission::fixed();
+    // The fixed set is the same for every tenant and every pass: built once.
+    static FIXED: std::sync::LazyLock<crate::admission::Fixed> =
+        std::sync::LazyLock::new(crate::admission::fixed);
+    let fixed = &*FIXED;
     let observed = inputs.observed;
     let mut problems = drift(
-        &named(fixed.validating_admission_policies, name),
+        &named(&fixed.validating_admission_policies, name),
         &observed.validating_admission_policies,
         spec_mismatch,
     );
     problems.extend(drift(
-        &named(fixed.validating_admission_policy_bindings, name),
+        &named(&fixed.validating_admission_policy_bindings, name),
         &observed.validating_admission_policy_bindings,
         spec_mismatch,
     ));
     if mutating {
         problems.extend(drift(
-            &named(fixed.mutating_admission_policies, name),
+            &named(&fixed.mutating_admission_policies, name),
             &observed.mutating_admission_policies,
             spec_mismatch,
         ));
         problems.extend(drift(
-            &named(fixed.mutating_admission_policy_bindings, name),
+            &named(&fixed.mutating_admission_policy_bindings, name),
             &observed.mutating_admission_policy_bindings,
             spec_mismatch,
         ));
