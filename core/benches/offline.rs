@@ -90,6 +90,7 @@ fn bench_plan(c: &mut Criterion) {
         provider: None,
         velero: Some(true),
         restoring: &restoring,
+        production_pools: &[],
     };
     let valid = validate_for_cluster(&tenant, &settings).expect("examples/tenant.yaml is valid");
     let objects = desired(valid, &facts, now())
@@ -256,6 +257,7 @@ impl Case {
             provider: None,
             velero: None,
             restoring: &restoring,
+            production_pools: &[],
         };
         let valid = validate_for_cluster(&tenant, &settings).expect("a valid tenant");
         let desired = desired(valid, &facts, now());
@@ -270,6 +272,7 @@ impl Case {
             resource_quotas: arcs(&desired.resource_quotas),
             limit_ranges: arcs(&desired.limit_ranges),
             pods: (0..PODS).map(|i| Arc::new(pod(i))).collect(),
+            pool_pods: Vec::new(),
             persistent_volume_claims: (0..VOLUMES).map(|i| Arc::new(claim(i))).collect(),
             persistent_volumes: (0..VOLUMES).map(|i| Arc::new(volume(i))).collect(),
             // The workloads' own bindings, and the access grants the operator applied.

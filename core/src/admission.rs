@@ -1,5 +1,7 @@
 //! The cluster-wide admission objects, fixed whatever the tenants: the placement policies
-//! (CLD-74, CLD-25), the claims policy (CLD-21), and the deletion protection (CLD-47). Each
+//! (CLD-74, CLD-25), the claims policy (CLD-21), the services policy (CLD-36), namespace
+//! ownership (CLD-20), and the deletion protection of tenants and of the operator's
+//! definitions (CLD-47). Each
 //! reads what to enforce in a tenant namespace from its `EnvironmentPolicy`. They are
 //! generated into `admission/` (a test fails when stale), installed by the chart or with
 //! `kubectl apply -f admission/`; the operator only reads them and reports one missing or
@@ -12,8 +14,12 @@ use k8s_openapi::api::admissionregistration::v1::{
 use serde::Serialize;
 
 use crate::encryption::claims_policy;
+use crate::isolation::namespace_ownership;
+use crate::network::services_policy;
 use crate::placement::{placement_mutation, placement_validation};
-use crate::shredding::protection::{deletion_confirmation_recorder, deletion_protection};
+use crate::shredding::protection::{
+    crd_protection, deletion_confirmation_recorder, deletion_protection,
+};
 
 /// Every fixed admission object, by kind.
 #[derive(Clone, Debug, PartialEq)]
@@ -29,14 +35,22 @@ pub fn fixed() -> Fixed {
     let (placement, placement_binding) = placement_validation();
     let (claims, claims_binding) = claims_policy();
     let (protection, protection_binding) = deletion_protection();
+    let (crds, crds_binding) = crd_protection();
+    let (ownership, ownership_binding) = namespace_ownership();
+    let (services, services_binding) = services_policy();
     let (confine, confine_binding) = placement_mutation();
     let (recorder, recorder_binding) = deletion_confirmation_recorder();
     Fixed {
-        validating_admission_policies: vec![placement, claims, protection],
+        validating_admission_policies: vec![
+            placement, claims, services, ownership, protection, crds,
+        ],
         validating_admission_policy_bindings: vec![
             placement_binding,
             claims_binding,
+            services_binding,
+            ownership_binding,
             protection_binding,
+            crds_binding,
         ],
         mutating_admission_policies: vec![confine, recorder],
         mutating_admission_policy_bindings: vec![confine_binding, recorder_binding],

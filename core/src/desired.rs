@@ -15,7 +15,9 @@ use kube::{Resource, ResourceExt};
 use serde::Serialize;
 
 use crate::access::role_bindings;
-use crate::api::{ComplianceReport, EnvironmentPolicy, FranceTravailTenant, ReportSpec, labels};
+use crate::api::{
+    ComplianceReport, EnvironmentPolicy, ExposedService, FranceTravailTenant, ReportSpec, labels,
+};
 use crate::backup::velero::Schedule;
 use crate::backup::{schedules, with_scratch};
 use crate::encryption::{class_name, storage_class};
@@ -41,6 +43,9 @@ pub struct Facts<'a> {
     pub velero: Option<bool>,
     /// The environments whose restore test is in progress: each gets its scratch namespace.
     pub restoring: &'a BTreeSet<String>,
+    /// Every tenant's production node pools: no other environment's pod may run there
+    /// (CLD-25).
+    pub production_pools: &'a [BTreeMap<String, String>],
 }
 
 /// Every object the operator wants for `tenant` on a cluster with these `facts` at `now`.
@@ -49,7 +54,12 @@ pub fn desired(tenant: ValidTenant<'_>, facts: &Facts<'_>, now: Timestamp) -> De
     // A restore test in progress has its scratch environment, built like any other.
     let effective = with_scratch(tenant, facts.restoring);
     let regions = allowed_regions(&effective, facts.nodes, facts.catalogue, facts.provider);
-    let desired = with_placement(build(&effective, facts.settings), &effective, &regions);
+    let desired = with_placement(
+        build(&effective, facts.settings),
+        &effective,
+        &regions,
+        facts.production_pools,
+    );
     let desired = with_access(desired, tenant, now);
     with_backups(desired, tenant, facts.settings, facts.velero)
 }
@@ -150,8 +160,9 @@ fn with_placement(
     mut desired: Desired,
     tenant: &FranceTravailTenant,
     regions: &BTreeSet<String>,
+    production_pools: &[BTreeMap<String, String>],
 ) -> Desired {
-    let confined = placements(tenant, regions);
+    let confined = placements(tenant, regions, production_pools);
     let class = tenant
         .spec
         .storage
@@ -173,10 +184,32 @@ fn with_placement(
             &child_labels(tenant, env),
             env.kind,
             class.clone(),
+            exposed_services(tenant, &env.name),
         ));
     }
     desired.placements = confined;
     desired
+}
+
+/// The Services the ingress flows of `environment` expose outside the cluster (CLD-36).
+fn exposed_services(tenant: &FranceTravailTenant, environment: &str) -> Vec<ExposedService> {
+    let mut exposed: Vec<ExposedService> = tenant
+        .spec
+        .network
+        .ingress
+        .iter()
+        .filter(|f| f.environments.is_empty() || f.environments.iter().any(|e| e == environment))
+        .filter_map(|f| {
+            let expose = f.expose.as_ref()?;
+            Some(ExposedService {
+                name: expose.service.clone(),
+                type_: expose.type_.as_str().into(),
+                flow: f.name.clone(),
+            })
+        })
+        .collect();
+    exposed.sort();
+    exposed
 }
 
 /// Adds the RoleBindings of the access grants in force at `now`: time, like the cluster's

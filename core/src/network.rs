@@ -5,6 +5,11 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::api::admissionregistration::v1::{
+    MatchResources, NamedRuleWithOperations, ValidatingAdmissionPolicy,
+    ValidatingAdmissionPolicyBinding, ValidatingAdmissionPolicyBindingSpec,
+    ValidatingAdmissionPolicySpec, Validation,
+};
 use k8s_openapi::api::networking::v1::{
     IPBlock, NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPeer,
     NetworkPolicyPort, NetworkPolicySpec,
@@ -15,7 +20,10 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use crate::api::{
     Environment, FlowNature, FlowPort, FranceTravailTenant, Peer, annotations, labels,
 };
-use crate::meta::{control_annotation, object_meta};
+use crate::meta::{
+    control_annotation, environment_policy_kind, environment_policy_ref, fixed_meta, object_meta,
+    tenant_namespace_selector,
+};
 use crate::settings::BuildSettings;
 use crate::validate::{cidr_contains, parse_cidr};
 
@@ -241,4 +249,71 @@ fn strictly_inside(inner: &str, outer: &str) -> bool {
         (Some(i), Some(o)) => i.1 > o.1 && cidr_contains(o, i),
         _ => false,
     }
+}
+
+/// The policy that keeps tenant Services inside the flow matrix, and its binding.
+pub const SERVICES_POLICY: &str = "ft-services";
+
+/// Refuses, in every tenant namespace, a Service that would carry a flow no NetworkPolicy and
+/// no declared flow covers (CLD-36): `externalIPs`, an `ExternalName`, and a `LoadBalancer` or
+/// `NodePort` that no ingress flow of the environment declares (`expose`, listed in its
+/// EnvironmentPolicy).
+pub fn services_policy() -> (ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding) {
+    let refuse = |expression: &str, message: &str| Validation {
+        expression: expression.into(),
+        message_expression: Some(format!(
+            "'tenant ' + params.spec.tenant + ': Service ' + object.metadata.name + {message}"
+        )),
+        reason: Some("Forbidden".into()),
+        ..Default::default()
+    };
+    let kind = "(has(object.spec.type) ? object.spec.type : 'ClusterIP')";
+    (
+        ValidatingAdmissionPolicy {
+            metadata: fixed_meta(SERVICES_POLICY),
+            spec: Some(ValidatingAdmissionPolicySpec {
+                failure_policy: Some("Fail".into()),
+                param_kind: Some(environment_policy_kind()),
+                match_constraints: Some(MatchResources {
+                    resource_rules: Some(vec![NamedRuleWithOperations {
+                        api_groups: Some(vec![String::new()]),
+                        api_versions: Some(vec!["v1".into()]),
+                        operations: Some(vec!["CREATE".into(), "UPDATE".into()]),
+                        resources: Some(vec!["services".into()]),
+                        ..Default::default()
+                    }]),
+                    ..Default::default()
+                }),
+                validations: Some(vec![
+                    refuse(
+                        "!has(object.spec.externalIPs) || size(object.spec.externalIPs) == 0",
+                        "': spec.externalIPs routes outside traffic to the tenant past every NetworkPolicy and declared flow (CLD-36)'",
+                    ),
+                    refuse(
+                        &format!("{kind} != 'ExternalName'"),
+                        "': type ExternalName points the tenant at a name outside the flow matrix; declare an egress flow and use its address (CLD-36)'",
+                    ),
+                    refuse(
+                        &format!(
+                            "!({kind} in ['LoadBalancer', 'NodePort']) || (has(params.spec.exposedServices) && params.spec.exposedServices.exists(e, e.name == object.metadata.name && e.type == {kind}))"
+                        ),
+                        &format!(
+                            "': type ' + {kind} + ' exposes it outside the cluster, and no ingress flow of environment ' + params.spec.environment + ' declares it: add expose: {{service: ' + object.metadata.name + ', type: ' + {kind} + '}} to the ingress flow that carries it (CLD-36)'"
+                        ),
+                    ),
+                ]),
+                ..Default::default()
+            }),
+            status: None,
+        },
+        ValidatingAdmissionPolicyBinding {
+            metadata: fixed_meta(SERVICES_POLICY),
+            spec: ValidatingAdmissionPolicyBindingSpec {
+                policy_name: SERVICES_POLICY.into(),
+                param_ref: Some(environment_policy_ref()),
+                match_resources: Some(tenant_namespace_selector()),
+                validation_actions: vec!["Deny".into()],
+            },
+        },
+    )
 }

@@ -16,6 +16,7 @@ use crate::applied::ApplyReport;
 use crate::backup::{RestoreTest, VeleroView, restore_test, with_scratch};
 use crate::desired::Desired;
 use crate::meta::namespace_name;
+use crate::validate::{FieldError, InvalidTenant};
 
 /// Where each environment's restore test stands at `now` (CLD-26); none while the cluster is
 /// not known to serve Velero.
@@ -148,4 +149,32 @@ pub fn wanted_bindings(
         Some(desired) => desired.role_bindings.clone(),
         None => access::role_bindings(tenant, now),
     }
+}
+
+/// The tenant's namespaces, or why it may not take them: one another tenant already owns (its
+/// tenant label names that tenant), as `a` + `b-c` and `a-b` + `c` both compose `a-b-c`.
+/// Nothing is then applied, and nothing of the other tenant is touched (CLD-20).
+pub fn claim_namespaces(
+    tenant: &FranceTravailTenant,
+    restoring: &BTreeSet<String>,
+    owner_of: impl Fn(&str) -> Option<String>,
+) -> Result<Vec<String>, InvalidTenant> {
+    let name = tenant.name_any();
+    let wanted = namespaces(tenant, restoring);
+    let taken = crate::isolation::taken_namespaces(&name, &wanted, owner_of);
+    if taken.is_empty() {
+        return Ok(wanted);
+    }
+    Err(InvalidTenant {
+        tenant: name.clone(),
+        errors: taken
+            .into_iter()
+            .map(|(namespace, owner)| FieldError {
+                field: "spec.environments".into(),
+                message: format!(
+                    "namespace {namespace} belongs to tenant {owner}: tenant {name} takes nothing of it over; rename the environment so its namespace is its own (CLD-20)"
+                ),
+            })
+            .collect(),
+    })
 }

@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use crate::api::FranceTravailTenant;
 use crate::desired::{Facts, desired};
+use crate::placement::production_pools;
 use crate::validate::{FieldError, InvalidTenant, validate_for_cluster};
 
 #[derive(Debug, thiserror::Error)]
@@ -115,7 +116,19 @@ pub fn parse_nodes(yaml: &str) -> Result<Vec<Node>, PlanError> {
 /// these `facts` at `now`, as multi-document YAML: the same [`desired`] `run` applies.
 pub fn plan(yaml: &str, facts: &Facts<'_>, now: Timestamp) -> Result<String, PlanError> {
     let mut objects = Vec::new();
-    for (i, tenant) in parse_tenants(yaml)?.iter().enumerate() {
+    let tenants = parse_tenants(yaml)?;
+    // Production pools are exclusive cluster-wide: the file's tenants' as well as the cluster's.
+    let pools: Vec<_> = facts
+        .production_pools
+        .iter()
+        .cloned()
+        .chain(tenants.iter().flat_map(production_pools))
+        .collect();
+    let facts = &Facts {
+        production_pools: &pools,
+        ..*facts
+    };
+    for (i, tenant) in tenants.iter().enumerate() {
         let valid =
             validate_for_cluster(tenant, facts.settings).map_err(|source| PlanError::Invalid {
                 document: i + 1,

@@ -39,6 +39,9 @@ pub struct BuildSettings {
     pub confinement: Confinement,
     /// Where Velero runs: its Schedules, Backups and Restores for tenants go there.
     pub velero_namespace: String,
+    /// Namespaces whose pods may run on a tenant's production pool besides its production
+    /// pods: the platform's daemons (CLD-25).
+    pub platform_namespaces: Vec<String>,
 }
 
 impl Default for BuildSettings {
@@ -51,6 +54,7 @@ impl Default for BuildSettings {
             cluster_networks: Vec::new(),
             confinement: Confinement::default(),
             velero_namespace: DEFAULT_VELERO_NAMESPACE.into(),
+            platform_namespaces: vec!["kube-system".into()],
         }
     }
 }

@@ -209,11 +209,11 @@ pub fn validate(tenant: &FranceTravailTenant) -> Result<(), InvalidTenant> {
                 ),
             );
         }
-        if env.name.ends_with("-restore") || env.name.starts_with("restore-") {
+        if env.name.split('-').any(|word| word == "restore") {
             errors.add(
                 format!("{field}.name"),
                 format!(
-                    "{:?}: names ending in -restore or starting with restore- are kept for the scratch namespaces of restore tests",
+                    "{:?}: environment names may not hold the word restore, kept for the scratch namespaces of restore tests",
                     env.name
                 ),
             );

@@ -69,6 +69,95 @@ impl NamespaceIndex {
     }
 }
 
+/// Every tenant's production node pools, fed by the tenants' watch: a non-production pod of any
+/// tenant must avoid them all (CLD-25). Passes wait until the tenants have been listed once, so
+/// that no EnvironmentPolicy is written from a partial list.
+pub struct ProductionPools {
+    state: Mutex<PoolsState>,
+    ready: tokio::sync::watch::Sender<bool>,
+}
+
+#[derive(Default)]
+struct PoolsState {
+    by_tenant: HashMap<String, Vec<Pool>>,
+    relist: Option<HashMap<String, Vec<Pool>>>,
+    union: Arc<Vec<Pool>>,
+}
+
+type Pool = std::collections::BTreeMap<String, String>;
+
+impl Default for ProductionPools {
+    /// Ready and empty: for passes run without the tenants' watch (tests).
+    fn default() -> Self {
+        Self {
+            state: Mutex::default(),
+            ready: tokio::sync::watch::channel(true).0,
+        }
+    }
+}
+
+impl ProductionPools {
+    /// Not ready until the tenants' watch has listed them once.
+    pub fn listing() -> Self {
+        Self {
+            state: Mutex::default(),
+            ready: tokio::sync::watch::channel(false).0,
+        }
+    }
+
+    /// Follows one event of the tenants' watch. Returns whether the pools changed after the
+    /// first list: every tenant must then be looked at again.
+    pub fn observe(&self, event: &kube::runtime::watcher::Event<FranceTravailTenant>) -> bool {
+        use kube::ResourceExt;
+        use kube::runtime::watcher::Event;
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        match event {
+            Event::Init => {
+                state.relist = Some(HashMap::new());
+                return false;
+            }
+            Event::InitApply(t) => {
+                let pools = ft_core::placement::production_pools(t);
+                if let Some(relist) = state.relist.as_mut() {
+                    relist.insert(t.name_any(), pools);
+                }
+                return false;
+            }
+            Event::InitDone => {
+                if let Some(listed) = state.relist.take() {
+                    state.by_tenant = listed;
+                }
+            }
+            Event::Apply(t) => {
+                let pools = ft_core::placement::production_pools(t);
+                state.by_tenant.insert(t.name_any(), pools);
+            }
+            Event::Delete(t) => {
+                state.by_tenant.remove(&t.name_any());
+            }
+        }
+        let union: BTreeSet<&Pool> = state.by_tenant.values().flatten().collect();
+        let union: Vec<Pool> = union.into_iter().cloned().collect();
+        let changed = *state.union != union;
+        state.union = Arc::new(union);
+        let was_ready = *self.ready.borrow();
+        self.ready.send_replace(true);
+        changed && was_ready
+    }
+
+    /// Every tenant's production pools, once the tenants have been listed.
+    pub async fn all(&self) -> Arc<Vec<Pool>> {
+        let mut ready = self.ready.subscribe();
+        // The sender lives as long as `self`.
+        let _ = ready.wait_for(|r| *r).await;
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .union
+            .clone()
+    }
+}
+
 pub struct Context {
     pub client: Client,
     pub observed: Observed,
@@ -80,6 +169,8 @@ pub struct Context {
     pub compliance: Compliance,
     /// Each tenant namespace's placement, for the webhook.
     pub placements: PlacementIndex,
+    /// Every tenant's production pools (CLD-25).
+    pub pools: ProductionPools,
     /// Where tenant keys are kept: a Secret per tenant in the operator's namespace when
     /// running, in memory in tests.
     pub keys: Arc<dyn KeyStore>,
@@ -105,6 +196,7 @@ impl Context {
         Self {
             compliance,
             placements: PlacementIndex::default(),
+            pools: ProductionPools::default(),
             keys,
             liveness: Liveness::new(metrics.clone()),
             acting: tokio::sync::watch::channel(true).1,

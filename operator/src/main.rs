@@ -181,6 +181,15 @@ struct ClusterArgs {
     /// Namespace Velero runs in: the tenants' Schedules, restore tests and exports go there.
     #[arg(long, env = "FT_VELERO_NAMESPACE", default_value = ft_core::backup::DEFAULT_VELERO_NAMESPACE)]
     velero_namespace: String,
+    /// Namespaces whose pods may run on a tenant's production pool besides its production
+    /// pods (the platform's daemons), comma-separated (CLD-25).
+    #[arg(
+        long,
+        env = "FT_PLATFORM_NAMESPACES",
+        value_delimiter = ',',
+        default_value = "kube-system"
+    )]
+    platform_namespaces: Vec<String>,
 }
 
 impl ClusterArgs {
@@ -192,6 +201,7 @@ impl ClusterArgs {
             },
             cluster_networks: self.cluster_networks,
             velero_namespace: self.velero_namespace,
+            platform_namespaces: self.platform_namespaces,
             // Told by discovery when the operator runs, by a flag to `plan`.
             confinement: Default::default(),
             // `run` sets the operator's namespace.

@@ -117,6 +117,48 @@ impl Observed {
             .collect()
     }
 
+    /// The pods outside `own` and `platform` namespaces bound to a node that carries every
+    /// label of one of `pools`: what may not run on a tenant's production pool (CLD-25).
+    pub fn pods_on_pools(
+        &self,
+        pools: &[std::collections::BTreeMap<String, String>],
+        own: &BTreeSet<String>,
+        platform: &[String],
+    ) -> Vec<Arc<Pod>> {
+        if pools.is_empty() {
+            return Vec::new();
+        }
+        let pool_nodes: BTreeSet<String> = self
+            .nodes
+            .state()
+            .iter()
+            .filter(|n| {
+                let labels = n.metadata.labels.as_ref();
+                pools.iter().any(|pool| {
+                    pool.iter()
+                        .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
+                })
+            })
+            .filter_map(|n| n.metadata.name.clone())
+            .collect();
+        if pool_nodes.is_empty() {
+            return Vec::new();
+        }
+        self.pods
+            .state()
+            .into_iter()
+            .filter(|p| {
+                let ns = p.metadata.namespace.as_deref().unwrap_or_default();
+                !own.contains(ns)
+                    && !platform.iter().any(|n| n == ns)
+                    && p.spec
+                        .as_ref()
+                        .and_then(|s| s.node_name.as_ref())
+                        .is_some_and(|node| pool_nodes.contains(node))
+            })
+            .collect()
+    }
+
     /// What the cluster holds in and for the given namespaces of one tenant, and the
     /// cluster-wide admission objects.
     pub fn view(&self, namespaces: &BTreeSet<String>) -> TenantView {
@@ -168,6 +210,7 @@ impl Observed {
             resource_quotas: within(&self.resource_quotas, namespaces),
             limit_ranges: within(&self.limit_ranges, namespaces),
             pods: within(&self.pods, namespaces),
+            pool_pods: Vec::new(),
             persistent_volume_claims,
             persistent_volumes,
             role_bindings: within(&self.role_bindings, namespaces),

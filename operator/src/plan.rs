@@ -73,6 +73,7 @@ pub fn render(
         provider: compliance.provider.as_deref(),
         velero: cluster.velero,
         restoring: &BTreeSet::new(),
+        production_pools: &[],
     };
     plan(tenants_yaml, &facts, now)
 }

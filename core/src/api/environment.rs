@@ -70,6 +70,26 @@ pub struct EnvironmentPolicySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 253))]
     pub storage_class: Option<String>,
+    /// The Services that may be of type LoadBalancer or NodePort here, each declared by an
+    /// ingress flow (`expose`); any other is refused (CLD-36).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub exposed_services: Vec<ExposedService>,
+}
+
+/// A Service the flow matrix exposes outside the cluster.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "camelCase")]
+pub struct ExposedService {
+    #[schemars(length(max = 63))]
+    pub name: String,
+    /// `LoadBalancer` or `NodePort`.
+    #[serde(rename = "type")]
+    #[schemars(length(max = 16))]
+    pub type_: String,
+    /// The ingress flow that declares it.
+    #[schemars(length(max = 63))]
+    pub flow: String,
 }
 
 /// One node selector requirement: `key` `In` or `NotIn` `values`.

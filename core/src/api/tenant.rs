@@ -115,8 +115,8 @@ impl DataClassification {
     .message("a production environment must run on a dedicated node pool (CLD-25)")
     .field_path(".nodePool")
     .reason(Reason::FieldValueRequired))]
-#[x_kube(validation = Rule::new("!self.name.endsWith('-restore') && !self.name.startsWith('restore-')")
-    .message("environment names ending in -restore or starting with restore- are kept for the scratch namespaces of restore tests")
+#[x_kube(validation = Rule::new("!self.name.matches('(^|-)restore(-|$)')")
+    .message("environment names may not hold the word restore (restore, x-restore, restore-x, x-restore-y): it is kept for the scratch namespaces of restore tests, which must never be another environment's namespace")
     .field_path(".name"))]
 pub struct Environment {
     /// DNS label; the namespace is `<tenant>-<name>`.
@@ -338,6 +338,42 @@ pub struct IngressFlow {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
     pub ports: Vec<FlowPort>,
+    /// The Service that carries the flow from outside the cluster, when it needs one of type
+    /// LoadBalancer or NodePort (a public front end). Only Services declared here may be of
+    /// those types in the flow's environments (CLD-36).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expose: Option<Exposure>,
+}
+
+/// A Service of the tenant exposed outside the cluster by a declared ingress flow.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "camelCase")]
+pub struct Exposure {
+    /// The Service's name in each of the flow's environments.
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub service: String,
+    #[serde(rename = "type")]
+    pub type_: ExposureType,
+}
+
+#[derive(
+    Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord,
+)]
+pub enum ExposureType {
+    LoadBalancer,
+    NodePort,
+}
+
+impl ExposureType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::LoadBalancer => "LoadBalancer",
+            Self::NodePort => "NodePort",
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]

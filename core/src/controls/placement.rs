@@ -110,11 +110,24 @@ pub(super) fn production_pool(inputs: &Inputs) -> Finding {
             ));
         }
     }
+    // Pools are exclusive cluster-wide: any other namespace's pod there is named, the
+    // platform's daemons excepted (the operator's `--platform-namespaces`).
+    for pod in &inputs.observed.pool_pods {
+        let node = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.as_deref())
+            .unwrap_or_default();
+        problems.push(format!(
+            "{} of another namespace runs on Node/{node} of the tenant's production pool",
+            object_key(&**pod)
+        ));
+    }
     judge(
         problems,
         "ProductionNotSeparated",
         "ProductionSeparated",
-        "production pods run on their own pool, and nothing else of the tenant runs there".into(),
+        "production pods run on their own pool, and nothing else runs there but the platform's daemons".into(),
     )
 }
 

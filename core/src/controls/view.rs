@@ -40,6 +40,9 @@ pub struct TenantView {
     pub resource_quotas: Vec<Arc<ResourceQuota>>,
     pub limit_ranges: Vec<Arc<LimitRange>>,
     pub pods: Vec<Arc<Pod>>,
+    /// Pods of other namespaces bound to a node of one of the tenant's production pools,
+    /// the platform's namespaces excepted (CLD-25).
+    pub pool_pods: Vec<Arc<Pod>>,
     pub persistent_volume_claims: Vec<Arc<PersistentVolumeClaim>>,
     /// The volumes bound to those claims.
     pub persistent_volumes: Vec<Arc<PersistentVolume>>,

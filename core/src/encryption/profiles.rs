@@ -161,15 +161,33 @@ fn tenant_labels(tenant: &FranceTravailTenant) -> BTreeMap<String, String> {
 /// The claims policy and its binding.
 pub const CLAIMS_POLICY: &str = "ft-claims";
 
-/// Refuses, in every tenant namespace, a PersistentVolumeClaim on any class but the tenant's,
-/// as its namespace's EnvironmentPolicy names it, or on none (CLD-21). A tenant without
-/// `spec.storage` has no class: every claim is refused, saying so. Cluster-wide and fixed,
-/// like the placement policies.
+/// The annotation that, where set, picks a claim's class in provisioning over
+/// `spec.storageClassName`.
+pub const BETA_STORAGE_CLASS: &str = "volume.beta.kubernetes.io/storage-class";
+
+/// Refuses, in every tenant namespace, storage that is not encrypted with the tenant's key
+/// (CLD-21): a PersistentVolumeClaim on any class but the tenant's, as its namespace's
+/// EnvironmentPolicy names it, or on none, or carrying the beta class annotation, which wins
+/// over `spec.storageClassName` in provisioning; and a pod whose generic ephemeral volume
+/// would claim any other class, or that mounts an inline CSI volume, which no claim and no
+/// class governs. A tenant without `spec.storage` has no class: every claim is refused, saying
+/// so. Cluster-wide and fixed, like the placement policies.
 pub fn claims_policy() -> (ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding) {
     let refuse = |expression: &str, message: &str| Validation {
         expression: expression.into(),
         message_expression: Some(format!("'tenant ' + params.spec.tenant + {message}")),
         reason: Some("Forbidden".into()),
+        ..Default::default()
+    };
+    let claim = "request.resource.resource != 'persistentvolumeclaims' || ";
+    let pod = "request.resource.resource != 'pods' || !has(object.spec.volumes) || ";
+    let beta = format!("'{BETA_STORAGE_CLASS}'");
+    let claimed = "v.ephemeral.volumeClaimTemplate";
+    let rule = |resource: &str| NamedRuleWithOperations {
+        api_groups: Some(vec![String::new()]),
+        api_versions: Some(vec!["v1".into()]),
+        operations: Some(vec!["CREATE".into()]),
+        resources: Some(vec![resource.into()]),
         ..Default::default()
     };
     (
@@ -179,23 +197,39 @@ pub fn claims_policy() -> (ValidatingAdmissionPolicy, ValidatingAdmissionPolicyB
                 failure_policy: Some("Fail".into()),
                 param_kind: Some(environment_policy_kind()),
                 match_constraints: Some(MatchResources {
-                    resource_rules: Some(vec![NamedRuleWithOperations {
-                        api_groups: Some(vec![String::new()]),
-                        api_versions: Some(vec!["v1".into()]),
-                        operations: Some(vec!["CREATE".into()]),
-                        resources: Some(vec!["persistentvolumeclaims".into()]),
-                        ..Default::default()
-                    }]),
+                    resource_rules: Some(vec![rule("persistentvolumeclaims"), rule("pods")]),
                     ..Default::default()
                 }),
                 validations: Some(vec![
                     refuse(
-                        "has(params.spec.storageClass)",
+                        &format!("{claim}has(params.spec.storageClass)"),
                         "' declares no spec.storage, so it has no encrypted storage class and may claim no volume (CLD-21)'",
                     ),
                     refuse(
-                        "!has(params.spec.storageClass) || (has(object.spec.storageClassName) && object.spec.storageClassName == params.spec.storageClass)",
+                        &format!(
+                            "{claim}!has(params.spec.storageClass) || (has(object.spec.storageClassName) && object.spec.storageClassName == params.spec.storageClass)"
+                        ),
                         "\": volumes must be encrypted with the tenant's own key: set spec.storageClassName: \" + params.spec.storageClass + ' (CLD-21)'",
+                    ),
+                    refuse(
+                        &format!(
+                            "{claim}!has(object.metadata.annotations) || !({beta} in object.metadata.annotations)"
+                        ),
+                        &format!(
+                            "\": the annotation {BETA_STORAGE_CLASS} overrides spec.storageClassName in provisioning and is refused; volumes must be encrypted with the tenant's own key (CLD-21)\""
+                        ),
+                    ),
+                    refuse(
+                        &format!("{pod}object.spec.volumes.all(v, !has(v.csi))"),
+                        "\": inline CSI volumes (spec.volumes[].csi) are storage no claim and no encrypted class governs; use a PersistentVolumeClaim on the tenant's class (CLD-21)\"",
+                    ),
+                    refuse(
+                        &format!(
+                            "{pod}object.spec.volumes.all(v, !has(v.ephemeral) || (has(params.spec.storageClass) && has({claimed}.spec.storageClassName) && {claimed}.spec.storageClassName == params.spec.storageClass && !(has({claimed}.metadata) && has({claimed}.metadata.annotations) && {beta} in {claimed}.metadata.annotations)))"
+                        ),
+                        &format!(
+                            "\": a generic ephemeral volume (spec.volumes[].ephemeral) must claim the tenant's own encrypted class, \" + (has(params.spec.storageClass) ? params.spec.storageClass : 'which it does not have: it declares no spec.storage') + \", in spec.storageClassName and without the annotation {BETA_STORAGE_CLASS} (CLD-21)\""
+                        ),
                     ),
                 ]),
                 ..Default::default()

@@ -18,7 +18,8 @@ use k8s_openapi::api::admissionregistration::v1::{
 };
 
 use crate::api::{
-    ENVIRONMENT_POLICY, EnvironmentKind, EnvironmentPolicy, EnvironmentPolicySpec, Requirement,
+    ENVIRONMENT_POLICY, EnvironmentKind, EnvironmentPolicy, EnvironmentPolicySpec, ExposedService,
+    Requirement,
 };
 use crate::meta::{
     environment_policy_kind, environment_policy_ref, fixed_meta, tenant_namespace_selector,
@@ -71,6 +72,7 @@ pub fn environment_policy(
     object_labels: &BTreeMap<String, String>,
     kind: EnvironmentKind,
     storage_class: Option<String>,
+    exposed_services: Vec<ExposedService>,
 ) -> EnvironmentPolicy {
     let terms = placement
         .terms()
@@ -99,6 +101,7 @@ pub fn environment_policy(
                 _ => "CLD-74, CLD-25".into(),
             },
             storage_class,
+            exposed_services,
         },
     );
     policy.metadata.namespace = Some(namespace.into());
@@ -156,6 +159,15 @@ pub fn confined_expression() -> String {
     )
 }
 
+/// The CEL condition that the pod's `nodeSelector` agrees with one of the parameter's terms:
+/// a region outside the placement, or a production pool the environment must avoid, is
+/// refused at once rather than left Pending for ever.
+pub fn node_selector_expression() -> String {
+    "!has(object.spec.nodeSelector) || params.spec.terms.exists(t, t.all(r, \
+     !(r.key in object.spec.nodeSelector) || ((r.operator == 'In') == (object.spec.nodeSelector[r.key] in r.values))))"
+        .into()
+}
+
 fn pod_creation() -> MatchResources {
     MatchResources {
         resource_rules: Some(vec![NamedRuleWithOperations {
@@ -194,6 +206,10 @@ pub fn placement_validation() -> (ValidatingAdmissionPolicy, ValidatingAdmission
                     refuse(
                         format!("{placed}!has(object.spec.nodeName)"),
                         "\": spec.nodeName bypasses the scheduler and the tenant's placement; pods must stay on nodes in regions \" + params.spec.placement + ' (' + params.spec.rules + ')'",
+                    ),
+                    refuse(
+                        format!("{placed}({})", node_selector_expression()),
+                        "': spec.nodeSelector asks for nodes the placement excludes, so the pod could never be scheduled; pods must stay on nodes in regions ' + params.spec.placement + ' (' + params.spec.rules + ')'",
                     ),
                     refuse(
                         format!("{placed}({})", confined_expression()),

@@ -78,14 +78,30 @@ pub fn allowed_regions(
         .collect()
 }
 
-/// The placement of each environment of the tenant, given the allowed regions.
-pub fn placements(tenant: &FranceTravailTenant, regions: &BTreeSet<String>) -> Vec<PodPlacement> {
-    let pools: Vec<BTreeMap<String, String>> = tenant
+/// The node pools of the tenant's production environments.
+pub fn production_pools(tenant: &FranceTravailTenant) -> Vec<BTreeMap<String, String>> {
+    tenant
         .spec
         .environments
         .iter()
         .filter(|e| e.kind == EnvironmentKind::Production)
         .filter_map(|e| e.node_pool.as_ref().map(|p| p.match_labels.clone()))
+        .collect()
+}
+
+/// The placement of each environment of the tenant, given the allowed regions. Production
+/// pools are exclusive cluster-wide (CLD-25): a non-production environment avoids the
+/// tenant's own pools and `other_pools`, every other tenant's.
+pub fn placements(
+    tenant: &FranceTravailTenant,
+    regions: &BTreeSet<String>,
+    other_pools: &[BTreeMap<String, String>],
+) -> Vec<PodPlacement> {
+    let pools: Vec<BTreeMap<String, String>> = production_pools(tenant)
+        .into_iter()
+        .chain(other_pools.iter().cloned())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
         .collect();
     tenant
         .spec

@@ -13,6 +13,7 @@ use k8s_openapi::api::admissionregistration::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::api::{GROUP, annotations, labels};
+use crate::meta::fixed_meta;
 
 /// The cluster-wide policy refusing unconfirmed tenant deletions, and its binding.
 pub const DELETION_PROTECTION: &str = "ft-tenant-deletion-protection";
@@ -133,4 +134,70 @@ fn tenant_requests(operations: &[&str]) -> MatchResources {
         }]),
         ..Default::default()
     }
+}
+
+/// The policy refusing an unconfirmed deletion of the operator's CustomResourceDefinitions.
+pub const CRD_PROTECTION: &str = "ft-crd-deletion-protection";
+
+/// The CustomResourceDefinitions whose deletion deletes tenants' objects without any admission
+/// of theirs: every tenant, or every namespace's EnvironmentPolicy, or every report.
+pub const PROTECTED_CRDS: [&str; 3] = [
+    "francetravailtenants.hosting.francetravail.fr",
+    "environmentpolicies.hosting.francetravail.fr",
+    "compliancereports.hosting.francetravail.fr",
+];
+
+/// Refuses `DELETE` of the operator's CustomResourceDefinitions unless the definition carries
+/// `hosting.francetravail.fr/confirm-deletion: <its name>`. Deleting the tenants' definition
+/// deletes every tenant at once, past the tenant deletion protection (CLD-47); the operator's
+/// finalizer still shreds none that was not confirmed, but the tenants are gone from the API.
+pub fn crd_protection() -> (ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding) {
+    let key = annotations::CONFIRM_DELETION;
+    let names = PROTECTED_CRDS
+        .iter()
+        .map(|n| format!("'{n}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    (
+        ValidatingAdmissionPolicy {
+            metadata: fixed_meta(CRD_PROTECTION),
+            spec: Some(ValidatingAdmissionPolicySpec {
+                failure_policy: Some("Fail".into()),
+                match_constraints: Some(MatchResources {
+                    resource_rules: Some(vec![NamedRuleWithOperations {
+                        api_groups: Some(vec!["apiextensions.k8s.io".into()]),
+                        api_versions: Some(vec!["*".into()]),
+                        operations: Some(vec!["DELETE".into()]),
+                        resources: Some(vec!["customresourcedefinitions".into()]),
+                        ..Default::default()
+                    }]),
+                    ..Default::default()
+                }),
+                match_conditions: Some(vec![MatchCondition {
+                    name: "the-operators-definitions".into(),
+                    expression: format!("oldObject.metadata.name in [{names}]"),
+                }]),
+                validations: Some(vec![Validation {
+                    expression: format!(
+                        "oldObject.metadata.?annotations[?'{key}'].orValue('') == oldObject.metadata.name"
+                    ),
+                    message_expression: Some(format!(
+                        "'deleting CustomResourceDefinition ' + oldObject.metadata.name + ' deletes every object of its kind at once, with no admission of theirs: every tenant, and the enforcement of its rules (CLD-47). If that is meant, first run: kubectl annotate crd ' + oldObject.metadata.name + ' {key}=' + oldObject.metadata.name"
+                    )),
+                    reason: Some("Forbidden".into()),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            status: None,
+        },
+        ValidatingAdmissionPolicyBinding {
+            metadata: fixed_meta(CRD_PROTECTION),
+            spec: ValidatingAdmissionPolicyBindingSpec {
+                policy_name: CRD_PROTECTION.into(),
+                validation_actions: vec!["Deny".into()],
+                ..Default::default()
+            },
+        },
+    )
 }

@@ -32,7 +32,7 @@ fn committed_admission_policies_are_up_to_date() {
 }
 
 #[test]
-fn the_fixed_set_is_three_policies_and_two_mutations_each_bound_once() {
+fn the_fixed_set_is_six_policies_and_two_mutations_each_bound_once() {
     let fixed = fixed();
     let names = |items: Vec<String>| items.into_iter().collect::<BTreeSet<_>>();
     let validating = names(
@@ -47,7 +47,10 @@ fn the_fixed_set_is_three_policies_and_two_mutations_each_bound_once() {
         BTreeSet::from([
             "ft-placement".into(),
             "ft-claims".into(),
-            "ft-tenant-deletion-protection".into()
+            "ft-services".into(),
+            "ft-namespace-ownership".into(),
+            "ft-tenant-deletion-protection".into(),
+            "ft-crd-deletion-protection".into(),
         ])
     );
     assert_eq!(

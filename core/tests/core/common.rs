@@ -77,6 +77,7 @@ fn in_paris<T>(
         provider: None,
         velero,
         restoring,
+        production_pools: &[],
     })
 }
 

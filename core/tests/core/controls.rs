@@ -286,6 +286,7 @@ impl Case {
                 "pods.yaml",
                 &["offres-emploi-prod/web-1", "offres-emploi-dev/api-1"],
             ),
+            pool_pods: Vec::new(),
             persistent_volume_claims: pick("storage.yaml", &["offres-emploi-prod/data"]),
             persistent_volumes: pick("storage.yaml", &["pv-paris"]),
             // The workload's own bindings, and the operator's for the grants in force.

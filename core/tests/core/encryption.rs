@@ -195,17 +195,44 @@ fn the_claims_policy_admits_only_the_class_each_namespace_names() {
     assert_eq!(policy.metadata.name.as_deref(), Some("ft-claims"));
     let spec = policy.spec.clone().expect("spec");
     assert_eq!(spec.failure_policy.as_deref(), Some("Fail"));
+    let rules = spec
+        .match_constraints
+        .as_ref()
+        .and_then(|m| m.resource_rules.clone())
+        .expect("rules");
+    let matched: Vec<_> = rules
+        .iter()
+        .map(|r| (r.resources.clone(), r.operations.clone()))
+        .collect();
+    let create = Some(vec!["CREATE".to_string()]);
     assert_eq!(
-        matched(&policy),
-        ("".into(), "persistentvolumeclaims".into(), "CREATE".into())
+        matched,
+        [
+            (
+                Some(vec!["persistentvolumeclaims".to_string()]),
+                create.clone()
+            ),
+            (Some(vec!["pods".to_string()]), create),
+        ]
     );
     let validations = spec.validations.expect("validations");
-    assert_eq!(validations[0].expression, "has(params.spec.storageClass)");
-    assert!(
-        validations[1]
-            .expression
-            .contains("object.spec.storageClassName == params.spec.storageClass")
+    let expressions: Vec<&str> = validations.iter().map(|v| v.expression.as_str()).collect();
+    let claims = "request.resource.resource != 'persistentvolumeclaims' || ";
+    assert_eq!(
+        expressions[0],
+        format!("{claims}has(params.spec.storageClass)")
     );
+    assert!(expressions[1].contains("object.spec.storageClassName == params.spec.storageClass"));
+    // The beta annotation, which wins over spec.storageClassName in provisioning.
+    assert!(
+        expressions[2]
+            .contains("'volume.beta.kubernetes.io/storage-class' in object.metadata.annotations")
+    );
+    // A pod's inline CSI volumes, and its ephemeral volumes' class.
+    assert!(expressions[3].contains("!has(v.csi)"));
+    assert!(expressions[4].contains(
+        "v.ephemeral.volumeClaimTemplate.spec.storageClassName == params.spec.storageClass"
+    ));
     for validation in &validations {
         let message = validation.message_expression.as_deref().unwrap_or_default();
         assert!(

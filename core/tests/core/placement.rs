@@ -503,7 +503,7 @@ fn a_region_is_allowed_only_if_every_node_carrying_it_is_in_an_allowed_country()
 fn production_requires_its_pool_and_the_other_environments_avoid_it() {
     let regions = set(&ALLOWED);
     assert_eq!(
-        placements(&tenant(), &regions),
+        placements(&tenant(), &regions, &[]),
         vec![
             PodPlacement {
                 tenant: TENANT.into(),
@@ -528,7 +528,7 @@ fn without_production_there_is_no_pool() {
         .spec
         .environments
         .retain(|e| e.kind != EnvironmentKind::Production);
-    let found = placements(&tenant, &set(&ALLOWED));
+    let found = placements(&tenant, &set(&ALLOWED), &[]);
     assert_eq!(found.len(), 1);
     assert_eq!(found[0].environment, "dev");
     assert_eq!(found[0].pool, Pool::Any);
@@ -544,7 +544,7 @@ fn every_production_pool_is_avoided() {
         match_labels: labels(&[(POOL, "production-de")]),
     });
     tenant.spec.environments.push(second);
-    let found = placements(&tenant, &set(&ALLOWED));
+    let found = placements(&tenant, &set(&ALLOWED), &[]);
     let dev = found.iter().find(|p| p.environment == "dev").expect("dev");
     let Pool::Excluded(pools) = &dev.pool else {
         panic!("dev must avoid the production pools: {:?}", dev.pool);
@@ -566,7 +566,7 @@ fn every_production_pool_is_avoided() {
 
 #[test]
 fn no_allowed_region_is_carried_to_every_environment() {
-    let found = placements(&tenant(), &BTreeSet::new());
+    let found = placements(&tenant(), &BTreeSet::new(), &[]);
     assert_eq!(found.len(), 2);
     assert!(found.iter().all(|p| p.regions.is_empty()));
 }
@@ -1178,6 +1178,7 @@ fn the_environment_policy_carries_the_placement_of_its_namespace() {
         &object_labels(),
         EnvironmentKind::Production,
         Some("ft-offres-emploi-encrypted".into()),
+        Vec::new(),
     );
     assert_eq!(policy.metadata.name.as_deref(), Some("ft-environment"));
     assert_eq!(policy.metadata.namespace.as_deref(), Some(NAMESPACE));
@@ -1229,6 +1230,7 @@ fn the_environment_policy_carries_the_placement_of_its_namespace() {
         &object_labels(),
         EnvironmentKind::Development,
         None,
+        Vec::new(),
     );
     assert!(policy.spec.regions.is_empty());
     assert_eq!(policy.spec.rules, "CLD-74, CLD-25");

@@ -152,6 +152,7 @@ async fn direct_writes(client: &Client, prefix: &str, n: usize) -> anyhow::Resul
         provider: None,
         velero: None,
         restoring: &restoring,
+        production_pools: &[],
     };
     for i in 0..n {
         let tenant = example_tenant("tenant.yaml", &format!("{prefix}-{i}"))?;

@@ -43,6 +43,11 @@ pub(super) async fn evaluate(
 
     let namespaces = tenant_namespaces(tenant);
     let mut observed = ctx.observed.view(&namespaces);
+    observed.pool_pods = ctx.observed.pods_on_pools(
+        &ft_core::placement::production_pools(tenant),
+        &namespaces,
+        &ctx.settings.platform_namespaces,
+    );
     observed.key_fingerprint = Some(key_fingerprint.to_string());
     observed.velero = velero.clone();
     let facts = ctx.compliance.facts(ctx.settings.confinement);

@@ -15,13 +15,14 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 use serde_json::json;
 use tracing::{debug, instrument, warn};
 
 use ft_core::api::{
     Environment, ExportStatus, FIELD_MANAGER, FINALIZER, FranceTravailTenant, GROUP, ReportStatus,
-    TenantStatus,
+    TenantStatus, labels,
 };
 use ft_core::applied::ApplyReport;
 use ft_core::backup::{RestoreTest, VeleroView};
@@ -131,6 +132,7 @@ struct Fetched<'a> {
     tests: Vec<(&'a Environment, RestoreTest)>,
     bindings_before: Vec<Arc<RoleBinding>>,
     key: String,
+    production_pools: Arc<Vec<std::collections::BTreeMap<String, String>>>,
 }
 
 /// fetch: the stores, and the tenant's key, which exists before anything is built that would
@@ -144,6 +146,7 @@ async fn fetch<'a>(tenant: &'a FranceTravailTenant, ctx: &Context) -> Result<Fet
         .velero_view(tenant, &ctx.settings.velero_namespace);
     let tests = pass::restore_tests(tenant, &velero, engine, now);
     let bindings_before = ctx.observed.bindings_in(&tenant_namespaces(tenant));
+    let production_pools = ctx.pools.all().await;
     let key = ctx.keys.ensure(&name).await?;
     if let Some(lost) = pass::replaced_key(tenant, &key) {
         journal::key_replaced(tenant, lost, &key, ctx).await;
@@ -155,6 +158,7 @@ async fn fetch<'a>(tenant: &'a FranceTravailTenant, ctx: &Context) -> Result<Fet
         tests,
         bindings_before,
         key,
+        production_pools,
     })
 }
 
@@ -166,8 +170,14 @@ fn build(
     ctx: &Context,
 ) -> std::result::Result<Desired, InvalidTenant> {
     let restoring = pass::restoring(&fetched.tests);
-    ctx.index
-        .record(&tenant.name_any(), pass::namespaces(tenant, &restoring));
+    let owner_of = |ns: &str| {
+        ctx.observed
+            .namespaces
+            .get(&ObjectRef::new(ns))
+            .and_then(|n| n.metadata.labels.as_ref()?.get(labels::TENANT).cloned())
+    };
+    let claimed = pass::claim_namespaces(tenant, &restoring, owner_of)?;
+    ctx.index.record(&tenant.name_any(), claimed);
     let nodes = ctx.observed.nodes.state();
     let facts = Facts {
         settings: &ctx.settings,
@@ -176,6 +186,7 @@ fn build(
         provider: ctx.compliance.provider.as_deref(),
         velero: fetched.engine,
         restoring: &restoring,
+        production_pools: &fetched.production_pools,
     };
     let built = validate_for_cluster(tenant, &ctx.settings)
         .map(|valid| desired(valid, &facts, fetched.now));

@@ -30,7 +30,7 @@ use kube::api::{ApiResource, DynamicObject, PartialObjectMeta};
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
 use kube::runtime::events::Reporter;
 use kube::runtime::reflector::{self, ObjectRef};
-use kube::runtime::{WatchStreamExt, predicates, watcher};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{debug, info, warn};
 
@@ -91,6 +91,7 @@ pub async fn run(
         keys,
     );
     ctx.placements = placements;
+    ctx.pools = crate::context::ProductionPools::listing();
     ctx.liveness = liveness.clone();
     ctx.acting = acting;
     let ctx = Arc::new(ctx);
@@ -179,8 +180,7 @@ pub async fn run(
             .all::<MutatingAdmissionPolicy>(everything())
             .modify(|o| managers_only(o.meta_mut()))
             .reflect(writers.mutating_admission_policies)
-            .touched_objects()
-            .predicate_filter(predicates::generation, Default::default())
+            .map_ok(|e| e)
             .boxed()
     } else {
         mark_listed(&mut writers.mutating_admission_policies);
@@ -191,8 +191,7 @@ pub async fn run(
             .all::<MutatingAdmissionPolicyBinding>(everything())
             .modify(|o| managers_only(o.meta_mut()))
             .reflect(writers.mutating_admission_policy_bindings)
-            .touched_objects()
-            .predicate_filter(predicates::generation, Default::default())
+            .map_ok(|e| e)
             .boxed()
     } else {
         mark_listed(&mut writers.mutating_admission_policy_bindings);
@@ -222,6 +221,19 @@ pub async fn run(
         tenants.clone(),
         unreadable_tx,
     )
+    .inspect({
+        // A production pool added, changed or gone changes every tenant's placement (CLD-25).
+        let (ctx, tenants, wake) = (ctx.clone(), tenants.clone(), wake.clone());
+        move |event| {
+            if let Ok(event) = event
+                && ctx.pools.observe(event)
+            {
+                for tenant in tenants.state() {
+                    let _ = wake.unbounded_send(ObjectRef::from_obj(&*tenant));
+                }
+            }
+        }
+    })
     .reflect(tenant_writer)
     .applied_objects();
     let controller = Controller::for_stream(tenant_stream, tenants.clone())
@@ -270,21 +282,12 @@ pub async fn run(
         .watches_stream(limit_ranges.touched_objects(), by_owner(index))
         .watches_stream(compliance_reports.touched_objects(), by_owner(index))
         .watches_stream(environment_policies.touched_objects(), by_owner(index))
-        // The API server writes the policies' status: only a change of their spec counts.
-        .watches_stream(
-            validating_policies
-                .touched_objects()
-                .predicate_filter(predicates::generation, Default::default()),
-            move |_| a2(),
-        )
-        .watches_stream(
-            validating_bindings
-                .touched_objects()
-                .predicate_filter(predicates::generation, Default::default()),
-            move |_| a3(),
-        )
-        .watches_stream(mutating_policies, move |_| a4())
-        .watches_stream(mutating_bindings, move |_| a5())
+        // The API server writes the policies' status: only a change of their spec counts, and
+        // a deletion, which leaves the generation as it was.
+        .watches_stream(spec_changes(validating_policies), move |_| a2())
+        .watches_stream(spec_changes(validating_bindings), move |_| a3())
+        .watches_stream(spec_changes(mutating_policies), move |_| a4())
+        .watches_stream(spec_changes(mutating_bindings), move |_| a5())
         .watches_stream(pods.touched_objects(), by_namespace(index))
         .watches_stream(claims.touched_objects(), by_namespace(index))
         .watches_stream(role_bindings.touched_objects(), by_namespace(index))
@@ -324,6 +327,27 @@ pub async fn run(
     for task in background {
         task.abort();
     }
+}
+
+/// The objects of a watch whose spec changed (their generation), or that were deleted.
+/// `predicates::generation` alone lets a deletion through only if the generation changed.
+fn spec_changes<K: Resource + Clone + Send + 'static>(
+    events: impl futures::Stream<Item = watcher::Result<watcher::Event<K>>> + Send + 'static,
+) -> impl futures::Stream<Item = watcher::Result<K>> + Send {
+    let mut seen: std::collections::HashMap<String, Option<i64>> = Default::default();
+    events
+        .map_ok(move |event| match event {
+            watcher::Event::Apply(o) | watcher::Event::InitApply(o) => {
+                let generation = o.meta().generation;
+                (seen.insert(o.name_any(), generation) != Some(generation)).then_some(o)
+            }
+            watcher::Event::Delete(o) => {
+                seen.remove(&o.name_any());
+                Some(o)
+            }
+            watcher::Event::Init | watcher::Event::InitDone => None,
+        })
+        .try_filter_map(futures::future::ok)
 }
 
 /// The tenant a child belongs to: from its label, or from the namespace it lives in.
