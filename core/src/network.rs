@@ -25,7 +25,7 @@ use crate::meta::{
     tenant_namespace_selector,
 };
 use crate::settings::BuildSettings;
-use crate::validate::{cidr_contains, parse_cidr};
+use crate::validate::parse_cidr;
 
 pub const DEFAULT_DENY: &str = "ft-default-deny";
 pub const ALLOW_DNS: &str = "ft-allow-dns";
@@ -246,7 +246,7 @@ fn ports(ports: &[FlowPort]) -> Option<Vec<NetworkPolicyPort>> {
 /// Whether `inner` is a smaller block inside `outer`: only those can be an `except`.
 fn strictly_inside(inner: &str, outer: &str) -> bool {
     match (parse_cidr(inner), parse_cidr(outer)) {
-        (Some(i), Some(o)) => i.1 > o.1 && cidr_contains(o, i),
+        (Some(i), Some(o)) => crate::validate::strictly_inside(i, o),
         _ => false,
     }
 }

@@ -6,7 +6,8 @@
 //! manifest and its fix.
 
 use std::collections::{BTreeMap, HashSet};
-use std::net::IpAddr;
+
+use ipnet::IpNet;
 
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::ResourceExt;
@@ -101,7 +102,7 @@ pub fn validate_for_cluster<'a>(
             let Some(block) = peer.cidr.as_deref().and_then(parse_cidr) else {
                 continue;
             };
-            if let Some((network, _)) = networks.iter().find(|(_, n)| cidr_contains(*n, block)) {
+            if let Some((network, _)) = networks.iter().find(|(_, n)| n.contains(&block)) {
                 errors.add(
                     format!("{field}[{j}].cidr"),
                     format!(
@@ -152,7 +153,7 @@ pub fn validate_for_cluster<'a>(
                         errors.add(
                             format!("spec.storage.parameters.{key}"),
                             format!(
-                                "set by the {} profile: it carries the encryption",
+                                "set by the {} profile, whose parameters carry the encryption and cannot be overridden (CLD-21)",
                                 profile.name
                             ),
                         );
@@ -304,6 +305,19 @@ pub fn validate(tenant: &FranceTravailTenant) -> Result<(), InvalidTenant> {
         check_environments(&mut errors, &field, &flow.environments);
         check_peers(&mut errors, &format!("{field}.to"), &flow.to);
         check_ports(&mut errors, &field, &flow.ports);
+        if !flow.acknowledge_any_destination {
+            for (j, _) in flow
+                .to
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| reaches_every_address(p))
+            {
+                errors.add(
+                    format!("{field}.to[{j}].cidr"),
+                    "a block of prefix length 0 opens the flow to every address: set acknowledgeAnyDestination: true on the flow to accept it, and the network control reports it as a warning (CLD-20, CLD-36)",
+                );
+            }
+        }
     }
 
     if let Some(max) = spec
@@ -420,9 +434,9 @@ fn check_peers(errors: &mut Errors, field: &str, peers: &[Peer]) {
                         format!("{field}.except[{j}]"),
                         format!("{e:?} is not an IPv4 or IPv6 block"),
                     ),
-                    (Some(inner), Some(outer)) if !cidr_contains(outer, inner) => errors.add(
+                    (Some(inner), Some(outer)) if !strictly_inside(inner, outer) => errors.add(
                         format!("{field}.except[{j}]"),
-                        format!("{e:?} is not inside the cidr it narrows"),
+                        format!("{e:?} does not lie strictly inside the cidr it narrows"),
                     ),
                     _ => {}
                 }
@@ -541,30 +555,34 @@ fn is_exponent(s: &str) -> bool {
     !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
 }
 
-/// Parses `addr/prefix`, refusing a prefix longer than the address.
-pub fn parse_cidr(s: &str) -> Option<(IpAddr, u8)> {
+/// Parses `addr/prefix` as the API server's `isCIDR` does: the prefix no longer than the
+/// address, no zone, and no IPv4 address written as IPv6 (`::ffff:10.0.0.0/104`), which would
+/// slip past checks on IPv4 blocks.
+pub fn parse_cidr(s: &str) -> Option<IpNet> {
     let (addr, prefix) = s.split_once('/')?;
-    let addr: IpAddr = addr.parse().ok()?;
-    let prefix: u8 = prefix.parse().ok()?;
-    let max = if addr.is_ipv4() { 32 } else { 128 };
-    (prefix <= max).then_some((addr, prefix))
+    // Go's parser refuses `010.0.0.0/8` and `10.0.0.0/08`, which ipnet reads as `10.0.0.0/8`;
+    // the standard library's address parser refuses the first too.
+    if addr.parse::<std::net::IpAddr>().is_err() || (prefix.len() > 1 && prefix.starts_with('0')) {
+        return None;
+    }
+    match s.parse().ok()? {
+        IpNet::V6(v6) if v6.addr().to_ipv4_mapped().is_some() => None,
+        net => Some(net),
+    }
 }
 
-pub fn cidr_contains(outer: (IpAddr, u8), inner: (IpAddr, u8)) -> bool {
-    if inner.1 < outer.1 {
-        return false;
-    }
-    match (outer.0, inner.0) {
-        (IpAddr::V4(o), IpAddr::V4(i)) => {
-            let mask = u32::MAX.checked_shl(32 - u32::from(outer.1)).unwrap_or(0);
-            u32::from(o) & mask == u32::from(i) & mask
-        }
-        (IpAddr::V6(o), IpAddr::V6(i)) => {
-            let mask = u128::MAX.checked_shl(128 - u32::from(outer.1)).unwrap_or(0);
-            u128::from(o) & mask == u128::from(i) & mask
-        }
-        _ => false,
-    }
+/// Whether `inner` is a smaller block inside `outer`: the only blocks NetworkPolicy takes as
+/// an `except`.
+pub fn strictly_inside(inner: IpNet, outer: IpNet) -> bool {
+    inner.prefix_len() > outer.prefix_len() && outer.contains(&inner)
+}
+
+/// A peer whose block is every address of its family (`0.0.0.0/0`, `::/0`).
+pub fn reaches_every_address(peer: &Peer) -> bool {
+    peer.cidr
+        .as_deref()
+        .and_then(parse_cidr)
+        .is_some_and(|net| net.prefix_len() == 0)
 }
 
 /// The schedules must be cron expressions Velero and the operator both read, and backups kept

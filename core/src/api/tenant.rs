@@ -10,6 +10,7 @@ use k8s_openapi::apimachinery::pkg::{
     api::resource::Quantity,
     apis::meta::v1::{Condition, LabelSelector, Time},
 };
+use kube::core::{Message, Reason, Rule};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -170,17 +171,20 @@ pub struct NodePool {
     pub match_labels: BTreeMap<String, String>,
 }
 
-#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Quota {
-    /// Total CPU requests (and limits) of the environment.
+    /// Total CPU requests (and limits) of the environment, a Kubernetes quantity.
     #[serde(default = "default_quota_cpu")]
+    #[x_kube(validation = quantity_rule())]
     pub cpu: Quantity,
-    /// Total memory requests (and limits) of the environment.
+    /// Total memory requests (and limits) of the environment, a Kubernetes quantity.
     #[serde(default = "default_quota_memory")]
+    #[x_kube(validation = quantity_rule())]
     pub memory: Quantity,
-    /// Total storage requested by the environment's volumes.
+    /// Total storage requested by the environment's volumes, a Kubernetes quantity.
     #[serde(default = "default_quota_storage")]
+    #[x_kube(validation = quantity_rule())]
     pub storage: Quantity,
     #[serde(default = "default_quota_pods")]
     #[schemars(range(min = 1, max = 100000))]
@@ -188,6 +192,13 @@ pub struct Quota {
     #[serde(default = "default_quota_pvcs")]
     #[schemars(range(min = 0, max = 10000))]
     pub persistent_volume_claims: i32,
+}
+
+/// A quantity the API server can read, and not below zero. k8s-openapi's `Quantity` is
+/// int-or-string, so a bare number reaches the rule as an int.
+fn quantity_rule() -> Rule {
+    Rule::new("type(self) == int ? self >= 0 : isQuantity(self) && !quantity(self).isLessThan(quantity('0'))")
+        .message("must be a non-negative Kubernetes quantity, such as 500m, 2 or 8Gi")
 }
 
 fn default_quota_cpu() -> Quantity {
@@ -218,16 +229,20 @@ impl Default for Quota {
     }
 }
 
-#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ContainerDefaults {
     #[serde(default = "default_request_cpu")]
+    #[x_kube(validation = quantity_rule())]
     pub request_cpu: Quantity,
     #[serde(default = "default_request_memory")]
+    #[x_kube(validation = quantity_rule())]
     pub request_memory: Quantity,
     #[serde(default = "default_limit_cpu")]
+    #[x_kube(validation = quantity_rule())]
     pub limit_cpu: Quantity,
     #[serde(default = "default_limit_memory")]
+    #[x_kube(validation = quantity_rule())]
     pub limit_memory: Quantity,
 }
 
@@ -376,8 +391,13 @@ impl ExposureType {
     }
 }
 
-#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new(
+    "(has(self.acknowledgeAnyDestination) && self.acknowledgeAnyDestination) || \
+     !self.to.exists(p, has(p.cidr) && isCIDR(p.cidr) && cidr(p.cidr).prefixLength() == 0)"
+).message("a cidr of prefix length 0 (0.0.0.0/0, ::/0) opens the flow to every address: set acknowledgeAnyDestination: true to accept it, and the network control reports it as a warning (CLD-20, CLD-36)")
+    .field_path(".to"))]
 pub struct EgressFlow {
     /// DNS label naming the flow; its policy is `ft-egress-<name>`.
     #[schemars(
@@ -400,6 +420,10 @@ pub struct EgressFlow {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
     pub ports: Vec<FlowPort>,
+    /// A flow to every address: a `cidr` of prefix length 0 (`0.0.0.0/0`, `::/0`) in `to` is
+    /// accepted only when this is true, and the network control reports it as a warning.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub acknowledge_any_destination: bool,
 }
 
 /// The other end of a flow: namespaces (and pods in them) of the cluster, or an address block.
@@ -414,21 +438,28 @@ pub struct EgressFlow {
 #[x_kube(validation = Rule::new("!has(self.except) || has(self.cidr)")
     .message("except only narrows a cidr")
     .field_path(".except"))]
+#[x_kube(validation = Rule::new(
+    "!has(self.except) || !has(self.cidr) || !isCIDR(self.cidr) || \
+     self.except.all(e, !isCIDR(e) || (cidr(self.cidr).containsCIDR(e) && cidr(e).prefixLength() > cidr(self.cidr).prefixLength()))"
+).message("each block of except must lie strictly inside the cidr it narrows")
+    .field_path(".except"))]
 pub struct Peer {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace_selector: Option<LabelSelector>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_selector: Option<LabelSelector>,
-    /// An IPv4 or IPv6 block, such as `10.20.0.0/16`.
+    /// An IPv4 or IPv6 block, such as `10.20.0.0/16`. In an egress flow, a block of every
+    /// address (`0.0.0.0/0`, `::/0`) needs the flow's `acknowledgeAnyDestination`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(
-        length(max = 43),
-        regex(pattern = r"^([0-9]{1,3}(\.[0-9]{1,3}){3}/[0-9]{1,2}|[0-9a-fA-F:]+/[0-9]{1,3})$")
-    )]
+    #[schemars(length(min = 1, max = 43))]
+    #[x_kube(validation = Rule::new("isCIDR(self)")
+        .message("must be an IPv4 or IPv6 block, such as 10.20.0.0/16 or fd00::/8"))]
     pub cidr: Option<String>,
-    /// Blocks inside `cidr` that are excluded.
+    /// Blocks strictly inside `cidr` that are excluded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 16))]
+    #[schemars(length(max = 16), inner(length(min = 1, max = 43)))]
+    #[x_kube(validation = Rule::new("self.all(e, isCIDR(e))")
+        .message("every block must be an IPv4 or IPv6 block, such as 10.20.1.0/24"))]
     pub except: Option<Vec<String>>,
 }
 
@@ -469,17 +500,20 @@ impl Protocol {
     }
 }
 
-#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = storage_parameters_rule())]
 pub struct Storage {
-    /// Encryption profile naming the CSI driver and how it references the tenant key.
-    #[schemars(length(min = 1, max = 63))]
+    /// Encryption profile naming the CSI driver and how it references the tenant key: one of
+    /// the catalogue compiled into the operator (`policies/encryption-profiles.yaml`).
+    #[schemars(schema_with = "profile_schema")]
     pub profile: String,
     /// Where the tenant key lives (CLD-40).
     #[serde(default)]
     pub key_store: KeyStoreKind,
-    /// Largest volume a single claim may request.
+    /// Largest volume a single claim may request, a Kubernetes quantity.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = quantity_rule())]
     pub max_volume_size: Option<Quantity>,
     /// The tenant's key in the provider's key management service, for the profiles whose disks
     /// the cloud encrypts (`aws-ebs`: a KMS key ARN; `gce-pd`: a Cloud KMS key; `azure-disk`:
@@ -488,10 +522,57 @@ pub struct Storage {
     #[schemars(length(min = 1, max = 512))]
     pub key_reference: Option<String>,
     /// Further parameters of the storage class (pool, cluster id, disk type). The parameters
-    /// that carry the encryption are the profile's and cannot be overridden here.
+    /// the profile sets carry the encryption: they are the profile's, and refused here (CLD-21).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(length(max = 16))]
     pub parameters: BTreeMap<String, String>,
+}
+
+/// The profile is one of the embedded catalogue's, listed in the schema so that the API server
+/// names the supported values when it refuses another.
+fn profile_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let names = crate::encryption::Profiles::embedded()
+        .map(|p| p.names().into_iter().map(String::from).collect::<Vec<_>>())
+        .unwrap_or_default();
+    let mut schema = schemars::json_schema!({ "type": "string", "minLength": 1, "maxLength": 63 });
+    if !names.is_empty() {
+        schema.insert("enum".into(), names.into());
+    }
+    schema
+}
+
+/// One rule from the catalogue: no parameter the chosen profile sets, since those carry the
+/// encryption and the profile's value would silently win over the tenant's (CLD-21). The
+/// catalogue's keys are looked up in the tenant's parameters, not the other way round, so that
+/// the cost does not grow with the tenant's keys.
+fn storage_parameters_rule() -> Rule {
+    let profiles = crate::encryption::Profiles::embedded()
+        .map(|catalogue| catalogue.profiles)
+        .unwrap_or_default();
+    let keys = profiles
+        .iter()
+        .rev()
+        .fold("[]".to_string(), |otherwise, p| {
+            let keys: Vec<String> = p.parameters.keys().map(|k| cel_string(k)).collect();
+            format!(
+                "self.profile == {} ? [{}] : {otherwise}",
+                cel_string(&p.name),
+                keys.join(", ")
+            )
+        });
+    Rule::new(format!(
+        "!has(self.parameters) || !({keys}).exists(k, k in self.parameters)"
+    ))
+    .message(Message::Expression(format!(
+        "'spec.storage.parameters.' + ({keys}).filter(k, k in self.parameters)[0] + ' is set by the ' + self.profile + ' profile, whose parameters carry the encryption and cannot be overridden (CLD-21)'"
+    )))
+    .field_path(".parameters")
+    .reason(Reason::FieldValueForbidden)
+}
+
+/// A CEL string literal.
+fn cel_string(s: &str) -> String {
+    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
 }
 
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq)]

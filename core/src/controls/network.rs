@@ -10,6 +10,7 @@ use super::view::*;
 use crate::applied::differs;
 use crate::meta::object_key;
 use crate::network::DEFAULT_DENY;
+use crate::validate::reaches_every_address;
 
 /// A policy differs when either side has what the other lacks: a selector narrowed or a port
 /// range widened by hand opens flows as surely as a rule removed. The builder sets every field
@@ -68,7 +69,7 @@ pub(super) fn flow_matrix(inputs: &Inputs) -> Finding {
             ));
         }
     }
-    judge(
+    let mut finding = judge(
         problems,
         "UndeclaredFlows",
         "FlowMatrixOnly",
@@ -76,5 +77,22 @@ pub(super) fn flow_matrix(inputs: &Inputs) -> Finding {
             "only the {} declared flow(s), DNS and same-namespace traffic are open",
             inputs.tenant.spec.network.ingress.len() + inputs.tenant.spec.network.egress.len()
         ),
-    )
+    );
+    // Declared and acknowledged, so not a failure; but a reviewer must see it (CLD-36).
+    let anywhere: Vec<&str> = inputs
+        .tenant
+        .spec
+        .network
+        .egress
+        .iter()
+        .filter(|flow| flow.to.iter().any(reaches_every_address))
+        .map(|flow| flow.name.as_str())
+        .collect();
+    if !anywhere.is_empty() {
+        finding.message.push_str(&format!(
+            "; warning: egress flow(s) {} reach every address, as acknowledged by acknowledgeAnyDestination",
+            anywhere.join(", ")
+        ));
+    }
+    finding
 }

@@ -817,6 +817,30 @@ fn net2_passes_with_only_the_rendered_policies() {
 }
 
 #[test]
+fn net2_warns_of_an_acknowledged_egress_to_every_address() {
+    let case = Case::with_tenant(|t| {
+        let flow = &mut t.spec.network.egress[1];
+        flow.to[0].cidr = Some("0.0.0.0/0".into());
+        flow.acknowledge_any_destination = true;
+    });
+    let finding = case.judge("NET-2");
+    // Declared and acknowledged: the control keeps its result, and says so.
+    assert_result(&finding, Pass, "FlowMatrixOnly");
+    assert!(
+        finding.message.contains(
+            "warning: egress flow(s) database-dev reach every address, as acknowledged by acknowledgeAnyDestination"
+        ),
+        "{}",
+        finding.message
+    );
+    // An ordinary block is no warning.
+    assert!(
+        !Case::healthy().judge("NET-2").message.contains("warning"),
+        "no warning without an egress to every address"
+    );
+}
+
+#[test]
 fn net2_fails_on_a_policy_made_by_hand_in_a_tenant_namespace() {
     let mut case = Case::healthy();
     case.view

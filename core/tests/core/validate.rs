@@ -254,3 +254,261 @@ fn address_blocks_inside_the_cluster_networks_are_refused() {
     assert!(err.to_string().contains("CLD-20"));
     assert!(common::plan(&read("examples/tenant.yaml")).is_ok());
 }
+
+/// The fields and messages of a refused tenant.
+fn refusal(yaml: &str) -> Vec<(String, String)> {
+    match common::plan(yaml) {
+        Ok(_) => panic!("accepted:\n{yaml}"),
+        Err(e) => e
+            .field_errors()
+            .into_iter()
+            .map(|f| (f.field, f.message))
+            .collect(),
+    }
+}
+
+#[test]
+fn address_blocks_are_read_as_the_api_server_reads_them() {
+    for bad in [
+        "10.20.0.0/33",
+        "10.20.0.0",
+        "010.20.0.0/16",
+        "10.20.0.0/016",
+        "10.20.0.0/-1",
+        "fd00::/129",
+        "fe80::1%eth0/64",
+        // An IPv4 block written as IPv6 would slip past the checks on IPv4 blocks.
+        "::ffff:10.20.0.0/112",
+        " 10.20.0.0/16",
+    ] {
+        let yaml = example_with("- cidr: 10.20.0.0/16", &format!("- cidr: \"{bad}\""));
+        let refused = refusal(&yaml);
+        assert_eq!(refused.len(), 1, "{bad}: {refused:?}");
+        assert_eq!(refused[0].0, "spec.network.egress[0].to[0].cidr", "{bad}");
+        assert!(refused[0].1.contains("IPv4 or IPv6 block"), "{refused:?}");
+    }
+    for good in [
+        "10.20.0.0/16",
+        "10.20.0.1/16",
+        "fd00:20::/32",
+        "64:ff9b::a14:0/112",
+    ] {
+        let yaml = example_with("- cidr: 10.20.0.0/16", &format!("- cidr: \"{good}\""));
+        assert!(common::plan(&yaml).is_ok(), "{good} is a block");
+    }
+}
+
+#[test]
+fn an_exception_lies_strictly_inside_its_block() {
+    for (bad, why) in [
+        ("10.20.0.0/16", "strictly inside"),
+        ("10.30.1.0/24", "strictly inside"),
+        ("10.0.0.0/8", "strictly inside"),
+        ("fd00::/64", "strictly inside"),
+        ("10.20.1.0/33", "IPv4 or IPv6 block"),
+    ] {
+        let yaml = example_with(
+            "- cidr: 10.20.0.0/16",
+            &format!("- cidr: 10.20.0.0/16\n            except: [10.20.2.0/24, \"{bad}\"]"),
+        );
+        let refused = refusal(&yaml);
+        assert_eq!(refused.len(), 1, "{bad}: {refused:?}");
+        assert_eq!(refused[0].0, "spec.network.egress[0].to[0].except[1]");
+        assert!(refused[0].1.contains(why), "{bad}: {refused:?}");
+    }
+}
+
+#[test]
+fn quantities_are_kubernetes_quantities_not_below_zero() {
+    for (from, to, field) in [
+        ("cpu: \"16\"", "cpu: lots", "spec.environments[0].quota.cpu"),
+        (
+            "cpu: \"16\"",
+            "cpu: \"-1\"",
+            "spec.environments[0].quota.cpu",
+        ),
+        ("cpu: \"16\"", "cpu: -1", "spec.environments[0].quota.cpu"),
+        (
+            "storage: 50Gi",
+            "storage: 50 GB",
+            "spec.environments[1].quota.storage",
+        ),
+        (
+            "maxVolumeSize: 100Gi",
+            "maxVolumeSize: big",
+            "spec.storage.maxVolumeSize",
+        ),
+    ] {
+        let refused = refusal(&example_with(from, to));
+        assert_eq!(
+            refused.iter().map(|(f, _)| f.as_str()).collect::<Vec<_>>(),
+            [field],
+            "{to}"
+        );
+        assert!(refused[0].1.contains("quantity"), "{refused:?}");
+    }
+    let defaults = "persistentVolumeClaims: 5\n      containerDefaults:\n        requestCpu: some\n        requestMemory: 64Mi\n        limitCpu: \"1.5\"\n        limitMemory: 1e9";
+    let refused = refusal(&example_with("persistentVolumeClaims: 5", defaults));
+    assert_eq!(
+        refused.iter().map(|(f, _)| f.as_str()).collect::<Vec<_>>(),
+        ["spec.environments[1].containerDefaults.requestCpu"]
+    );
+    // A bare number is a quantity.
+    assert!(common::plan(&example_with("cpu: \"16\"", "cpu: 16")).is_ok());
+}
+
+#[test]
+fn only_profiles_of_the_catalogue_are_accepted() {
+    let refused = refusal(&example_with("profile: longhorn", "profile: plain-disk"));
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0].0, "spec.storage.profile");
+    for known in ["longhorn", "ceph-rbd", "aws-ebs", "gce-pd", "azure-disk"] {
+        assert!(refused[0].1.contains(known), "{known}: {refused:?}");
+    }
+}
+
+#[test]
+fn parameters_the_profile_sets_are_refused() {
+    let yaml = example_with(
+        "maxVolumeSize: 100Gi",
+        "maxVolumeSize: 100Gi\n    parameters:\n      encrypted: \"false\"\n      dataLocality: best-effort",
+    );
+    let refused = refusal(&yaml);
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0].0, "spec.storage.parameters.encrypted");
+    assert!(refused[0].1.contains("CLD-21"), "{refused:?}");
+    // A parameter the profile leaves alone is the tenant's.
+    let yaml = example_with(
+        "maxVolumeSize: 100Gi",
+        "maxVolumeSize: 100Gi\n    parameters:\n      dataLocality: best-effort",
+    );
+    assert!(common::plan(&yaml).is_ok());
+}
+
+#[test]
+fn egress_to_every_address_must_be_acknowledged() {
+    for everything in ["0.0.0.0/0", "::/0", "10.0.0.0/0"] {
+        let yaml = example_with("- cidr: 10.30.0.0/16", &format!("- cidr: \"{everything}\""));
+        let refused = refusal(&yaml);
+        assert_eq!(refused.len(), 1, "{everything}: {refused:?}");
+        assert_eq!(refused[0].0, "spec.network.egress[1].to[0].cidr");
+        assert!(
+            refused[0].1.contains("acknowledgeAnyDestination"),
+            "{refused:?}"
+        );
+        let acknowledged = yaml.replacen(
+            "environments: [dev]\n        to:",
+            "environments: [dev]\n        acknowledgeAnyDestination: true\n        to:",
+            1,
+        );
+        assert!(common::plan(&acknowledged).is_ok(), "{everything}");
+    }
+    // A narrower block needs no acknowledgement, and ingress from everywhere is a public front.
+    assert!(common::plan(&example_with("- cidr: 10.30.0.0/16", "- cidr: 0.0.0.0/1")).is_ok());
+    let public = example_with(
+        "        from:\n          - namespaceSelector:\n              matchLabels:\n                kubernetes.io/metadata.name: ingress-nginx\n            podSelector:\n              matchLabels:\n                app.kubernetes.io/name: ingress-nginx\n",
+        "        from:\n          - cidr: 0.0.0.0/0\n",
+    );
+    assert!(common::plan(&public).is_ok());
+}
+
+/// The tenant CRD's schema of `spec`.
+fn spec_schema() -> serde_json::Value {
+    use kube::CustomResourceExt;
+    let crd = serde_json::to_value(ft_core::api::FranceTravailTenant::crd()).unwrap();
+    crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"].clone()
+}
+
+fn rules(schema: &serde_json::Value) -> Vec<String> {
+    schema["x-kubernetes-validations"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| r["rule"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+#[test]
+fn the_schema_refuses_what_validation_refuses() {
+    let spec = spec_schema();
+    let storage = &spec["properties"]["storage"];
+    // The API server lists the supported profiles when it refuses another.
+    assert_eq!(
+        storage["properties"]["profile"]["enum"],
+        serde_json::json!(["longhorn", "ceph-rbd", "aws-ebs", "gce-pd", "azure-disk"])
+    );
+    // One rule names every parameter each profile sets, for that profile only.
+    let catalogue = ft_core::encryption::Profiles::embedded().unwrap();
+    let parameters = rules(storage)
+        .into_iter()
+        .find(|r| r.contains("self.parameters"))
+        .expect("a rule on spec.storage.parameters");
+    for profile in &catalogue.profiles {
+        let keys: Vec<String> = profile
+            .parameters
+            .keys()
+            .map(|k| format!("'{k}'"))
+            .collect();
+        assert!(
+            parameters.contains(&format!(
+                "self.profile == '{}' ? [{}]",
+                profile.name,
+                keys.join(", ")
+            )),
+            "{}: {parameters}",
+            profile.name
+        );
+    }
+
+    let environment = &spec["properties"]["environments"]["items"]["properties"];
+    let quantities = [
+        &environment["quota"]["properties"]["cpu"],
+        &environment["quota"]["properties"]["memory"],
+        &environment["quota"]["properties"]["storage"],
+        &environment["containerDefaults"]["properties"]["requestCpu"],
+        &environment["containerDefaults"]["properties"]["requestMemory"],
+        &environment["containerDefaults"]["properties"]["limitCpu"],
+        &environment["containerDefaults"]["properties"]["limitMemory"],
+        &storage["properties"]["maxVolumeSize"],
+    ];
+    for quantity in quantities {
+        assert_eq!(quantity["x-kubernetes-int-or-string"], true);
+        let rules = rules(quantity);
+        assert!(
+            rules
+                .iter()
+                .any(|r| r.contains("type(self) == int ? self >= 0")
+                    && r.contains("isQuantity(self)")),
+            "{quantity}"
+        );
+    }
+
+    let network = &spec["properties"]["network"]["properties"];
+    for (direction, peers) in [("ingress", "from"), ("egress", "to")] {
+        let peer = &network[direction]["items"]["properties"][peers]["items"];
+        assert_eq!(rules(&peer["properties"]["cidr"]), ["isCIDR(self)"]);
+        assert_eq!(
+            rules(&peer["properties"]["except"]),
+            ["self.all(e, isCIDR(e))"]
+        );
+        assert!(
+            rules(peer)
+                .iter()
+                .any(|r| r.contains("cidr(self.cidr).containsCIDR(e)")),
+            "{direction}"
+        );
+    }
+    let egress = rules(&network["egress"]["items"]);
+    assert!(
+        egress
+            .iter()
+            .any(|r| r.contains("acknowledgeAnyDestination") && r.contains("prefixLength() == 0")),
+        "{egress:?}"
+    );
+    // Ingress from everywhere stays allowed.
+    assert!(
+        !rules(&network["ingress"]["items"])
+            .iter()
+            .any(|r| r.contains("prefixLength() == 0"))
+    );
+}

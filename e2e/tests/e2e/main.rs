@@ -11,6 +11,7 @@ mod chart;
 mod chart_install;
 mod compliance;
 mod escapes;
+mod escapes_input;
 mod migrate;
 mod operator;
 mod placement;
