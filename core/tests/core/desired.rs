@@ -454,3 +454,49 @@ fn the_cluster_networks_are_carved_out_of_every_address_block() {
         "a block outside the cluster networks is left as declared"
     );
 }
+
+/// The Services an ingress flow exposes are listed in the EnvironmentPolicy of each of its
+/// environments, and nowhere else: the services policy admits those only (CLD-36).
+#[test]
+fn exposed_services_reach_the_environment_policies_of_their_flow() {
+    let mut t = tenant("examples/tenant.yaml");
+    t.spec.network.ingress.push(
+        serde_json::from_value(serde_json::json!({
+            "name": "public", "nature": "production", "environments": ["prod"],
+            "from": [{"cidr": "0.0.0.0/0"}],
+            "expose": {"service": "front", "type": "LoadBalancer"},
+        }))
+        .expect("a flow"),
+    );
+    let d = build(&t, &BuildSettings::default());
+    let exposed = |ns: &str| {
+        d.environment_policies
+            .iter()
+            .find(|p| p.namespace().as_deref() == Some(ns))
+            .map(|p| {
+                p.spec
+                    .exposed_services
+                    .iter()
+                    .map(|e| format!("{} {} {}", e.name, e.type_, e.flow))
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_else(|| panic!("no policy in {ns}"))
+    };
+    assert_eq!(exposed("offres-emploi-prod"), ["front LoadBalancer public"]);
+    assert!(exposed("offres-emploi-dev").is_empty());
+}
+
+/// Production pools are exclusive cluster-wide: a tenant without a pool of its own keeps its
+/// pods off every other tenant's (CLD-25).
+#[test]
+fn another_tenants_production_pool_is_avoided() {
+    use ft_core::placement::{Pool, placements};
+    let mut t = tenant("examples/tenant.yaml");
+    t.spec.environments.retain(|e| e.name == "dev");
+    let regions = std::collections::BTreeSet::from(["eu-west-3".to_string()]);
+    let theirs = BTreeMap::from([("pool".to_string(), "their-production".to_string())]);
+    let alone = placements(&t, &regions, &[]);
+    assert_eq!(alone[0].pool, Pool::Any);
+    let shared = placements(&t, &regions, std::slice::from_ref(&theirs));
+    assert_eq!(shared[0].pool, Pool::Excluded(vec![theirs]));
+}

@@ -202,3 +202,32 @@ fn a_missing_cluster_wide_policy_makes_the_tenant_degraded_naming_it() {
         "False"
     );
 }
+
+/// Tenant `offres` with environment `emploi-prod` and tenant `offres-emploi` with environment
+/// `prod` both compose `offres-emploi-prod`: the second takes nothing over (CLD-20).
+#[test]
+fn a_namespace_another_tenant_owns_is_refused_naming_both() {
+    let mut first = tenant();
+    first.metadata.name = Some("offres".into());
+    first.spec.environments[0].name = "emploi-prod".into();
+    let second = tenant();
+    let restoring = Default::default();
+    let owner = |ns: &str| (ns == "offres-emploi-prod").then(|| "offres".to_string());
+
+    let refused = ft_core::pass::claim_namespaces(&second, &restoring, owner).unwrap_err();
+    assert_eq!(refused.errors.len(), 1, "{refused}");
+    assert_eq!(refused.errors[0].field, "spec.environments");
+    assert!(
+        refused.errors[0]
+            .message
+            .starts_with("namespace offres-emploi-prod belongs to tenant offres:"),
+        "{refused}"
+    );
+    assert!(refused.errors[0].message.contains("CLD-20"), "{refused}");
+
+    // Its own namespaces, and ones nobody owns yet, it takes.
+    let claimed = ft_core::pass::claim_namespaces(&first, &restoring, owner).expect("its own");
+    assert!(claimed.contains(&"offres-emploi-prod".to_string()), "{claimed:?}");
+    let fresh = ft_core::pass::claim_namespaces(&second, &restoring, |_| None).expect("free");
+    assert_eq!(fresh, ["offres-emploi-prod", "offres-emploi-dev"]);
+}

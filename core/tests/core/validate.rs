@@ -512,3 +512,19 @@ fn the_schema_refuses_what_validation_refuses() {
             .any(|r| r.contains("prefixLength() == 0"))
     );
 }
+
+/// `restore` as a word of an environment's name is kept for scratch namespaces, so that
+/// `<tenant>-<env>-restore` can never be another environment's namespace.
+#[test]
+fn the_word_restore_is_kept_for_scratch_namespaces() {
+    for name in ["restore", "db-restore", "restore-db", "a-restore-b"] {
+        let yaml = example_with("  - name: dev\n", &format!("  - name: {name}\n"));
+        let yaml = yaml.replace("[dev, prod]", &format!("[{name}, prod]"));
+        let yaml = yaml.replace("environments: [dev]", &format!("environments: [{name}]"));
+        assert_eq!(fields(&yaml), ["spec.environments[1].name"], "{name}");
+    }
+    let yaml = example_with("  - name: dev\n", "  - name: restored\n")
+        .replace("[dev, prod]", "[restored, prod]")
+        .replace("environments: [dev]", "environments: [restored]");
+    assert!(common::plan(&yaml).is_ok(), "restored is not the word restore");
+}
