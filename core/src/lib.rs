@@ -18,6 +18,7 @@
 //! | [`access`] | CLD-14, CLD-16, CLD-17, 2.4.a, 2.4.c personal expiring grants |
 //! | [`backup`] | CLD-26, CLD-54, CLD-73 backups, restore tests, exports |
 //! | [`shredding`] | CLD-47, CLD-76 confirmed deletion, key first, with a record |
+//! | [`removal`] | CLD-47, CLD-73, CLD-76 an environment's confirmed removal, with a record |
 //!
 //! The shared vocabulary ([`api`], [`meta`], [`settings`], [`digest`]) sits at the bottom and
 //! imports no capability, so the modules form no cycle (checked by a test).
@@ -39,6 +40,7 @@ pub mod pass;
 pub mod placement;
 pub mod plan;
 pub mod rbac;
+pub mod removal;
 pub mod settings;
 pub mod shredding;
 pub mod status;

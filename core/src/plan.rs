@@ -4,12 +4,14 @@
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Node;
-use kube::Resource;
+use kube::{Resource, ResourceExt};
 use serde_json::Value;
 
 use crate::api::FranceTravailTenant;
 use crate::desired::{Facts, desired};
+use crate::meta::namespace_name;
 use crate::placement::production_pools;
+use crate::removal::{confirm_command, environment_changes};
 use crate::validate::{FieldError, InvalidTenant, validate_for_cluster};
 
 #[derive(Debug, thiserror::Error)]
@@ -115,7 +117,46 @@ pub fn parse_nodes(yaml: &str) -> Result<Vec<Node>, PlanError> {
 /// Validates every tenant and renders what the operator would apply for it on a cluster with
 /// these `facts` at `now`, as multi-document YAML: the same [`desired`] `run` applies.
 pub fn plan(yaml: &str, facts: &Facts<'_>, now: Timestamp) -> Result<String, PlanError> {
+    plan_against(yaml, &[], facts, now)
+}
+
+/// What changes in the environments of `tenant` against the tenant of the same name in
+/// `stored` (as the cluster holds it), as YAML comments: each environment removed, held until
+/// its removal is confirmed, and each added. A rename is one of each. Empty without a stored
+/// tenant or a change.
+pub fn environment_notes(tenant: &FranceTravailTenant, stored: &[FranceTravailTenant]) -> String {
+    let name = tenant.name_any();
+    let Some(before) = stored.iter().find(|s| s.name_any() == name) else {
+        return String::new();
+    };
+    let changes = environment_changes(before, tenant);
+    let mut notes = String::new();
+    for env in &changes.removed {
+        notes.push_str(&format!(
+            "# {name}: remove environment {env}: its namespace {} is held, nothing in it deleted, until its removal is confirmed with: {}\n",
+            namespace_name(&name, env),
+            confirm_command(&name, &[env])
+        ));
+    }
+    for env in &changes.added {
+        notes.push_str(&format!(
+            "# {name}: add environment {env}: namespace {}\n",
+            namespace_name(&name, env)
+        ));
+    }
+    notes
+}
+
+/// [`plan`], preceded by what changes in each tenant's environments against the tenants as
+/// the cluster stores them ([`environment_notes`]).
+pub fn plan_against(
+    yaml: &str,
+    stored: &[FranceTravailTenant],
+    facts: &Facts<'_>,
+    now: Timestamp,
+) -> Result<String, PlanError> {
     let mut objects = Vec::new();
+    let mut notes = String::new();
     let tenants = parse_tenants(yaml)?;
     // Production pools are exclusive cluster-wide: the file's tenants' as well as the cluster's.
     let pools: Vec<_> = facts
@@ -129,6 +170,7 @@ pub fn plan(yaml: &str, facts: &Facts<'_>, now: Timestamp) -> Result<String, Pla
         ..*facts
     };
     for (i, tenant) in tenants.iter().enumerate() {
+        notes.push_str(&environment_notes(tenant, stored));
         let valid =
             validate_for_cluster(tenant, facts.settings).map_err(|source| PlanError::Invalid {
                 document: i + 1,
@@ -140,7 +182,9 @@ pub fn plan(yaml: &str, facts: &Facts<'_>, now: Timestamp) -> Result<String, Pla
                 .map_err(|e| PlanError::Render(e.to_string()))?,
         );
     }
-    serde_saphyr::to_string_multiple(&objects).map_err(|e| PlanError::Render(e.to_string()))
+    let rendered =
+        serde_saphyr::to_string_multiple(&objects).map_err(|e| PlanError::Render(e.to_string()))?;
+    Ok(notes + &rendered)
 }
 
 impl PlanError {

@@ -136,6 +136,12 @@ pub fn next_status(
         shredding: None,
         // The controller sets it from the export's backups; until then the last one stands.
         export: tenant.status.as_ref().and_then(|s| s.export.clone()),
+        // The controller sets them from the environments it holds; until then they stand.
+        removals: tenant
+            .status
+            .as_ref()
+            .map(|s| s.removals.clone())
+            .unwrap_or_default(),
     }
 }
 

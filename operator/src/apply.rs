@@ -3,7 +3,9 @@
 //! Every child is written with server-side apply under one field manager, and only when what
 //! the reflector observed differs from what is desired, so an unchanged tenant costs no write.
 //! Children that carry the tenant's labels and this field manager but are no longer desired are
-//! pruned.
+//! pruned, except in the namespaces of environments removed from the spec: those are held, and
+//! everything in them but their RoleBindings stays, backed up as before, until their removal
+//! is confirmed (`ft_core::removal`).
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt::Debug;
@@ -28,6 +30,7 @@ use ft_core::applied::{ApplyReport, differs};
 use ft_core::backup::velero::Schedule;
 use ft_core::desired::Desired;
 use ft_core::meta::{key_of, object_key, owned_by};
+use ft_core::removal::{OwnedNamespace, held_namespaces};
 
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
@@ -162,10 +165,17 @@ impl Applier<'_> {
         } = desired;
         let mut report = ApplyReport::default();
         let observed = self.observed;
+        let none = BTreeSet::new();
+        // The namespaces of environments gone from the spec: held, with what isolates them.
+        let held = held_namespaces(
+            &namespaces.iter().map(|n| n.name_any()).collect(),
+            &owned_namespaces(observed, self.tenant),
+        );
 
         // Rights no longer granted go before anything else is attempted: no failure further
-        // down can keep a lapsed grant bound (2.4.c).
-        self.prune(role_bindings, &observed.role_bindings, &mut report)
+        // down can keep a lapsed grant bound (2.4.c). Those in held namespaces go too: no grant
+        // can name a removed environment.
+        self.prune(role_bindings, &observed.role_bindings, &none, &mut report)
             .await?;
 
         self.apply_kind(namespaces, &self.observed.namespaces, &mut report)
@@ -218,33 +228,65 @@ impl Applier<'_> {
         self.prune(
             network_policies,
             &self.observed.network_policies,
+            &held,
             &mut report,
         )
         .await?;
-        self.prune(resource_quotas, &self.observed.resource_quotas, &mut report)
-            .await?;
-        self.prune(limit_ranges, &self.observed.limit_ranges, &mut report)
-            .await?;
+        self.prune(
+            resource_quotas,
+            &self.observed.resource_quotas,
+            &held,
+            &mut report,
+        )
+        .await?;
+        self.prune(
+            limit_ranges,
+            &self.observed.limit_ranges,
+            &held,
+            &mut report,
+        )
+        .await?;
         self.prune(
             compliance_reports,
             &self.observed.compliance_reports,
+            &none,
             &mut report,
         )
         .await?;
-        self.prune(namespaces, &self.observed.namespaces, &mut report)
+        // Only restore tests' scratch namespaces: a removed environment's is held.
+        self.prune(namespaces, &self.observed.namespaces, &held, &mut report)
             .await?;
         if let Some(schedules) = schedules {
-            self.prune(schedules, &observed.schedules, &mut report)
+            // A held namespace's data is still backed up, as it was.
+            let mut kept = schedules.clone();
+            kept.extend(
+                observed
+                    .schedules
+                    .state()
+                    .iter()
+                    .filter(|s| {
+                        let backed_up = &s.spec.template.included_namespaces;
+                        !backed_up.is_empty() && backed_up.iter().all(|ns| held.contains(ns))
+                    })
+                    .map(|s| (**s).clone()),
+            );
+            self.prune(&kept, &observed.schedules, &none, &mut report)
                 .await?;
         }
         self.prune(
             environment_policies,
             &self.observed.environment_policies,
+            &held,
             &mut report,
         )
         .await?;
-        self.prune(storage_classes, &observed.storage_classes, &mut report)
-            .await?;
+        self.prune(
+            storage_classes,
+            &observed.storage_classes,
+            &none,
+            &mut report,
+        )
+        .await?;
         Ok(report)
     }
 
@@ -253,14 +295,14 @@ impl Applier<'_> {
     /// what was deleted; the objects may take a moment to disappear.
     pub async fn remove_own_objects(&self) -> Result<ApplyReport> {
         let mut report = ApplyReport::default();
-        let o = self.observed;
-        self.prune::<RoleBinding, _>(&[], &o.role_bindings, &mut report)
+        let (o, none) = (self.observed, &BTreeSet::new());
+        self.prune::<RoleBinding, _>(&[], &o.role_bindings, none, &mut report)
             .await?;
-        self.prune::<Schedule, _>(&[], &o.schedules, &mut report)
+        self.prune::<Schedule, _>(&[], &o.schedules, none, &mut report)
             .await?;
-        self.prune::<ComplianceReport, _>(&[], &o.compliance_reports, &mut report)
+        self.prune::<ComplianceReport, _>(&[], &o.compliance_reports, none, &mut report)
             .await?;
-        self.prune::<StorageClass, _>(&[], &o.storage_classes, &mut report)
+        self.prune::<StorageClass, _>(&[], &o.storage_classes, none, &mut report)
             .await?;
         Ok(report)
     }
@@ -293,8 +335,13 @@ impl Applier<'_> {
     /// which gets nothing new, but whose lapsed grants must still go on time (2.4.c).
     pub async fn revoke(&self, wanted: &[RoleBinding]) -> Result<ApplyReport> {
         let mut report = ApplyReport::default();
-        self.prune(wanted, &self.observed.role_bindings, &mut report)
-            .await?;
+        self.prune(
+            wanted,
+            &self.observed.role_bindings,
+            &BTreeSet::new(),
+            &mut report,
+        )
+        .await?;
         Ok(report)
     }
 
@@ -406,10 +453,13 @@ impl Applier<'_> {
         Ok(())
     }
 
+    /// Deletes what the tenant owns and `desired` does not name, except in (or, for a
+    /// Namespace, named as) one of the `held` namespaces.
     async fn prune<K, O>(
         &self,
         desired: &[K],
         observed: &Store<O>,
+        held: &BTreeSet<String>,
         report: &mut ApplyReport,
     ) -> Result<()>
     where
@@ -426,7 +476,9 @@ impl Applier<'_> {
                 continue;
             }
             let (namespace, name) = (stale.namespace(), stale.name_any());
-            if wanted.contains(&(namespace.clone(), name.clone())) {
+            if wanted.contains(&(namespace.clone(), name.clone()))
+                || held.contains(namespace.as_ref().unwrap_or(&name))
+            {
                 continue;
             }
             let key = key_of(K::kind(&()).as_ref(), namespace.as_deref(), &name);
@@ -442,6 +494,17 @@ impl Applier<'_> {
         }
         Ok(())
     }
+}
+
+/// The namespaces the tenant owns, as the store shows them.
+pub fn owned_namespaces(observed: &Observed, tenant: &str) -> Vec<OwnedNamespace> {
+    observed
+        .namespaces
+        .state()
+        .iter()
+        .filter(|ns| owned_by(&ns.metadata, tenant))
+        .map(|ns| OwnedNamespace::from_meta(tenant, &ns.metadata))
+        .collect()
 }
 
 fn object_ref<O: Resource<DynamicType = ()>>(name: &str, namespace: Option<&str>) -> ObjectRef<O> {

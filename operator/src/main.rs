@@ -134,7 +134,8 @@ struct PlanArgs {
     #[arg(long, group = "tenants", requires = "from_cluster")]
     tenant: Vec<String>,
     /// Read the cluster facts from the current kubeconfig's cluster: its nodes, whether it
-    /// serves MutatingAdmissionPolicies and Velero.
+    /// serves MutatingAdmissionPolicies and Velero; and the tenants as stored, to list the
+    /// environments a manifest removes (held until confirmed) and adds.
     #[arg(long, conflicts_with_all = ["nodes", "velero", "confinement"])]
     from_cluster: bool,
     /// The cluster's Node objects (YAML, one or more documents, or a `kubectl get nodes -o
@@ -418,25 +419,26 @@ fn plan_output(args: PlanArgs) -> Result<String, PlanFailure> {
         ..args.cluster.settings()
     };
     let now = jiff::Timestamp::now();
-    let (cluster, tenants, source) = if args.from_cluster {
+    let (cluster, tenants, stored, source) = if args.from_cluster {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
+        let manifests = args.file.as_ref().map(read_input).transpose()?;
         let (cluster, stored) = runtime.block_on(async {
             let client = kube::Client::try_default().await?;
-            ft_operator::plan::read_cluster(&client, &args.tenant)
+            ft_operator::plan::read_cluster(&client, &args.tenant, manifests.as_deref())
                 .await
                 .map_err(anyhow::Error::from)
         })?;
-        let tenants = match &args.file {
-            Some(file) => read_input(file)?,
+        let tenants = match manifests {
+            Some(m) => m,
             None => serde_saphyr::to_string_multiple(&stored)?,
         };
         let source = args
             .file
             .as_ref()
             .map_or_else(|| args.tenant.join(", "), |f| f.display().to_string());
-        (cluster, tenants, source)
+        (cluster, tenants, stored, source)
     } else {
         let nodes = match &args.nodes {
             Some(path) => ft_core::plan::parse_nodes(&read_input(path)?).map_err(|e| {
@@ -456,9 +458,14 @@ fn plan_output(args: PlanArgs) -> Result<String, PlanFailure> {
                 PlanConfinement::Webhook => Confinement::Webhook,
             },
         };
-        (cluster, read_input(file)?, file.display().to_string())
+        (
+            cluster,
+            read_input(file)?,
+            Vec::new(),
+            file.display().to_string(),
+        )
     };
-    ft_operator::plan::render(&tenants, settings, &cluster, &compliance, now)
+    ft_operator::plan::render(&tenants, &stored, settings, &cluster, &compliance, now)
         .map_err(|e| PlanFailure::Plan(source, e))
 }
 

@@ -9,12 +9,12 @@ use std::sync::Arc;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::ListParams;
-use kube::{Api, Client};
+use kube::{Api, Client, ResourceExt};
 
 use ft_core::api::FranceTravailTenant;
 use ft_core::desired::Facts;
 use ft_core::placement::Confinement;
-use ft_core::plan::{PlanError, plan};
+use ft_core::plan::{PlanError, parse_tenants, plan_against};
 use ft_core::settings::BuildSettings;
 
 use crate::compliance::Compliance;
@@ -30,10 +30,12 @@ pub struct ClusterFacts {
 
 /// What the cluster at hand says: its nodes, whether it serves MutatingAdmissionPolicies and
 /// Velero, and, when asked by name, the tenants as stored (with their uid, so the owner
-/// references are those `run` writes).
+/// references are those `run` writes), and those of the tenants in `manifests`, when stored,
+/// to tell what changes in their environments.
 pub async fn read_cluster(
     client: &Client,
     tenants: &[String],
+    manifests: Option<&str>,
 ) -> Result<(ClusterFacts, Vec<FranceTravailTenant>), kube::Error> {
     let nodes = Api::<Node>::all(client.clone())
         .list(&ListParams::default())
@@ -47,6 +49,15 @@ pub async fn read_cluster(
     for name in tenants {
         stored.push(api.get(name).await?);
     }
+    // A manifest that does not parse is reported by the rendering, naming the field.
+    let named = manifests
+        .and_then(|m| parse_tenants(m).ok())
+        .unwrap_or_default();
+    for tenant in named {
+        if let Some(found) = api.get_opt(&tenant.name_any()).await? {
+            stored.push(found);
+        }
+    }
     Ok((
         ClusterFacts {
             nodes,
@@ -57,9 +68,11 @@ pub async fn read_cluster(
     ))
 }
 
-/// Renders `tenants_yaml` for a cluster with these facts, at `now`.
+/// Renders `tenants_yaml` for a cluster with these facts, at `now`; against `stored`, the
+/// tenants as the cluster holds them, the environments removed and added are listed first.
 pub fn render(
     tenants_yaml: &str,
+    stored: &[FranceTravailTenant],
     mut settings: BuildSettings,
     cluster: &ClusterFacts,
     compliance: &Compliance,
@@ -75,5 +88,5 @@ pub fn render(
         restoring: &BTreeSet::new(),
         production_pools: &[],
     };
-    plan(tenants_yaml, &facts, now)
+    plan_against(tenants_yaml, stored, &facts, now)
 }

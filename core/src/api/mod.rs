@@ -56,6 +56,11 @@ pub mod annotations {
     /// On a tenant: who set `CONFIRM_DELETION`, as the API server authenticated them, written
     /// at admission (where MutatingAdmissionPolicies are served), never by hand.
     pub const DELETION_CONFIRMED_BY: &str = "hosting.francetravail.fr/deletion-confirmed-by";
+    /// On a tenant: the environments, comma-separated, whose removal from the spec is meant:
+    /// their held namespaces are exported, deleted and recorded. Each name is taken out once
+    /// its removal is recorded, so a later removal of the same name is held again.
+    pub const CONFIRM_ENVIRONMENT_REMOVAL: &str =
+        "hosting.francetravail.fr/confirm-environment-removal";
     /// On a tenant: any new value (a date, a ticket number) asks for an export of every
     /// environment to the tenant's backup location (CLD-73).
     pub const EXPORT_REQUEST: &str = "hosting.francetravail.fr/export";

@@ -794,6 +794,50 @@ pub struct TenantStatus {
     /// (CLD-73): where it goes and how far it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub export: Option<ExportStatus>,
+    /// Environments gone from the spec whose namespace the tenant still owns: each is held
+    /// until its removal is confirmed, then exported, deleted and recorded, step by step
+    /// (CLD-47, CLD-73, CLD-76).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub removals: Vec<EnvironmentRemoval>,
+}
+
+/// Where the removal of one environment stands. Each step's time is set once, when it is done;
+/// the operator resumes from the first step without one.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvironmentRemoval {
+    pub environment: String,
+    pub namespace: String,
+    /// The step in progress: `Held` (until confirmed), `FinalExport`, `DeleteNamespace`,
+    /// `WriteRecord` or `Done`.
+    pub step: String,
+    /// What the step waits for, if anything.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// The environment's kind, as its namespace was labelled.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub kind: String,
+    /// When the operator first found the environment gone from the spec and held its namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_since: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirmed_at: Option<Time>,
+    /// Who set the confirmation annotation, as the API server recorded it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub confirmed_by: String,
+    /// When the namespace's final export completed (CLD-73).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_export_at: Option<Time>,
+    /// The final export's Velero Backup, and where it is kept.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 2))]
+    pub exports: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace_deleted_at: Option<Time>,
+    /// The removal record, `ConfigMap <operator namespace>/<name>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record: Option<String>,
 }
 
 /// An export of every environment, requested by annotation or taken before shredding (CLD-73).

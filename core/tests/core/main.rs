@@ -15,5 +15,6 @@ mod placement;
 mod rbac;
 mod readme;
 mod regions;
+mod removal;
 mod review;
 mod validate;

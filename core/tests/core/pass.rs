@@ -227,7 +227,10 @@ fn a_namespace_another_tenant_owns_is_refused_naming_both() {
 
     // Its own namespaces, and ones nobody owns yet, it takes.
     let claimed = ft_core::pass::claim_namespaces(&first, &restoring, owner).expect("its own");
-    assert!(claimed.contains(&"offres-emploi-prod".to_string()), "{claimed:?}");
+    assert!(
+        claimed.contains(&"offres-emploi-prod".to_string()),
+        "{claimed:?}"
+    );
     let fresh = ft_core::pass::claim_namespaces(&second, &restoring, |_| None).expect("free");
     assert_eq!(fresh, ["offres-emploi-prod", "offres-emploi-dev"]);
 }

@@ -526,5 +526,8 @@ fn the_word_restore_is_kept_for_scratch_namespaces() {
     let yaml = example_with("  - name: dev\n", "  - name: restored\n")
         .replace("[dev, prod]", "[restored, prod]")
         .replace("environments: [dev]", "environments: [restored]");
-    assert!(common::plan(&yaml).is_ok(), "restored is not the word restore");
+    assert!(
+        common::plan(&yaml).is_ok(),
+        "restored is not the word restore"
+    );
 }

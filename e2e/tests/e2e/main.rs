@@ -10,6 +10,7 @@ mod backup;
 mod chart;
 mod chart_install;
 mod compliance;
+mod environments;
 mod escapes;
 mod escapes_input;
 mod migrate;

@@ -1,10 +1,11 @@
 //! The reconcile pass, as named steps: fetch (the reflector stores) → validate → build
 //! (`ft_core::desired`) → apply → evaluate → status. Every decision is `ft_core`'s; this
-//! module and its executors ([`backup`], [`shred`]) carry them out.
+//! module and its executors ([`backup`], [`removal`], [`shred`]) carry them out.
 
 mod backup;
 mod evaluate;
 mod journal;
+mod removal;
 mod shred;
 
 use std::sync::Arc;
@@ -21,8 +22,8 @@ use serde_json::json;
 use tracing::{debug, instrument, warn};
 
 use ft_core::api::{
-    Environment, ExportStatus, FIELD_MANAGER, FINALIZER, FranceTravailTenant, GROUP, ReportStatus,
-    TenantStatus, labels,
+    Environment, EnvironmentRemoval, ExportStatus, FIELD_MANAGER, FINALIZER, FranceTravailTenant,
+    GROUP, ReportStatus, TenantStatus, labels,
 };
 use ft_core::applied::ApplyReport;
 use ft_core::backup::{RestoreTest, VeleroView};
@@ -97,13 +98,24 @@ async fn apply(tenant: &FranceTravailTenant, ctx: &Context) -> Result<Action> {
     let fetched = fetch(tenant, ctx).await?;
     let built = build(tenant, &fetched, ctx);
     let (applied, export) = apply_all(tenant, &fetched, &built, ctx).await;
+    // Environments gone from the spec: held, or removed once confirmed.
+    let (removals, removing) = removal::run(tenant, fetched.engine, ctx).await;
     let judge = pass::judge(match (&applied, &built) {
         (Ok(report), Ok(_)) => Applied::Done(report),
         (Err(Error::InvalidTenant(_)), _) => Applied::Refused,
         _ => Applied::Failed,
     });
     let report = evaluate_step(tenant, &fetched, &built, &judge, ctx).await?;
-    let changed = update_status(tenant, &applied, report, fetched.key.clone(), export, ctx).await?;
+    let changed = update_status(
+        tenant,
+        &applied,
+        report,
+        fetched.key.clone(),
+        export,
+        removals,
+        ctx,
+    )
+    .await?;
     let wake = Action::requeue(pass::wake_after(
         tenant,
         &fetched.tests,
@@ -111,7 +123,7 @@ async fn apply(tenant: &FranceTravailTenant, ctx: &Context) -> Result<Action> {
         pass::next_look(&judge),
     ));
     match applied {
-        Ok(_) => Ok(wake),
+        Ok(_) => removing.map(|()| wake),
         // A bad spec is not retried, but its report is kept as fresh as any other.
         Err(Error::InvalidTenant(invalid)) => {
             if changed {
@@ -263,16 +275,12 @@ async fn update_status(
     report: Option<ReportStatus>,
     key: String,
     export: Option<ExportStatus>,
+    removals: Vec<EnvironmentRemoval>,
     ctx: &Context,
 ) -> Result<bool> {
-    let status = after_pass(
-        tenant,
-        outcome(applied),
-        report.as_ref(),
-        key,
-        export,
-        &Time(jiff::Timestamp::now()),
-    );
+    let now = Time(jiff::Timestamp::now());
+    let mut status = after_pass(tenant, outcome(applied), report.as_ref(), key, export, &now);
+    ft_core::removal::into_status(tenant, &mut status, removals, &now);
     let changed = tenant.status.as_ref() != Some(&status);
     if changed {
         write_status(tenant, &status, ctx).await?;

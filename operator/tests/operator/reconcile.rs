@@ -691,6 +691,233 @@ async fn children_no_longer_declared_are_pruned_but_look_alikes_are_not() {
     assert_eq!(events(&calls), ["Pruned"]);
 }
 
+/// `t` with its environment `from` renamed `to`, in every flow and grant that names it.
+fn renamed(t: &FranceTravailTenant, from: &str, to: &str) -> FranceTravailTenant {
+    fn rename(v: &mut Value, from: &str, to: &str) {
+        match v {
+            Value::String(s) if s == from => *s = to.into(),
+            Value::Array(items) => items.iter_mut().for_each(|i| rename(i, from, to)),
+            Value::Object(fields) => fields.values_mut().for_each(|f| rename(f, from, to)),
+            _ => {}
+        }
+    }
+    let mut spec = serde_json::to_value(&t.spec).unwrap();
+    rename(&mut spec, from, to);
+    let mut r = t.clone();
+    r.spec = serde_json::from_value(spec).unwrap();
+    r
+}
+
+const HELD_NS: &str = "/api/v1/namespaces/offres-emploi-prod";
+
+#[tokio::test]
+async fn a_renamed_environment_is_held_then_removed_once_confirmed_and_recorded() {
+    let mut h = harness();
+    let mut t = stored_tenant();
+    t.spec.deletion.final_export = false;
+    let before = h.settle(t).await;
+    let mut t = renamed(&before, "prod", "production");
+
+    // Held: its namespace and what isolates it stay, over passes; only its rights go.
+    for _ in 0..2 {
+        h.api.calls.lock().unwrap().clear();
+        h.reconcile(t.clone()).await.unwrap();
+        let calls = h.api.writes();
+        for path in deletes(&calls) {
+            assert!(
+                !path.contains("offres-emploi-prod") || path.contains("/rolebindings/"),
+                "{path} deleted while held"
+            );
+        }
+        // Written when the hold begins; unchanged afterwards, and not written again.
+        let status = tenant_status(&calls)
+            .or_else(|| t.status.as_ref().map(|s| serde_json::to_value(s).unwrap()))
+            .expect("a status");
+        assert_eq!(
+            condition(&status, "EnvironmentRemoval"),
+            ("True".into(), "EnvironmentRemovalHeld".into())
+        );
+        let message = status["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == "EnvironmentRemoval")
+            .unwrap()["message"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(message.contains("offres-emploi-prod"), "{message}");
+        assert!(
+            message.contains("kubectl annotate francetravailtenant offres-emploi hosting.francetravail.fr/confirm-environment-removal=prod"),
+            "{message}"
+        );
+        assert_eq!(status["removals"][0]["environment"], "prod");
+        assert_eq!(status["removals"][0]["step"], "Held");
+        if t.status.as_ref().is_none_or(|s| s.removals.is_empty()) {
+            assert!(events(&calls).contains(&"EnvironmentRemovalHeld".to_string()));
+        } else {
+            assert!(!events(&calls).contains(&"EnvironmentRemovalHeld".to_string()));
+        }
+        t.status = Some(serde_json::from_value(status).unwrap());
+    }
+
+    // Confirmed: the namespace is deleted, and waited for.
+    t.metadata.annotations = Some(
+        [(
+            "hosting.francetravail.fr/confirm-environment-removal".to_string(),
+            "prod".to_string(),
+        )]
+        .into(),
+    );
+    h.api.calls.lock().unwrap().clear();
+    h.reconcile(t.clone()).await.unwrap();
+    let calls = h.api.writes();
+    assert!(deletes(&calls).contains(&HELD_NS.to_string()), "{calls:#?}");
+    assert!(events(&calls).contains(&"EnvironmentRemovalConfirmed".to_string()));
+    let status = tenant_status(&calls).unwrap();
+    assert_eq!(status["removals"][0]["step"], "DeleteNamespace");
+    assert!(status["removals"][0]["confirmedAt"].is_string());
+    assert_eq!(
+        condition(&status, "EnvironmentRemoval"),
+        ("True".into(), "EnvironmentRemovalInProgress".into())
+    );
+    t.status = Some(serde_json::from_value(status).unwrap());
+
+    // Gone: recorded, the confirmation used up, the removal forgotten.
+    let gone = desired(&before)
+        .namespaces
+        .into_iter()
+        .find(|n| n.metadata.name.as_deref() == Some("offres-emploi-prod"))
+        .unwrap();
+    h.writers
+        .namespaces
+        .apply_watcher_event(&Event::Delete(gone.metadata.into_response_partial()));
+    h.api.calls.lock().unwrap().clear();
+    h.reconcile(t.clone()).await.unwrap();
+    let calls = h.api.writes();
+    assert!(!deletes(&calls).contains(&HELD_NS.to_string()));
+    let record = calls
+        .iter()
+        .find(|c| c.method == "POST" && c.path == "/api/v1/namespaces/ft-system/configmaps")
+        .expect("a removal record");
+    assert_eq!(
+        record.body["metadata"]["labels"]["hosting.francetravail.fr/environment-removal-record"],
+        "true"
+    );
+    let body = record.body["data"]["record.yaml"].as_str().unwrap();
+    for part in [
+        "environment: prod",
+        "namespace: offres-emploi-prod",
+        "confirmedBy:",
+        "namespaceDeletedAt:",
+        "tenantKey: ",
+    ] {
+        assert!(body.contains(part), "{part} missing from:\n{body}");
+    }
+    assert!(events(&calls).contains(&"EnvironmentRemoved".to_string()));
+    let used = calls
+        .iter()
+        .find(|c| {
+            c.method == "PATCH"
+                && c.path.ends_with("/francetravailtenants/offres-emploi")
+                && c.body["metadata"]["annotations"].is_object()
+        })
+        .expect("the confirmation is used up");
+    assert!(
+        used.body["metadata"]["annotations"]["hosting.francetravail.fr/confirm-environment-removal"]
+            .is_null()
+    );
+    let status = tenant_status(&calls).unwrap();
+    assert!(status.get("removals").is_none(), "{status}");
+    assert_eq!(
+        condition(&status, "EnvironmentRemoval"),
+        ("False".into(), "NoEnvironmentRemoval".into())
+    );
+}
+
+#[tokio::test]
+async fn a_confirmed_removal_exports_the_namespace_before_deleting_it_and_waits_for_velero() {
+    let mut h = harness();
+    let before = h.settle(stored_tenant()).await;
+    let mut t = renamed(&before, "prod", "production");
+    h.reconcile(t.clone()).await.unwrap();
+    t.status = Some(serde_json::from_value(tenant_status(&h.api.writes()).unwrap()).unwrap());
+    t.metadata.annotations = Some(
+        [(
+            "hosting.francetravail.fr/confirm-environment-removal".to_string(),
+            "prod".to_string(),
+        )]
+        .into(),
+    );
+
+    // Without Velero: blocked, saying why; nothing deleted.
+    h.ctx.compliance.set_backup_engine(Some(false));
+    h.api.calls.lock().unwrap().clear();
+    h.reconcile(t.clone()).await.unwrap();
+    let calls = h.api.writes();
+    assert!(!deletes(&calls).contains(&HELD_NS.to_string()));
+    let status = tenant_status(&calls).unwrap();
+    assert_eq!(status["removals"][0]["step"], "FinalExport");
+    let message = status["removals"][0]["message"].as_str().unwrap();
+    assert!(message.contains("velero.io/v1"), "{message}");
+    assert!(message.contains("the namespace is kept"), "{message}");
+
+    // With Velero: one Backup of the held namespace; still nothing deleted until it completes.
+    h.ctx.compliance.set_backup_engine(Some(true));
+    h.api.calls.lock().unwrap().clear();
+    h.reconcile(t.clone()).await.unwrap();
+    let calls = h.api.writes();
+    let exports: Vec<&Call> = calls
+        .iter()
+        .filter(|c| c.method == "POST" && c.path == "/apis/velero.io/v1/namespaces/velero/backups")
+        .collect();
+    assert_eq!(exports.len(), 1, "{calls:#?}");
+    assert_eq!(
+        exports[0].body["spec"]["includedNamespaces"],
+        json!(["offres-emploi-prod"])
+    );
+    assert!(!deletes(&calls).contains(&HELD_NS.to_string()));
+
+    // Completed: recorded, then the namespace is deleted.
+    let mut backup: VeleroBackup = serde_json::from_value(exports[0].body.clone()).unwrap();
+    backup.metadata.managed_fields = ours();
+    backup.status = Some(serde_json::from_value(json!({"phase": "Completed"})).unwrap());
+    h.writers.backups.apply_watcher_event(&Event::Apply(backup));
+    h.api.calls.lock().unwrap().clear();
+    h.reconcile(t.clone()).await.unwrap();
+    let calls = h.api.writes();
+    let exported = calls
+        .iter()
+        .position(|c| c.body.to_string().contains("finalExportAt"))
+        .expect("the export is recorded");
+    let deleted = calls
+        .iter()
+        .position(|c| c.method == "DELETE" && c.path == HELD_NS)
+        .expect("then the namespace is deleted");
+    assert!(exported < deleted);
+    assert!(events(&calls).contains(&"EnvironmentExported".to_string()));
+}
+
+#[tokio::test]
+async fn a_held_environment_declared_again_is_the_tenants_again() {
+    let mut h = harness();
+    let mut t = stored_tenant();
+    t.spec.deletion.final_export = false;
+    let before = h.settle(t).await;
+    let mut t = renamed(&before, "prod", "production");
+    h.reconcile(t.clone()).await.unwrap();
+    t.status = Some(serde_json::from_value(tenant_status(&h.api.writes()).unwrap()).unwrap());
+
+    let mut back = before.clone();
+    back.status = t.status.clone();
+    h.api.calls.lock().unwrap().clear();
+    h.reconcile(back).await.unwrap();
+    let calls = h.api.writes();
+    assert!(!deletes(&calls).contains(&HELD_NS.to_string()));
+    let status = tenant_status(&calls).unwrap();
+    assert!(status.get("removals").is_none(), "{status}");
+}
+
 #[tokio::test]
 async fn an_invalid_tenant_gets_no_child_and_a_status_naming_the_field() {
     let mut h = harness();
