@@ -1,5 +1,5 @@
 //! The cluster-wide admission objects, fixed whatever the tenants: the placement policies
-//! (CLD-74, CLD-25), the claims policy (CLD-21), the services policy (CLD-36), namespace
+//! (CLD-74, CLD-25), the claims and pod volumes policies (CLD-21), the services policy (CLD-36), namespace
 //! ownership (CLD-20), and the deletion protection of tenants and of the operator's
 //! definitions (CLD-47). Each
 //! reads what to enforce in a tenant namespace from its `EnvironmentPolicy`. They are
@@ -13,7 +13,7 @@ use k8s_openapi::api::admissionregistration::v1::{
 };
 use serde::Serialize;
 
-use crate::encryption::claims_policy;
+use crate::encryption::{claims_policy, pod_volumes_policy};
 use crate::isolation::namespace_ownership;
 use crate::network::services_policy;
 use crate::placement::{placement_mutation, placement_validation};
@@ -34,6 +34,7 @@ pub struct Fixed {
 pub fn fixed() -> Fixed {
     let (placement, placement_binding) = placement_validation();
     let (claims, claims_binding) = claims_policy();
+    let (volumes, volumes_binding) = pod_volumes_policy();
     let (protection, protection_binding) = deletion_protection();
     let (crds, crds_binding) = crd_protection();
     let (ownership, ownership_binding) = namespace_ownership();
@@ -42,11 +43,12 @@ pub fn fixed() -> Fixed {
     let (recorder, recorder_binding) = deletion_confirmation_recorder();
     Fixed {
         validating_admission_policies: vec![
-            placement, claims, services, ownership, protection, crds,
+            placement, claims, volumes, services, ownership, protection, crds,
         ],
         validating_admission_policy_bindings: vec![
             placement_binding,
             claims_binding,
+            volumes_binding,
             services_binding,
             ownership_binding,
             protection_binding,

@@ -145,6 +145,24 @@ impl ProductionPools {
         changed && was_ready
     }
 
+    /// The tenants one of whose production pools a node with these labels belongs to.
+    pub fn owners_of(
+        &self,
+        node_labels: &std::collections::BTreeMap<String, String>,
+    ) -> Vec<String> {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state
+            .by_tenant
+            .iter()
+            .filter(|(_, pools)| {
+                pools
+                    .iter()
+                    .any(|pool| pool.iter().all(|(k, v)| node_labels.get(k) == Some(v)))
+            })
+            .map(|(tenant, _)| tenant.clone())
+            .collect()
+    }
+
     /// Every tenant's production pools, once the tenants have been listed.
     pub async fn all(&self) -> Arc<Vec<Pool>> {
         let mut ready = self.ready.subscribe();

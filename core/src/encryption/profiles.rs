@@ -165,81 +165,109 @@ pub const CLAIMS_POLICY: &str = "ft-claims";
 /// `spec.storageClassName`.
 pub const BETA_STORAGE_CLASS: &str = "volume.beta.kubernetes.io/storage-class";
 
-/// Refuses, in every tenant namespace, storage that is not encrypted with the tenant's key
-/// (CLD-21): a PersistentVolumeClaim on any class but the tenant's, as its namespace's
-/// EnvironmentPolicy names it, or on none, or carrying the beta class annotation, which wins
-/// over `spec.storageClassName` in provisioning; and a pod whose generic ephemeral volume
-/// would claim any other class, or that mounts an inline CSI volume, which no claim and no
-/// class governs. A tenant without `spec.storage` has no class: every claim is refused, saying
-/// so. Cluster-wide and fixed, like the placement policies.
+/// Refuses, in every tenant namespace, a PersistentVolumeClaim that would not be encrypted with
+/// the tenant's key (CLD-21): on any class but the tenant's, as its namespace's EnvironmentPolicy
+/// names it, or on none, or carrying the beta class annotation, which wins over
+/// `spec.storageClassName` in provisioning. A tenant without `spec.storage` has no class: every
+/// claim is refused, saying so. Cluster-wide and fixed, like the placement policies.
 pub fn claims_policy() -> (ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding) {
-    let refuse = |expression: &str, message: &str| Validation {
+    let beta = format!("'{BETA_STORAGE_CLASS}'");
+    storage_policy(
+        CLAIMS_POLICY,
+        "persistentvolumeclaims",
+        vec![
+            refuse(
+                "has(params.spec.storageClass)",
+                "' declares no spec.storage, so it has no encrypted storage class and may claim no volume (CLD-21)'",
+            ),
+            refuse(
+                "!has(params.spec.storageClass) || (has(object.spec.storageClassName) && object.spec.storageClassName == params.spec.storageClass)",
+                "\": volumes must be encrypted with the tenant's own key: set spec.storageClassName: \" + params.spec.storageClass + ' (CLD-21)'",
+            ),
+            refuse(
+                &format!(
+                    "!has(object.metadata.annotations) || !({beta} in object.metadata.annotations)"
+                ),
+                &format!(
+                    "\": the annotation {BETA_STORAGE_CLASS} overrides spec.storageClassName in provisioning and is refused; volumes must be encrypted with the tenant's own key (CLD-21)\""
+                ),
+            ),
+        ],
+    )
+}
+
+/// The pod volumes policy and its binding.
+pub const POD_VOLUMES_POLICY: &str = "ft-pod-volumes";
+
+/// Refuses, in every tenant namespace, a pod whose storage would escape the claims policy
+/// (CLD-21): a generic ephemeral volume whose claim template names any class but the tenant's
+/// (or carries the beta class annotation), refused here rather than leaving the pod Pending on
+/// a refused claim, and an inline CSI volume, which no claim and no class governs.
+pub fn pod_volumes_policy() -> (ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding) {
+    let beta = format!("'{BETA_STORAGE_CLASS}'");
+    let claimed = "v.ephemeral.volumeClaimTemplate";
+    let volumes = "!has(object.spec.volumes) || ";
+    storage_policy(
+        POD_VOLUMES_POLICY,
+        "pods",
+        vec![
+            refuse(
+                &format!("{volumes}object.spec.volumes.all(v, !has(v.csi))"),
+                "\": inline CSI volumes (spec.volumes[].csi) are storage no claim and no encrypted class governs; use a PersistentVolumeClaim on the tenant's class (CLD-21)\"",
+            ),
+            refuse(
+                &format!(
+                    "{volumes}object.spec.volumes.all(v, !has(v.ephemeral) || (has(params.spec.storageClass) && has({claimed}.spec.storageClassName) && {claimed}.spec.storageClassName == params.spec.storageClass && !(has({claimed}.metadata) && has({claimed}.metadata.annotations) && {beta} in {claimed}.metadata.annotations)))"
+                ),
+                &format!(
+                    "\": a generic ephemeral volume (spec.volumes[].ephemeral) must claim the tenant's own encrypted class, \" + (has(params.spec.storageClass) ? params.spec.storageClass : 'which it does not have: it declares no spec.storage') + \", in spec.storageClassName and without the annotation {BETA_STORAGE_CLASS} (CLD-21)\""
+                ),
+            ),
+        ],
+    )
+}
+
+fn refuse(expression: &str, message: &str) -> Validation {
+    Validation {
         expression: expression.into(),
         message_expression: Some(format!("'tenant ' + params.spec.tenant + {message}")),
         reason: Some("Forbidden".into()),
         ..Default::default()
-    };
-    let claim = "request.resource.resource != 'persistentvolumeclaims' || ";
-    let pod = "request.resource.resource != 'pods' || !has(object.spec.volumes) || ";
-    let beta = format!("'{BETA_STORAGE_CLASS}'");
-    let claimed = "v.ephemeral.volumeClaimTemplate";
-    let rule = |resource: &str| NamedRuleWithOperations {
-        api_groups: Some(vec![String::new()]),
-        api_versions: Some(vec!["v1".into()]),
-        operations: Some(vec!["CREATE".into()]),
-        resources: Some(vec![resource.into()]),
-        ..Default::default()
-    };
+    }
+}
+
+/// A policy on the creation of `resource` in every tenant namespace, reading the namespace's
+/// EnvironmentPolicy, and its binding.
+fn storage_policy(
+    name: &str,
+    resource: &str,
+    validations: Vec<Validation>,
+) -> (ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding) {
     (
         ValidatingAdmissionPolicy {
-            metadata: fixed_meta(CLAIMS_POLICY),
+            metadata: fixed_meta(name),
             spec: Some(ValidatingAdmissionPolicySpec {
                 failure_policy: Some("Fail".into()),
                 param_kind: Some(environment_policy_kind()),
                 match_constraints: Some(MatchResources {
-                    resource_rules: Some(vec![rule("persistentvolumeclaims"), rule("pods")]),
+                    resource_rules: Some(vec![NamedRuleWithOperations {
+                        api_groups: Some(vec![String::new()]),
+                        api_versions: Some(vec!["v1".into()]),
+                        operations: Some(vec!["CREATE".into()]),
+                        resources: Some(vec![resource.into()]),
+                        ..Default::default()
+                    }]),
                     ..Default::default()
                 }),
-                validations: Some(vec![
-                    refuse(
-                        &format!("{claim}has(params.spec.storageClass)"),
-                        "' declares no spec.storage, so it has no encrypted storage class and may claim no volume (CLD-21)'",
-                    ),
-                    refuse(
-                        &format!(
-                            "{claim}!has(params.spec.storageClass) || (has(object.spec.storageClassName) && object.spec.storageClassName == params.spec.storageClass)"
-                        ),
-                        "\": volumes must be encrypted with the tenant's own key: set spec.storageClassName: \" + params.spec.storageClass + ' (CLD-21)'",
-                    ),
-                    refuse(
-                        &format!(
-                            "{claim}!has(object.metadata.annotations) || !({beta} in object.metadata.annotations)"
-                        ),
-                        &format!(
-                            "\": the annotation {BETA_STORAGE_CLASS} overrides spec.storageClassName in provisioning and is refused; volumes must be encrypted with the tenant's own key (CLD-21)\""
-                        ),
-                    ),
-                    refuse(
-                        &format!("{pod}object.spec.volumes.all(v, !has(v.csi))"),
-                        "\": inline CSI volumes (spec.volumes[].csi) are storage no claim and no encrypted class governs; use a PersistentVolumeClaim on the tenant's class (CLD-21)\"",
-                    ),
-                    refuse(
-                        &format!(
-                            "{pod}object.spec.volumes.all(v, !has(v.ephemeral) || (has(params.spec.storageClass) && has({claimed}.spec.storageClassName) && {claimed}.spec.storageClassName == params.spec.storageClass && !(has({claimed}.metadata) && has({claimed}.metadata.annotations) && {beta} in {claimed}.metadata.annotations)))"
-                        ),
-                        &format!(
-                            "\": a generic ephemeral volume (spec.volumes[].ephemeral) must claim the tenant's own encrypted class, \" + (has(params.spec.storageClass) ? params.spec.storageClass : 'which it does not have: it declares no spec.storage') + \", in spec.storageClassName and without the annotation {BETA_STORAGE_CLASS} (CLD-21)\""
-                        ),
-                    ),
-                ]),
+                validations: Some(validations),
                 ..Default::default()
             }),
             status: None,
         },
         ValidatingAdmissionPolicyBinding {
-            metadata: fixed_meta(CLAIMS_POLICY),
+            metadata: fixed_meta(name),
             spec: ValidatingAdmissionPolicyBindingSpec {
-                policy_name: CLAIMS_POLICY.into(),
+                policy_name: name.into(),
                 param_ref: Some(environment_policy_ref()),
                 match_resources: Some(tenant_namespace_selector()),
                 validation_actions: vec!["Deny".into()],

@@ -195,44 +195,22 @@ fn the_claims_policy_admits_only_the_class_each_namespace_names() {
     assert_eq!(policy.metadata.name.as_deref(), Some("ft-claims"));
     let spec = policy.spec.clone().expect("spec");
     assert_eq!(spec.failure_policy.as_deref(), Some("Fail"));
-    let rules = spec
-        .match_constraints
-        .as_ref()
-        .and_then(|m| m.resource_rules.clone())
-        .expect("rules");
-    let matched: Vec<_> = rules
-        .iter()
-        .map(|r| (r.resources.clone(), r.operations.clone()))
-        .collect();
-    let create = Some(vec!["CREATE".to_string()]);
     assert_eq!(
-        matched,
-        [
-            (
-                Some(vec!["persistentvolumeclaims".to_string()]),
-                create.clone()
-            ),
-            (Some(vec!["pods".to_string()]), create),
-        ]
+        matched(&policy),
+        ("".into(), "persistentvolumeclaims".into(), "CREATE".into())
     );
     let validations = spec.validations.expect("validations");
-    let expressions: Vec<&str> = validations.iter().map(|v| v.expression.as_str()).collect();
-    let claims = "request.resource.resource != 'persistentvolumeclaims' || ";
-    assert_eq!(
-        expressions[0],
-        format!("{claims}has(params.spec.storageClass)")
-    );
-    assert!(expressions[1].contains("object.spec.storageClassName == params.spec.storageClass"));
-    // The beta annotation, which wins over spec.storageClassName in provisioning.
+    assert_eq!(validations[0].expression, "has(params.spec.storageClass)");
     assert!(
-        expressions[2]
-            .contains("'volume.beta.kubernetes.io/storage-class' in object.metadata.annotations")
+        validations[1]
+            .expression
+            .contains("object.spec.storageClassName == params.spec.storageClass")
     );
-    // A pod's inline CSI volumes, and its ephemeral volumes' class.
-    assert!(expressions[3].contains("!has(v.csi)"));
-    assert!(expressions[4].contains(
-        "v.ephemeral.volumeClaimTemplate.spec.storageClassName == params.spec.storageClass"
-    ));
+    // The beta annotation, which wins over spec.storageClassName in provisioning.
+    assert_eq!(
+        validations[2].expression,
+        "!has(object.metadata.annotations) || !('volume.beta.kubernetes.io/storage-class' in object.metadata.annotations)"
+    );
     for validation in &validations {
         let message = validation.message_expression.as_deref().unwrap_or_default();
         assert!(
@@ -388,4 +366,35 @@ fn the_record_proves_the_order_of_the_steps_without_the_key() {
         "StorageClass/ft-offres-emploi-encrypted"
     );
     assert_eq!(parsed["rules"], serde_json::json!(["CLD-47", "CLD-76"]));
+}
+
+/// Storage a pod brings itself: inline CSI volumes, and ephemeral volumes on another class.
+#[test]
+fn the_pod_volumes_policy_refuses_storage_no_claim_policy_sees() {
+    let (policy, binding) = ft_core::encryption::pod_volumes_policy();
+    assert_eq!(policy.metadata.name.as_deref(), Some("ft-pod-volumes"));
+    assert_eq!(
+        matched(&policy),
+        ("".into(), "pods".into(), "CREATE".into())
+    );
+    let validations = policy
+        .spec
+        .and_then(|s| s.validations)
+        .expect("validations");
+    assert_eq!(
+        validations[0].expression,
+        "!has(object.spec.volumes) || object.spec.volumes.all(v, !has(v.csi))"
+    );
+    assert!(validations[1].expression.contains(
+        "v.ephemeral.volumeClaimTemplate.spec.storageClassName == params.spec.storageClass"
+    ));
+    assert!(validations[1].expression.contains("'volume.beta.kubernetes.io/storage-class' in v.ephemeral.volumeClaimTemplate.metadata.annotations"));
+    for validation in &validations {
+        let message = validation.message_expression.as_deref().unwrap_or_default();
+        assert!(message.contains("CLD-21"), "{message}");
+    }
+    assert_eq!(
+        binding.spec.param_ref.and_then(|p| p.name).as_deref(),
+        Some("ft-environment")
+    );
 }

@@ -288,7 +288,28 @@ pub async fn run(
         .watches_stream(spec_changes(validating_bindings), move |_| a3())
         .watches_stream(spec_changes(mutating_policies), move |_| a4())
         .watches_stream(spec_changes(mutating_bindings), move |_| a5())
-        .watches_stream(pods.touched_objects(), by_namespace(index))
+        .watches_stream(pods.touched_objects(), {
+            // A pod of a tenant namespace concerns its tenant; any other pod on a node of a
+            // production pool concerns the tenants whose pool it is (SEP-1, CLD-25).
+            let (ctx, tenant_of_pod) = (ctx.clone(), by_namespace(index));
+            move |pod: Pod| {
+                if let Some(tenant) = tenant_of_pod(pod.clone()) {
+                    return vec![tenant];
+                }
+                let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) else {
+                    return Vec::new();
+                };
+                ctx.observed
+                    .nodes
+                    .get(&ObjectRef::new(node))
+                    .and_then(|n| n.metadata.labels.clone())
+                    .map(|labels| ctx.pools.owners_of(&labels))
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|t| ObjectRef::new(t))
+                    .collect()
+            }
+        })
         .watches_stream(claims.touched_objects(), by_namespace(index))
         .watches_stream(role_bindings.touched_objects(), by_namespace(index))
         .watches_stream(volumes.touched_objects(), {
