@@ -56,6 +56,9 @@ pub mod annotations {
     /// On a tenant: who set `CONFIRM_DELETION`, as the API server authenticated them, written
     /// at admission (where MutatingAdmissionPolicies are served), never by hand.
     pub const DELETION_CONFIRMED_BY: &str = "hosting.francetravail.fr/deletion-confirmed-by";
+    /// On a tenant being shredded: its own name, once its final export (CLD-73) has been handed
+    /// over to France Travail; only then are the export's backups deleted.
+    pub const FINAL_EXPORT_HANDED_OVER: &str = "hosting.francetravail.fr/final-export-handed-over";
     /// On a tenant: any new value (a date, a ticket number) asks for an export of every
     /// environment to the tenant's backup location (CLD-73).
     pub const EXPORT_REQUEST: &str = "hosting.francetravail.fr/export";

@@ -16,4 +16,5 @@ mod rbac;
 mod readme;
 mod regions;
 mod review;
+mod shredding;
 mod validate;
