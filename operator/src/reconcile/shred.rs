@@ -343,7 +343,18 @@ async fn write_shredding(
     ctx: &Context,
 ) -> Result<()> {
     let api: Api<FranceTravailTenant> = Api::all(ctx.client.clone());
-    let patch = json!({ "status": { "shredding": progress } });
+    let mut patch = json!({ "status": { "shredding": progress } });
+    // Confirmed after a hold: the hold no longer stands.
+    if let Some(status) = &tenant.status
+        && condition(Some(status), DELETION_HELD).is_some()
+    {
+        let kept: Vec<_> = status
+            .conditions
+            .iter()
+            .filter(|c| c.type_ != DELETION_HELD)
+            .collect();
+        patch["status"]["conditions"] = json!(kept);
+    }
     api.patch_status(
         &tenant.name_any(),
         &PatchParams::default(),

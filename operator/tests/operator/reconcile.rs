@@ -849,6 +849,21 @@ async fn an_unconfirmed_deletion_is_held_and_the_tenant_stays_enforced() {
     let _ = h.reconcile(t).await;
     let calls = h.api.writes();
     assert!(events(&calls).contains(&"KeyDestroyed".to_string()));
+    // The hold no longer stands: its condition goes with the first step recorded.
+    let first = status_patches(&calls)
+        .into_iter()
+        .find(|s| s.get("shredding").is_some())
+        .expect("the shredding recorded");
+    let types: Vec<&str> = first["conditions"]
+        .as_array()
+        .expect("conditions rewritten")
+        .iter()
+        .filter_map(|c| c["type"].as_str())
+        .collect();
+    assert!(
+        types.contains(&"Ready") && !types.contains(&"DeletionHeld"),
+        "{types:?}"
+    );
 }
 
 #[tokio::test]
