@@ -226,6 +226,8 @@ async fn a_confirmed_deletion_destroys_the_key_first_and_leaves_a_record() -> an
             "hosting.francetravail.fr/tenant": name,
             "hosting.francetravail.fr/environment": "prod",
             "hosting.francetravail.fr/backup-purpose": "schedule",
+            // Copied by Velero from the Schedule's template: the operator watches only these.
+            "app.kubernetes.io/managed-by": "ft-operator",
         }},
         "spec": {"includedNamespaces": [prod], "storageLocation": "backups-gra"},
         "status": {"phase": "Completed", "completionTimestamp": jiff::Timestamp::now().to_string()},
