@@ -116,11 +116,13 @@ pub fn namespace_rules() -> Vec<PolicyRule> {
 }
 
 /// What the operator does in Velero's namespace: each environment's Schedule, the restore tests
-/// and exports it starts, and the locations and backups it reads (CLD-26, CLD-73).
+/// and exports it starts, the locations and backups it reads (CLD-26, CLD-73), and the
+/// deletion of a shredded tenant's backups (CLD-47).
 pub fn velero_rules() -> Vec<PolicyRule> {
     vec![
         rule(&["velero.io"], &["schedules"], OWN),
         rule(&["velero.io"], &["backups"], &["list", "watch", "create"]),
+        rule(&["velero.io"], &["deletebackuprequests"], &["create"]),
         rule(
             &["velero.io"],
             &["restores"],
@@ -244,7 +246,8 @@ pub const LIMITS: &str = "ft-operator-limits";
 /// operator's own ServiceAccount to tenant namespaces. Its namespaces are those labelled as a
 /// tenant's (the label already there before a change or a deletion); its namespaced children
 /// only in such namespaces; RoleBindings only to the three access ClusterRoles; StorageClasses
-/// only a tenant's own; Velero objects only of its tenant's namespaces; the webhook
+/// only a tenant's own; Velero objects only of its tenant's namespaces, and deletions only of
+/// its own backups (a tenant's schedules' and the exports); the webhook
 /// configuration only its own. Whoever holds the operator's token gains no power over
 /// `kube-system`, Velero's or the operator's namespace, nor over any pod outside tenants.
 pub fn limits(
@@ -332,6 +335,14 @@ pub fn limits(
         ),
         check(
             format!(
+                "{resource} != 'deletebackuprequests' || ({} && has({after}.spec.backupName) && ({after}.spec.backupName.startsWith('ft-' + {} + '-') || {after}.spec.backupName.matches('^ft-export-[0-9a-f]{{10}}-')))",
+                labelled(after),
+                tenant_of(after)
+            ),
+            "Velero backup deletions only of a backup of the tenant they are labelled with, or of an export",
+        ),
+        check(
+            format!(
                 "{resource} != 'mutatingwebhookconfigurations' || {after}.metadata.name == '{WEBHOOK_CONFIGURATION}'"
             ),
             "only its own webhook configuration",
@@ -357,7 +368,10 @@ pub fn limits(
                         rules("rbac.authorization.k8s.io", &["rolebindings"]),
                         rules("storage.k8s.io", &["storageclasses"]),
                         rules(GROUP, &["environmentpolicies"]),
-                        rules("velero.io", &["backups", "restores", "schedules"]),
+                        rules(
+                            "velero.io",
+                            &["backups", "restores", "schedules", "deletebackuprequests"],
+                        ),
                         rules(
                             "admissionregistration.k8s.io",
                             &["mutatingwebhookconfigurations"],

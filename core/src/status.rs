@@ -9,6 +9,7 @@ use crate::access;
 use crate::api::{ControlResult, ExportStatus, FranceTravailTenant, ReportStatus, TenantStatus};
 use crate::controls::{ADMISSION_POLICY_MISSING, compliant_condition};
 use crate::meta::namespace_name;
+use crate::shredding::{self, Consent};
 use crate::validate::InvalidTenant;
 
 pub const READY: &str = "Ready";
@@ -211,6 +212,22 @@ pub fn after_pass(
     status.key_fingerprint = Some(key_fingerprint);
     if export.is_some() {
         status.export = export;
+    }
+    // A deletion nobody confirmed: the tenant is enforced as before, and says why it stays.
+    if tenant.metadata.deletion_timestamp.is_some()
+        && let Consent::Held { message } = shredding::consent(tenant)
+    {
+        let since = condition(tenant.status.as_ref(), shredding::DELETION_HELD)
+            .filter(|c| c.status == "True")
+            .map_or_else(|| now.clone(), |c| c.last_transition_time.clone());
+        status.conditions.push(Condition {
+            type_: shredding::DELETION_HELD.into(),
+            status: "True".into(),
+            reason: shredding::DELETION_NOT_CONFIRMED.into(),
+            message,
+            observed_generation: tenant.metadata.generation,
+            last_transition_time: since,
+        });
     }
     status
 }

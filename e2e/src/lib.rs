@@ -217,6 +217,20 @@ pub async fn confirm_and_delete(client: &Client, name: &str) -> anyhow::Result<(
         .patch(name, &PatchParams::default(), &Patch::Merge(&confirm))
         .await?;
     tenants.delete(name, &Default::default()).await?;
+    // No Velero server here: its part in the shredding (deleting the tenant's backups) is
+    // played until the tenant is gone.
+    let (client, name) = (client.clone(), name.to_string());
+    tokio::spawn(async move {
+        let tenants: Api<FranceTravailTenant> = Api::all(client.clone());
+        let deadline = Instant::now() + Duration::from_secs(600);
+        while Instant::now() < deadline {
+            let _ = carry_out_backup_deletions(&client, &name).await;
+            if matches!(tenants.get_opt(&name).await, Ok(None)) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
     Ok(())
 }
 
@@ -625,12 +639,42 @@ fn velero_crd(plural: &str, kind: &str) -> anyhow::Result<CustomResourceDefiniti
     }))?)
 }
 
-const VELERO_KINDS: [(&str, &str); 4] = [
+const VELERO_KINDS: [(&str, &str); 5] = [
     ("schedules", "Schedule"),
     ("backups", "Backup"),
     ("restores", "Restore"),
     ("backupstoragelocations", "BackupStorageLocation"),
+    ("deletebackuprequests", "DeleteBackupRequest"),
 ];
+
+/// Plays Velero once for `tenant`'s DeleteBackupRequests: deletes each Backup named (Velero
+/// would delete its data first). Returns the requests seen. Nothing when Velero is not served.
+pub async fn carry_out_backup_deletions(
+    client: &Client,
+    tenant: &str,
+) -> anyhow::Result<Vec<ft_core::shredding::backups::DeleteBackupRequest>> {
+    use ft_core::shredding::backups::DeleteBackupRequest;
+    let requests: Api<DeleteBackupRequest> = Api::namespaced(client.clone(), VELERO_NAMESPACE);
+    let selector = format!("{}={tenant}", ft_core::api::labels::TENANT);
+    let Ok(found) = requests
+        .list(&kube::api::ListParams::default().labels(&selector))
+        .await
+    else {
+        return Ok(Vec::new());
+    };
+    let backups: Api<VeleroBackup> = Api::namespaced(client.clone(), VELERO_NAMESPACE);
+    for request in &found.items {
+        match backups
+            .delete(&request.spec.backup_name, &Default::default())
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(found.items)
+}
 
 /// The cluster serves Velero's API (a fixture of its CustomResourceDefinitions), Velero's
 /// namespace exists, and it holds an available location in Gravelines, away from the test

@@ -61,6 +61,9 @@ pub mod annotations {
     /// its removal is recorded, so a later removal of the same name is held again.
     pub const CONFIRM_ENVIRONMENT_REMOVAL: &str =
         "hosting.francetravail.fr/confirm-environment-removal";
+    /// On a tenant being shredded: its own name, once its final export (CLD-73) has been handed
+    /// over to France Travail; only then are the export's backups deleted.
+    pub const FINAL_EXPORT_HANDED_OVER: &str = "hosting.francetravail.fr/final-export-handed-over";
     /// On a tenant: any new value (a date, a ticket number) asks for an export of every
     /// environment to the tenant's backup location (CLD-73).
     pub const EXPORT_REQUEST: &str = "hosting.francetravail.fr/export";

@@ -865,7 +865,7 @@ pub struct ExportStatus {
 #[serde(rename_all = "camelCase")]
 pub struct ShreddingStatus {
     /// The step in progress: `FinalExport`, `DestroyKey`, `DeleteNamespaces`,
-    /// `DeleteClusterObjects`, `WriteRecord` or `Done`.
+    /// `DeleteClusterObjects`, `DeleteBackups`, `WriteRecord` or `Done`.
     pub step: String,
     /// What the step waits for, if anything.
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -885,6 +885,13 @@ pub struct ShreddingStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 512))]
     pub deleted: Vec<String>,
+    /// When the last of the tenant's Velero backups and exports was gone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backups_deleted_at: Option<Time>,
+    /// The Velero backups deleted, as `Backup <velero namespace>/<name>`, or why there was none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 512))]
+    pub backups_deleted: Vec<String>,
     /// The shredding record, `ConfigMap <operator namespace>/<name>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub record: Option<String>,

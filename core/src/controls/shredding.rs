@@ -14,6 +14,23 @@ pub(super) fn crypto_shredding(inputs: &Inputs) -> Finding {
             "spec.deletion.policy is Retain: deleting the tenant would leave its data in place (CLD-47)",
         );
     }
+    // A KMS profile: the disks are encrypted with the provider's key, which the operator
+    // cannot reach, so deleting the tenant destroys nothing that makes them unreadable.
+    if let Some(reference) = inputs
+        .tenant
+        .spec
+        .storage
+        .as_ref()
+        .and_then(|s| s.key_reference.as_deref())
+    {
+        return finding(
+            ControlResult::Fail,
+            "ExternalKey",
+            format!(
+                "the tenant's volumes are encrypted with the key {reference} in the provider's KMS, which the operator cannot destroy: deleting the tenant would not make its data unreadable by itself (CLD-47). The platform team must schedule the destruction of that KMS key as part of the tenant's deletion; the shredding record names the key"
+            ),
+        );
+    }
     match &inputs.observed.key_fingerprint {
         None => finding(
             ControlResult::Fail,

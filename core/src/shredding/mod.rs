@@ -6,6 +6,7 @@
 //! Carried out by the operator's `reconcile/shred.rs`; checked by `controls/shredding.rs`
 //! (DEL-1, REV-1).
 
+pub mod backups;
 pub mod protection;
 
 use std::collections::BTreeMap;
@@ -34,6 +35,10 @@ pub enum Step {
     DeleteNamespaces,
     /// Delete the cluster-scoped objects the tenant owned, and wait until they are gone.
     DeleteClusterObjects,
+    /// Have Velero delete the tenant's backups and exports, and wait until they are gone:
+    /// resource tarballs hold its Secrets in clear, and file-system backups are encrypted with
+    /// Velero's repository key, not the tenant's.
+    DeleteBackups,
     /// Write the record that outlives the tenant.
     WriteRecord,
     /// Release the tenant.
@@ -47,6 +52,7 @@ impl Step {
             Self::DestroyKey => "DestroyKey",
             Self::DeleteNamespaces => "DeleteNamespaces",
             Self::DeleteClusterObjects => "DeleteClusterObjects",
+            Self::DeleteBackups => "DeleteBackups",
             Self::WriteRecord => "WriteRecord",
             Self::Done => "Done",
         }
@@ -68,10 +74,58 @@ pub fn next_step(tenant: &FranceTravailTenant, progress: &ShreddingStatus) -> St
     if progress.cluster_objects_deleted_at.is_none() {
         return Step::DeleteClusterObjects;
     }
+    if progress.backups_deleted_at.is_none() {
+        return Step::DeleteBackups;
+    }
     if progress.record.is_none() {
         return Step::WriteRecord;
     }
     Step::Done
+}
+
+/// Whether the operator may carry out a tenant's deletion.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Consent {
+    /// The deletion is confirmed, or a shredding already under way resumes.
+    Confirmed,
+    /// Nobody confirmed it (a deletion that admission did not see, such as the deletion of the
+    /// CustomResourceDefinition): the tenant stays enforced as a live one and its key is kept.
+    Held { message: String },
+}
+
+/// The condition a held deletion puts in the tenant's status.
+pub const DELETION_HELD: &str = "DeletionHeld";
+pub const DELETION_NOT_CONFIRMED: &str = "DeletionNotConfirmed";
+
+/// The deletion of a tenant is carried out only when its `confirm-deletion` annotation names it
+/// (CLD-47, CLD-76): whatever path the deletion came by, nothing is destroyed, and nothing is
+/// left unprotected, unless it was meant. A shredding that has begun (past the final export,
+/// or its key already destroyed) resumes regardless: stopping halfway would protect nothing.
+pub fn consent(tenant: &FranceTravailTenant) -> Consent {
+    let name = tenant.name_any();
+    let started = tenant
+        .status
+        .as_ref()
+        .and_then(|s| s.shredding.as_ref())
+        .is_some_and(|p| {
+            p.key_destroyed_at.is_some()
+                || !(p.step.is_empty() || p.step == Step::FinalExport.as_str())
+        });
+    let given = tenant.annotations().get(annotations::CONFIRM_DELETION);
+    if started || given == Some(&name) {
+        return Consent::Confirmed;
+    }
+    let found = match given {
+        None => "it does not carry the annotation".to_string(),
+        Some(other) => format!("its annotation names {other:?}, not the tenant"),
+    };
+    Consent::Held {
+        message: format!(
+            "deletion held: the deletion of tenant {name} was not confirmed ({found} {}={name}), so nothing is shredded: the tenant stays enforced and its key is kept (CLD-47, CLD-76). To carry the deletion out: kubectl annotate francetravailtenant {name} {}={name}",
+            annotations::CONFIRM_DELETION,
+            annotations::CONFIRM_DELETION,
+        ),
+    }
 }
 
 /// `ft-shredding-<tenant>-<first 8 characters of its uid>`: unique even when a tenant of the
@@ -140,9 +194,12 @@ pub struct Record<'a> {
     pub key_destroyed_at: Option<String>,
     pub namespaces_deleted_at: Option<String>,
     pub cluster_objects_deleted_at: Option<String>,
+    pub backups_deleted_at: Option<String>,
     pub recorded_at: String,
     pub namespaces_deleted: Vec<String>,
     pub cluster_objects_deleted: Vec<String>,
+    /// The Velero backups and exports deleted, or why there was none.
+    pub backups_deleted: Vec<String>,
 }
 
 fn time(t: &Option<Time>) -> Option<String> {
@@ -188,6 +245,7 @@ pub fn record(
         key_destroyed_at: time(&progress.key_destroyed_at),
         namespaces_deleted_at: time(&progress.namespaces_deleted_at),
         cluster_objects_deleted_at: time(&progress.cluster_objects_deleted_at),
+        backups_deleted_at: time(&progress.backups_deleted_at),
         recorded_at: now.0.to_string(),
         namespaces_deleted: tenant
             .status
@@ -195,6 +253,7 @@ pub fn record(
             .map(|s| s.namespaces.clone())
             .unwrap_or_default(),
         cluster_objects_deleted: progress.deleted.clone(),
+        backups_deleted: progress.backups_deleted.clone(),
     };
     Ok(ConfigMap {
         metadata: ObjectMeta {

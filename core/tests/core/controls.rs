@@ -2139,6 +2139,28 @@ fn del1_passes_when_the_key_to_destroy_first_exists() {
 }
 
 #[test]
+fn del1_fails_for_a_key_in_the_providers_kms_and_says_what_to_do() {
+    // A KMS profile: the operator's key store holds a key, but the disks use the provider's.
+    let arn = "arn:aws:kms:eu-west-3:111122223333:key/1234abcd";
+    let case = Case::with_tenant(|t| {
+        let storage = t.spec.storage.as_mut().expect("storage");
+        storage.profile = "aws-ebs".into();
+        storage.key_reference = Some(arn.into());
+    });
+    assert!(case.view.key_fingerprint.is_some());
+    assert_fails(
+        &case.judge("DEL-1"),
+        "ExternalKey",
+        &[
+            arn,
+            "which the operator cannot destroy",
+            "The platform team must schedule the destruction of that KMS key",
+            "shredding record",
+        ],
+    );
+}
+
+#[test]
 fn rev1_does_not_apply_without_a_final_export() {
     let case = Case::with_tenant(|t| t.spec.deletion.final_export = false);
     assert_result(&case.judge("REV-1"), NotApplicable, "NoFinalExport");

@@ -312,6 +312,9 @@ fn shredding_resumes_at_the_first_step_not_done() {
     p.namespaces_deleted_at = at("2026-11-22T10:00:05Z");
     assert_eq!(next_step(&t, &p), Step::DeleteClusterObjects);
     p.cluster_objects_deleted_at = at("2026-11-22T10:00:06Z");
+    // The backups go after the cluster objects (their Schedules), before the record.
+    assert_eq!(next_step(&t, &p), Step::DeleteBackups);
+    p.backups_deleted_at = at("2026-11-22T10:00:08Z");
     assert_eq!(next_step(&t, &p), Step::WriteRecord);
     p.record = Some("ConfigMap ft-system/ft-shredding-offres-emploi-1".into());
     assert_eq!(next_step(&t, &p), Step::Done);
@@ -338,6 +341,8 @@ fn the_record_proves_the_order_of_the_steps_without_the_key() {
         namespaces_deleted_at: at("2026-11-22T10:00:09Z"),
         cluster_objects_deleted_at: at("2026-11-22T10:00:10Z"),
         deleted: vec!["StorageClass/ft-offres-emploi-encrypted".into()],
+        backups_deleted_at: at("2026-11-22T10:00:10.5Z"),
+        backups_deleted: vec!["Backup velero/ft-offres-emploi-prod-20261121020000".into()],
         ..Default::default()
     };
     let now = Time("2026-11-22T10:00:11Z".parse().expect("time"));
@@ -366,6 +371,11 @@ fn the_record_proves_the_order_of_the_steps_without_the_key() {
         "StorageClass/ft-offres-emploi-encrypted"
     );
     assert_eq!(parsed["rules"], serde_json::json!(["CLD-47", "CLD-76"]));
+    assert_eq!(parsed["backupsDeletedAt"], "2026-11-22T10:00:10.5Z");
+    assert_eq!(
+        parsed["backupsDeleted"],
+        serde_json::json!(["Backup velero/ft-offres-emploi-prod-20261121020000"])
+    );
 }
 
 /// Storage a pod brings itself: inline CSI volumes, and ephemeral volumes on another class.

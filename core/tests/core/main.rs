@@ -17,4 +17,5 @@ mod readme;
 mod regions;
 mod removal;
 mod review;
+mod shredding;
 mod validate;

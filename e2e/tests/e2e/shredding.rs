@@ -1,18 +1,25 @@
 //! End-to-end: a tenant's own key and encrypted class, and crypto-shredding, against a real API
 //! server. The tenant gets its key Secret and class; a claim on another class is refused in its
 //! namespaces and accepted elsewhere; an unconfirmed deletion is refused; a confirmed one
-//! destroys the key first, then the namespaces, then the rest, survives the operator being
-//! killed midway, and leaves one record with every step's time.
+//! destroys the key first, then the namespaces, then the rest, has Velero delete the tenant's
+//! backups, survives the operator being killed midway, and leaves one record with every step's
+//! time. A deletion admission did not see (as the CRD's deletion would be) is held, the tenant
+//! enforced, until it is confirmed.
 
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use ft_core::api::{ComplianceReport, ControlResult};
+use ft_core::api::{ComplianceReport, ControlResult, FranceTravailTenant};
+use ft_core::backup::velero::Backup as VeleroBackup;
+use ft_core::shredding::protection::DELETION_PROTECTION;
 use ft_e2e::{
-    Operator, TestNodes, can_i, cluster, confirm_and_delete, create_example_tenant,
-    ensure_namespace, install_access_roles, install_crds, unique, wait_for,
+    Operator, TestNodes, VELERO_NAMESPACE, can_i, carry_out_backup_deletions, cluster,
+    confirm_and_delete, create_example_tenant, ensure_namespace, install_access_roles,
+    install_admission_policies, install_crds, install_velero, unique, wait_for,
 };
-use k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicy;
+use k8s_openapi::api::admissionregistration::v1::{
+    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+};
 use k8s_openapi::api::core::v1::{
     ConfigMap, Namespace, PersistentVolume, PersistentVolumeClaim, Secret,
 };
@@ -62,6 +69,7 @@ where
 async fn a_confirmed_deletion_destroys_the_key_first_and_leaves_a_record() -> anyhow::Result<()> {
     let client = cluster().await?;
     install_crds(&client).await?;
+    install_velero(&client).await?;
     install_access_roles(&client).await?;
     ensure_namespace(&client, OPERATOR_NAMESPACE).await?;
     let nodes = TestNodes::create(&client).await?;
@@ -206,6 +214,26 @@ async fn a_confirmed_deletion_destroys_the_key_first_and_leaves_a_record() -> an
         .await;
     assert!(forged.is_err(), "a forged confirmation was accepted");
 
+    // A backup of production, as Velero's Schedule would have taken it.
+    let backups: Api<VeleroBackup> = Api::namespaced(client.clone(), VELERO_NAMESPACE);
+    let backup_name = format!(
+        "ft-{name}-prod-{}",
+        jiff::Timestamp::now().strftime("%Y%m%d%H%M%S")
+    );
+    let backup: VeleroBackup = serde_json::from_value(json!({
+        "apiVersion": "velero.io/v1", "kind": "Backup",
+        "metadata": {"name": backup_name, "namespace": VELERO_NAMESPACE, "labels": {
+            "hosting.francetravail.fr/tenant": name,
+            "hosting.francetravail.fr/environment": "prod",
+            "hosting.francetravail.fr/backup-purpose": "schedule",
+            // Copied by Velero from the Schedule's template: the operator watches only these.
+            "app.kubernetes.io/managed-by": "ft-operator",
+        }},
+        "spec": {"includedNamespaces": [prod], "storageLocation": "backups-gra"},
+        "status": {"phase": "Completed", "completionTimestamp": jiff::Timestamp::now().to_string()},
+    }))?;
+    backups.create(&PostParams::default(), &backup).await?;
+
     // Confirmed: the key goes first. The operator is killed as soon as it has.
     confirm_and_delete(&client, &name).await?;
     let namespaces: Api<Namespace> = Api::all(client.clone());
@@ -238,6 +266,14 @@ async fn a_confirmed_deletion_destroys_the_key_first_and_leaves_a_record() -> an
     }
     assert!(!exists(&classes, &class).await?, "{class} left");
     assert!(!exists(&reports, &name).await?);
+    // Velero was asked to delete the backup (confirm_and_delete played Velero's part).
+    assert!(!exists(&backups, &backup_name).await?, "{backup_name} left");
+    let requests = carry_out_backup_deletions(&client, &name).await?;
+    assert!(
+        requests.iter().any(|r| r.spec.backup_name == backup_name
+            && r.metadata.name.as_deref() == Some(format!("{backup_name}-ft-delete").as_str())),
+        "no DeleteBackupRequest for {backup_name}: {requests:?}"
+    );
     // The cluster-wide admission policies are not the tenant's: they stay for the others.
     let policies: Api<ValidatingAdmissionPolicy> = Api::all(client.clone());
     for policy in ["ft-claims", "ft-placement"] {
@@ -275,6 +311,7 @@ async fn a_confirmed_deletion_destroys_the_key_first_and_leaves_a_record() -> an
         "keyDestroyedAt",
         "namespacesDeletedAt",
         "clusterObjectsDeletedAt",
+        "backupsDeletedAt",
         "recordedAt",
     ];
     for pair in steps.windows(2) {
@@ -286,12 +323,134 @@ async fn a_confirmed_deletion_destroys_the_key_first_and_leaves_a_record() -> an
         );
     }
     assert!(!body.contains("CRYPTO_KEY_VALUE"));
+    assert!(
+        record["backupsDeleted"].as_array().is_some_and(|b| b
+            .iter()
+            .any(|b| b == &json!(format!("Backup {VELERO_NAMESPACE}/{backup_name}")))),
+        "{body}"
+    );
+    let requests: Api<ft_core::shredding::backups::DeleteBackupRequest> =
+        Api::namespaced(client.clone(), VELERO_NAMESPACE);
+    requests
+        .delete(
+            &format!("{backup_name}-ft-delete"),
+            &DeleteParams::default(),
+        )
+        .await?;
     records
         .delete(
             found.items[0].metadata.name.as_deref().unwrap_or_default(),
             &DeleteParams::default(),
         )
         .await?;
+    nodes.delete(&client).await?;
+    drop(operator);
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "e2e: needs a Kubernetes API server; set KUBECONFIG and run `cargo test -p ft-e2e -- --ignored --test-threads=1`"]
+async fn a_deletion_admission_did_not_see_is_held_until_confirmed() -> anyhow::Result<()> {
+    let client = cluster().await?;
+    install_crds(&client).await?;
+    install_access_roles(&client).await?;
+    ensure_namespace(&client, OPERATOR_NAMESPACE).await?;
+    let nodes = TestNodes::create(&client).await?;
+    let operator = Operator::start(OPERATOR_NAMESPACE, &unique("e2e-lease"))?;
+
+    let name = unique("e2e-held");
+    let (dev, prod) = (format!("{name}-dev"), format!("{name}-prod"));
+    let key_name = format!("ft-key-{name}");
+    let tenants = create_example_tenant(&client, &name).await?;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
+    wait_for("the key Secret", SETTLE, || async {
+        Ok(exists(&secrets, &key_name).await?.then_some(()))
+    })
+    .await?;
+
+    // A deletion the protection does not see, as the CRD's deletion would delete every tenant:
+    // the protection's binding is taken away for the time of one delete, then put back.
+    let bindings: Api<ValidatingAdmissionPolicyBinding> = Api::all(client.clone());
+    bindings
+        .delete(DELETION_PROTECTION, &DeleteParams::default())
+        .await?;
+    let deleted = wait_for(
+        "the unconfirmed deletion to be let through",
+        SETTLE,
+        || async {
+            Ok(tenants
+                .delete(&name, &DeleteParams::default())
+                .await
+                .ok()
+                .map(|_| ()))
+        },
+    )
+    .await;
+    install_admission_policies(&client).await?;
+    deleted?;
+
+    // Held: the condition says why and how to confirm; the key and namespaces stay.
+    let held = |t: &FranceTravailTenant| {
+        t.status
+            .as_ref()?
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "DeletionHeld" && c.status == "True")
+            .map(|c| c.message.clone())
+    };
+    let message = wait_for("the deletion to be held", SETTLE, || async {
+        Ok(tenants.get_opt(&name).await?.as_ref().and_then(held))
+    })
+    .await?;
+    assert!(
+        message.contains(&format!(
+            "kubectl annotate francetravailtenant {name} hosting.francetravail.fr/confirm-deletion={name}"
+        )),
+        "{message}"
+    );
+    assert!(
+        exists(&secrets, &key_name).await?,
+        "the key went unconfirmed"
+    );
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    for ns in [&dev, &prod] {
+        let found = namespaces.get_opt(ns).await?;
+        assert!(
+            found.is_some_and(|n| n.metadata.deletion_timestamp.is_none()),
+            "{ns} deleted unconfirmed"
+        );
+    }
+    let tenant = tenants.get(&name).await?;
+    assert!(tenant.metadata.deletion_timestamp.is_some());
+    assert!(tenant.status.and_then(|s| s.shredding).is_none());
+
+    // Confirmed: the shredding proceeds.
+    confirm_and_delete(&client, &name).await?;
+    wait_for(
+        "the tenant to be shredded",
+        Duration::from_secs(180),
+        || async { Ok((!exists(&tenants, &name).await?).then_some(())) },
+    )
+    .await?;
+    assert!(!exists(&secrets, &key_name).await?, "the key stayed");
+    for ns in [&dev, &prod] {
+        assert!(!exists(&namespaces, ns).await?, "{ns} left");
+    }
+    let records: Api<ConfigMap> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
+    for record in records
+        .list(&ListParams::default().labels(&format!(
+            "hosting.francetravail.fr/shredding-record=true,hosting.francetravail.fr/tenant={name}"
+        )))
+        .await?
+        .items
+    {
+        records
+            .delete(
+                record.metadata.name.as_deref().unwrap_or_default(),
+                &DeleteParams::default(),
+            )
+            .await?;
+    }
     nodes.delete(&client).await?;
     drop(operator);
     Ok(())

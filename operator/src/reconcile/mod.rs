@@ -54,6 +54,10 @@ pub async fn reconcile(tenant: Arc<FranceTravailTenant>, ctx: Arc<Context>) -> R
     let api: Api<FranceTravailTenant> = Api::all(ctx.client.clone());
     let pass = async {
         ctx.observed.wait_until_ready().await;
+        // Before the finalizer: a deletion nobody confirmed never reaches its cleanup.
+        if let Some(held) = shred::held(&tenant, &ctx).await {
+            return held.map_err(kube::runtime::finalizer::Error::CleanupFailed);
+        }
         finalizer(&api, FINALIZER, tenant, |event| async {
             match event {
                 Finalizer::Apply(tenant) => apply(&tenant, &ctx).await,

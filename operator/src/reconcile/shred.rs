@@ -1,5 +1,5 @@
 //! Carries out a confirmed deletion (CLD-47, CLD-76), one `ft_core::shredding` step per
-//! pass, each recorded before the next begins.
+//! pass, each recorded before the next begins; holds one nobody confirmed.
 
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ObjectReference};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -8,18 +8,42 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
-use tracing::info;
+use tracing::{info, warn};
 
-use ft_core::api::{DeletionPolicy, FranceTravailTenant, ShreddingStatus};
+use ft_core::api::{DeletionPolicy, FINALIZER, FranceTravailTenant, ShreddingStatus};
 use ft_core::backup::{self};
 use ft_core::meta::owned_by;
-use ft_core::shredding::{self, Step};
+use ft_core::shredding::backups::{BackupsDeletion, DeleteBackupRequest, backups_deletion};
+use ft_core::shredding::{self, Consent, DELETION_HELD, Step};
+use ft_core::status::condition;
 
 use crate::apply::Applier;
 use crate::context::Context;
 use crate::error::{Error, Result};
 
-/// Runs while the tenant is being deleted; the finalizer stays until this returns Ok.
+/// A deletion nobody confirmed (one admission did not see, such as the CustomResourceDefinition's
+/// deletion): the tenant is enforced exactly as a live one, its status says why it stays and
+/// how to confirm, and its key is kept. `None` when the deletion may be carried out.
+pub(super) async fn held(tenant: &FranceTravailTenant, ctx: &Context) -> Option<Result<Action>> {
+    if tenant.metadata.deletion_timestamp.is_none()
+        || !tenant.finalizers().iter().any(|f| f == FINALIZER)
+    {
+        return None;
+    }
+    let Consent::Held { message } = shredding::consent(tenant) else {
+        return None;
+    };
+    // Once per hold: the condition it leaves in the status says it was announced.
+    if condition(tenant.status.as_ref(), DELETION_HELD).is_none_or(|c| c.status != "True") {
+        warn!(tenant = %tenant.name_any(), control = "CLD-47", "{message}");
+        ctx.publish(tenant, EventType::Warning, "DeletionHeld", message)
+            .await;
+    }
+    Some(super::apply(tenant, ctx).await)
+}
+
+/// Runs while the tenant is being deleted, once the deletion is confirmed; the finalizer stays
+/// until this returns Ok.
 pub(super) async fn cleanup(tenant: &FranceTravailTenant, ctx: &Context) -> Result<Action> {
     let name = tenant.name_any();
     let applier = ctx.applier(&name);
@@ -159,6 +183,52 @@ async fn shred(tenant: &FranceTravailTenant, applier: &Applier<'_>, ctx: &Contex
                 progress.cluster_objects_deleted_at = Some(now());
                 write_shredding(tenant, &progress, ctx).await?;
             }
+            Step::DeleteBackups => {
+                let view = ctx
+                    .observed
+                    .velero_view(tenant, &ctx.settings.velero_namespace);
+                match backups_deletion(tenant, &view, ctx.compliance.backup_engine()) {
+                    BackupsDeletion::Done { none } => {
+                        if progress.backups_deleted.is_empty() {
+                            progress.backups_deleted.extend(none);
+                        }
+                        crate::crash_point!("shred-DeleteBackups", &name);
+                        progress.backups_deleted_at = Some(now());
+                        progress.message.clear();
+                        write_shredding(tenant, &progress, ctx).await?;
+                        info!(tenant = %name, backups = ?progress.backups_deleted, control = "CLD-47", "the tenant's backups are deleted");
+                        ctx.publish(
+                            tenant,
+                            EventType::Normal,
+                            "BackupsDeleted",
+                            format!(
+                                "no Velero backup of the tenant is left: {}",
+                                progress.backups_deleted.join(", ")
+                            ),
+                        )
+                        .await;
+                    }
+                    BackupsDeletion::Waiting {
+                        requests,
+                        deleting,
+                        message,
+                    } => {
+                        request_deletions(&requests, ctx).await?;
+                        let mut changed = progress.message != message;
+                        for backup in deleting {
+                            if !progress.backups_deleted.contains(&backup) {
+                                progress.backups_deleted.push(backup);
+                                changed = true;
+                            }
+                        }
+                        if changed {
+                            progress.message = message.clone();
+                            write_shredding(tenant, &progress, ctx).await?;
+                        }
+                        return Err(Error::ShreddingBlocked(message));
+                    }
+                }
+            }
             Step::WriteRecord => {
                 let record = shredding::record(
                     tenant,
@@ -184,10 +254,15 @@ async fn shred(tenant: &FranceTravailTenant, applier: &Applier<'_>, ctx: &Contex
                 ));
                 write_shredding(tenant, &progress, ctx).await?;
                 let note = format!(
-                    "tenant shredded: key {} destroyed, then {} namespace(s) and {} other object(s); record in {}",
+                    "tenant shredded: key {} destroyed, then {} namespace(s), {} other object(s) and {} backup(s); record in {}",
                     progress.key_fingerprint.as_deref().unwrap_or_default(),
                     tenant.status.as_ref().map_or(0, |s| s.namespaces.len()),
                     progress.deleted.len(),
+                    progress
+                        .backups_deleted
+                        .iter()
+                        .filter(|b| b.starts_with("Backup "))
+                        .count(),
                     progress.record.as_deref().unwrap_or_default()
                 );
                 info!(tenant = %name, record = ?progress.record, control = "CLD-76", "{note}");
@@ -237,6 +312,29 @@ async fn final_export(
     Ok(shredding::final_export_outcome(&progress, &velero))
 }
 
+/// Asks Velero to delete backups. A request already there (made by an earlier pass) stands.
+async fn request_deletions(requests: &[DeleteBackupRequest], ctx: &Context) -> Result<()> {
+    let api: Api<DeleteBackupRequest> =
+        Api::namespaced(ctx.client.clone(), &ctx.settings.velero_namespace);
+    for request in requests {
+        match api.create(&PostParams::default(), request).await {
+            Ok(_) => {
+                ctx.metrics.write("DeleteBackupRequest", "create");
+                info!(request = %request.name_any(), backup = %request.spec.backup_name, control = "CLD-47", "backup deletion requested");
+            }
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => {
+                return Err(Error::kube(
+                    "create",
+                    format!("DeleteBackupRequest/{}", request.name_any()),
+                    e,
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Records the shredding's progress in the tenant's status. A merge patch: the conditions and
 /// the rest of the status stay as they are.
 async fn write_shredding(
@@ -245,7 +343,18 @@ async fn write_shredding(
     ctx: &Context,
 ) -> Result<()> {
     let api: Api<FranceTravailTenant> = Api::all(ctx.client.clone());
-    let patch = json!({ "status": { "shredding": progress } });
+    let mut patch = json!({ "status": { "shredding": progress } });
+    // Confirmed after a hold: the hold no longer stands.
+    if let Some(status) = &tenant.status
+        && condition(Some(status), DELETION_HELD).is_some()
+    {
+        let kept: Vec<_> = status
+            .conditions
+            .iter()
+            .filter(|c| c.type_ != DELETION_HELD)
+            .collect();
+        patch["status"]["conditions"] = json!(kept);
+    }
     api.patch_status(
         &tenant.name_any(),
         &PatchParams::default(),

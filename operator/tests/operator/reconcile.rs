@@ -7,7 +7,7 @@ use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 
 use common::tenant;
-use ft_core::api::{FINALIZER, FranceTravailTenant, ShreddingStatus};
+use ft_core::api::{FINALIZER, FranceTravailTenant, ShreddingStatus, annotations};
 use ft_core::backup::velero::{Backup as VeleroBackup, BackupStorageLocation, Restore, Schedule};
 use ft_core::desired::Desired;
 use ft_core::settings::BuildSettings;
@@ -981,14 +981,185 @@ fn finalizer_removed(calls: &[Call]) -> bool {
         .any(|c| c.method == "PATCH" && c.body.to_string().contains("/metadata/finalizers/0"))
 }
 
-/// A settled tenant whose deletion has been requested.
-async fn deleting(h: &mut Harness) -> FranceTravailTenant {
+/// A settled tenant whose deletion has been requested, not confirmed.
+async fn unconfirmed(h: &mut Harness) -> FranceTravailTenant {
     let mut t = stored_tenant();
     // The final export waits for an export engine; see the test of that below.
     t.spec.deletion.final_export = false;
     let mut t = h.settle(t).await;
     t.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::now()));
     t
+}
+
+fn annotate(t: &mut FranceTravailTenant, key: &str, value: &str) {
+    t.metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(key.into(), value.into());
+}
+
+/// A settled tenant whose deletion has been requested and confirmed.
+async fn deleting(h: &mut Harness) -> FranceTravailTenant {
+    let mut t = unconfirmed(h).await;
+    annotate(&mut t, annotations::CONFIRM_DELETION, "offres-emploi");
+    t
+}
+
+#[tokio::test]
+async fn an_unconfirmed_deletion_is_held_and_the_tenant_stays_enforced() {
+    let mut h = harness();
+    let mut t = unconfirmed(&mut h).await;
+    // Someone opens the default-deny policy while the deletion is held: repaired as for a live
+    // tenant.
+    let mut np = desired(&t)
+        .network_policies
+        .into_iter()
+        .find(|np| {
+            np.metadata.name.as_deref() == Some("ft-default-deny")
+                && np.metadata.namespace.as_deref() == Some("offres-emploi-prod")
+        })
+        .unwrap();
+    np.spec.as_mut().unwrap().ingress = Some(vec![Default::default()]);
+    np.metadata.managed_fields = ours();
+    // Unlike any the fake server answers with in this pass.
+    np.metadata.resource_version = Some("20".into());
+    h.observe_extra_policy(np);
+    let action = h.reconcile(t.clone()).await.unwrap();
+    assert_ne!(action, Action::await_change());
+    let calls = h.api.writes();
+    assert!(deletes(&calls).is_empty(), "{calls:#?}");
+    assert!(!finalizer_removed(&calls));
+    assert!(shredding(&calls).is_none());
+    assert_eq!(
+        applies(&calls),
+        [
+            "/apis/networking.k8s.io/v1/namespaces/offres-emploi-prod/networkpolicies/ft-default-deny"
+        ]
+    );
+    assert!(
+        h.ctx
+            .keys
+            .fingerprint("offres-emploi")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let status = tenant_status(&calls).expect("status written");
+    assert_eq!(
+        condition(&status, "DeletionHeld"),
+        ("True".into(), "DeletionNotConfirmed".into())
+    );
+    let message = status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "DeletionHeld")
+        .unwrap()["message"]
+        .to_string();
+    assert!(
+        message.contains("kubectl annotate francetravailtenant offres-emploi hosting.francetravail.fr/confirm-deletion=offres-emploi"),
+        "{message}"
+    );
+    assert_eq!(events(&calls), ["DeletionHeld", "DriftReverted"]);
+
+    // Held again: no second Event.
+    t.status = Some(serde_json::from_value(status).unwrap());
+    h.api.calls.lock().unwrap().clear();
+    h.reconcile(t.clone()).await.unwrap();
+    let calls = h.api.writes();
+    assert!(!events(&calls).contains(&"DeletionHeld".to_string()));
+    assert!(deletes(&calls).is_empty());
+
+    // Confirmed: the shredding begins with the key.
+    annotate(&mut t, annotations::CONFIRM_DELETION, "offres-emploi");
+    h.api.calls.lock().unwrap().clear();
+    let _ = h.reconcile(t).await;
+    let calls = h.api.writes();
+    assert!(events(&calls).contains(&"KeyDestroyed".to_string()));
+    // The hold no longer stands: its condition goes with the first step recorded.
+    let first = status_patches(&calls)
+        .into_iter()
+        .find(|s| s.get("shredding").is_some())
+        .expect("the shredding recorded");
+    let types: Vec<&str> = first["conditions"]
+        .as_array()
+        .expect("conditions rewritten")
+        .iter()
+        .filter_map(|c| c["type"].as_str())
+        .collect();
+    assert!(
+        types.contains(&"Ready") && !types.contains(&"DeletionHeld"),
+        "{types:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_tenants_backups_are_deleted_through_velero_before_the_record() {
+    let mut h = harness();
+    let t = deleting(&mut h).await;
+    let d = desired(&t);
+    let scheduled = completed_backup(&d.schedules.as_ref().unwrap()[0]);
+    let backup_name = scheduled.metadata.name.clone().unwrap();
+    let mut t = t;
+    t.status.as_mut().unwrap().shredding = Some(ShreddingStatus {
+        step: "DeleteClusterObjects".into(),
+        key_fingerprint: Some("sha256:k".into()),
+        key_destroyed_at: Some(Time(jiff::Timestamp::now())),
+        namespaces_deleted_at: Some(Time(jiff::Timestamp::now())),
+        cluster_objects_deleted_at: Some(Time(jiff::Timestamp::now())),
+        ..Default::default()
+    });
+    h.observe_nothing();
+    list(&mut h.writers.backups, [scheduled].into_iter(), |_| {});
+
+    // Velero is asked to delete it; the step waits until the Backup is gone.
+    let waiting = h.reconcile(t.clone()).await.unwrap_err();
+    assert_eq!(waiting.category(), "shredding_blocked");
+    let calls = h.api.writes();
+    let requests: Vec<&Call> = calls
+        .iter()
+        .filter(|c| {
+            c.method == "POST"
+                && c.path == "/apis/velero.io/v1/namespaces/velero/deletebackuprequests"
+        })
+        .collect();
+    assert_eq!(requests.len(), 1, "{calls:#?}");
+    assert_eq!(requests[0].body["spec"]["backupName"], backup_name.as_str());
+    assert_eq!(
+        requests[0].body["metadata"]["name"],
+        format!("{backup_name}-ft-delete")
+    );
+    assert_eq!(
+        requests[0].body["metadata"]["labels"]["hosting.francetravail.fr/tenant"],
+        "offres-emploi"
+    );
+    assert!(!finalizer_removed(&calls));
+    let progress = shredding(&calls).unwrap();
+    assert_eq!(progress.step, "DeleteBackups");
+    assert_eq!(
+        progress.backups_deleted,
+        [format!("Backup velero/{backup_name}")]
+    );
+    assert!(progress.backups_deleted_at.is_none());
+
+    // Velero deleted it: the step is done, and the record lists it.
+    list(&mut h.writers.backups, std::iter::empty(), |_| {});
+    t.status.as_mut().unwrap().shredding = Some(progress);
+    h.api.calls.lock().unwrap().clear();
+    h.reconcile(t).await.unwrap();
+    let calls = h.api.writes();
+    let record = calls
+        .iter()
+        .find(|c| c.method == "POST" && c.path == "/api/v1/namespaces/ft-system/configmaps")
+        .expect("a shredding record");
+    let body = record.body["data"]["record.yaml"].as_str().unwrap();
+    assert!(body.contains("backupsDeletedAt:"), "{body}");
+    assert!(
+        body.contains(&format!("Backup velero/{backup_name}")),
+        "{body}"
+    );
+    assert!(events(&calls).contains(&"BackupsDeleted".to_string()));
+    assert!(finalizer_removed(&calls));
 }
 
 #[tokio::test]
@@ -1260,6 +1431,11 @@ async fn deletion_with_retain_keeps_namespaces_and_key_and_removes_the_operators
     t.spec.deletion.policy = ft_core::api::DeletionPolicy::Retain;
     let mut t = h.settle(t).await;
     t.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::now()));
+    // Unconfirmed, even Retain removes nothing.
+    h.reconcile(t.clone()).await.unwrap();
+    assert!(deletes(&h.api.writes()).is_empty());
+    h.api.calls.lock().unwrap().clear();
+    annotate(&mut t, annotations::CONFIRM_DELETION, "offres-emploi");
     let pending = h.reconcile(t.clone()).await;
     assert_eq!(pending.unwrap_err().category(), "cleanup_pending");
     let calls = h.api.writes();
