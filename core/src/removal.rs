@@ -24,6 +24,7 @@ use crate::api::{
 use crate::backup::{self, ExportProgress, VeleroView, velero::Backup};
 use crate::digest::sha256_hex;
 use crate::meta::{namespace_name, tenant_namespaces};
+use crate::shredding;
 
 /// Marks the ConfigMaps that are environment removal records.
 pub const RECORD_LABEL: &str = "hosting.francetravail.fr/environment-removal-record";
@@ -392,19 +393,7 @@ const NOTHING_DELETED: &str =
 
 /// Why the final export of a removed environment cannot start, if it cannot.
 pub fn final_export_blocked(tenant: &FranceTravailTenant, engine: Option<bool>) -> Option<String> {
-    if tenant.spec.backup.is_none() {
-        return Some(format!(
-            "spec.deletion.finalExport is set, but the tenant declares no backup location (spec.backup) to export to: {NOTHING_DELETED}"
-        ));
-    }
-    match engine {
-        Some(true) => None,
-        Some(false) => Some(format!(
-            "the final export waits: {}; {NOTHING_DELETED}",
-            backup::NO_ENGINE
-        )),
-        None => Some("the final export waits to tell whether the cluster serves Velero".into()),
-    }
+    shredding::export_blocked(tenant, engine, NOTHING_DELETED)
 }
 
 /// The final export's Backup once completed, or what it waits for.
@@ -412,21 +401,7 @@ pub fn final_export_outcome(
     progress: &ExportProgress,
     view: &VeleroView,
 ) -> Result<Vec<String>, String> {
-    if !progress.failed.is_empty() {
-        return Err(format!(
-            "the final export failed: {}; {NOTHING_DELETED}. Delete the failed Backup to take it again",
-            progress.failed.join(", ")
-        ));
-    }
-    if !progress.completed {
-        return Err("the final export is in progress".into());
-    }
-    let location = view.location_description();
-    Ok(progress
-        .backups
-        .iter()
-        .map(|(name, _)| format!("Backup {}/{name} in {location}", view.namespace))
-        .collect())
+    shredding::export_outcome(progress, view, NOTHING_DELETED)
 }
 
 /// `ft-removal-<tenant>-<environment>-<8 hex digits>`: unique per tenant and hold, so an

@@ -234,6 +234,19 @@ pub async fn confirm_and_delete(client: &Client, name: &str) -> anyhow::Result<(
     Ok(())
 }
 
+/// Says, as France Travail would once it has received it, that the tenant's final export was
+/// handed over: only then does the shredding delete the export's backups (CLD-73).
+pub async fn hand_over_final_export(client: &Client, name: &str) -> anyhow::Result<()> {
+    let tenants: Api<FranceTravailTenant> = Api::all(client.clone());
+    let handed = serde_json::json!({"metadata": {"annotations": {
+        ft_core::api::annotations::FINAL_EXPORT_HANDED_OVER: name
+    }}});
+    tenants
+        .patch(name, &PatchParams::default(), &Patch::Merge(&handed))
+        .await?;
+    Ok(())
+}
+
 /// Deletes a tenant and waits until it is gone: its finalizer has run. The operator must be
 /// running, or the tenant stays.
 pub async fn delete_tenant(client: &Client, name: &str) -> anyhow::Result<()> {
@@ -835,4 +848,36 @@ pub async fn finish_restore_tests(
             .await?;
     }
     Ok(running)
+}
+
+/// A change that makes a valid tenant invalid, on its JSON.
+pub type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+
+/// Sends a tenant as raw JSON in a dry run, so that shapes the Rust types cannot hold (an
+/// integer quantity below zero, a profile outside the catalogue) reach the API server as typed.
+pub async fn dry_run_create_tenant(
+    client: &Client,
+    tenant: serde_json::Value,
+) -> Result<kube::api::DynamicObject, kube::Error> {
+    let resource = kube::core::ApiResource::erase::<FranceTravailTenant>(&());
+    let api: Api<kube::api::DynamicObject> = Api::all_with(client.clone(), &resource);
+    let object: kube::api::DynamicObject =
+        serde_json::from_value(tenant).map_err(kube::Error::SerdeError)?;
+    let params = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    api.create(&params, &object).await
+}
+
+/// The API server's refusal (422) of an invalid tenant, `case` saying which.
+pub async fn tenant_refusal(client: &Client, case: &str, tenant: serde_json::Value) -> String {
+    match dry_run_create_tenant(client, tenant).await {
+        Ok(_) => panic!("{case}: the API server accepted an invalid tenant"),
+        Err(kube::Error::Api(status)) => {
+            assert_eq!(status.code, 422, "{case}: {}", status.message);
+            status.message
+        }
+        Err(e) => panic!("{case}: unexpected error: {e}"),
+    }
 }

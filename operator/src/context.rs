@@ -300,6 +300,36 @@ impl Context {
             self.metrics.write("Event", "create");
         }
     }
+
+    /// A Normal Event about a record (a ConfigMap in `namespace`) that outlives `tenant`: on
+    /// the tenant, naming the record, and on the record itself.
+    pub async fn publish_record(
+        &self,
+        tenant: &FranceTravailTenant,
+        namespace: &str,
+        record: &str,
+        reason: &str,
+        note: String,
+    ) {
+        use kube::Resource;
+        let related = ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("ConfigMap".into()),
+            namespace: Some(namespace.into()),
+            name: Some(record.into()),
+            ..Default::default()
+        };
+        self.publish_related(
+            &tenant.object_ref(&()),
+            Some(related.clone()),
+            EventType::Normal,
+            reason,
+            note.clone(),
+        )
+        .await;
+        self.publish_on(&related, EventType::Normal, reason, note)
+            .await;
+    }
 }
 
 fn truncate(mut s: String, max: usize) -> String {

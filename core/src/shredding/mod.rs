@@ -279,19 +279,7 @@ const NOTHING_DESTROYED: &str = "nothing has been destroyed. To shred without an
 
 /// Why the final export before shredding (CLD-73) cannot start, if it cannot.
 pub fn final_export_blocked(tenant: &FranceTravailTenant, engine: Option<bool>) -> Option<String> {
-    if tenant.spec.backup.is_none() {
-        return Some(format!(
-            "spec.deletion.finalExport is set, but the tenant declares no backup location (spec.backup) to export to: {NOTHING_DESTROYED}"
-        ));
-    }
-    match engine {
-        Some(true) => None,
-        Some(false) => Some(format!(
-            "the final export waits: {}; {NOTHING_DESTROYED}",
-            backup::NO_ENGINE
-        )),
-        None => Some("the final export waits to tell whether the cluster serves Velero".into()),
-    }
+    export_blocked(tenant, engine, NOTHING_DESTROYED)
 }
 
 /// The final export's Backups once all completed, or what it waits for. Nothing is destroyed
@@ -300,9 +288,40 @@ pub fn final_export_outcome(
     progress: &ExportProgress,
     view: &VeleroView,
 ) -> Result<Vec<String>, String> {
+    export_outcome(progress, view, NOTHING_DESTROYED)
+}
+
+/// Why an export taken before something is destroyed (a tenant, or one of its environments)
+/// cannot start, if it cannot; `unchanged` says what is kept meanwhile.
+pub fn export_blocked(
+    tenant: &FranceTravailTenant,
+    engine: Option<bool>,
+    unchanged: &str,
+) -> Option<String> {
+    if tenant.spec.backup.is_none() {
+        return Some(format!(
+            "spec.deletion.finalExport is set, but the tenant declares no backup location (spec.backup) to export to: {unchanged}"
+        ));
+    }
+    match engine {
+        Some(true) => None,
+        Some(false) => Some(format!(
+            "the final export waits: {}; {unchanged}",
+            backup::NO_ENGINE
+        )),
+        None => Some("the final export waits to tell whether the cluster serves Velero".into()),
+    }
+}
+
+/// Such an export's Backups once all completed, or what it waits for.
+pub fn export_outcome(
+    progress: &ExportProgress,
+    view: &VeleroView,
+    unchanged: &str,
+) -> Result<Vec<String>, String> {
     if !progress.failed.is_empty() {
         return Err(format!(
-            "the final export failed: {}; {NOTHING_DESTROYED}. Delete the failed Backups to take it again",
+            "the final export failed: {}; {unchanged}. Delete the failed Backups to take it again",
             progress.failed.join(", ")
         ));
     }

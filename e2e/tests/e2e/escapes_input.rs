@@ -6,40 +6,10 @@
 //! Ignored by a plain `cargo test` (the reason says how to run them); `.ci/run` runs them where
 //! an API server is reachable.
 
-use ft_core::api::FranceTravailTenant;
-use ft_e2e::{cluster, example_tenant, install_crds, unique};
-use kube::api::{DynamicObject, PostParams};
-use kube::core::ApiResource;
-use kube::{Api, Client};
-use serde_json::{Value, json};
-
-/// A change that makes a valid tenant invalid.
-type Edit = Box<dyn Fn(&mut Value)>;
-
-/// Sends a tenant as raw JSON in a dry run, so that shapes the Rust types cannot hold (an
-/// integer quantity below zero, a profile outside the catalogue) reach the API server as typed.
-async fn dry_run_create(client: &Client, tenant: Value) -> Result<DynamicObject, kube::Error> {
-    let resource = ApiResource::erase::<FranceTravailTenant>(&());
-    let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
-    let object: DynamicObject = serde_json::from_value(tenant).map_err(kube::Error::SerdeError)?;
-    let params = PostParams {
-        dry_run: true,
-        ..Default::default()
-    };
-    api.create(&params, &object).await
-}
-
-/// The API server's refusal of an invalid tenant.
-async fn refusal(client: &Client, case: &str, tenant: Value) -> String {
-    match dry_run_create(client, tenant).await {
-        Ok(_) => panic!("{case}: the API server accepted an invalid tenant"),
-        Err(kube::Error::Api(status)) => {
-            assert_eq!(status.code, 422, "{case}: {}", status.message);
-            status.message
-        }
-        Err(e) => panic!("{case}: unexpected error: {e}"),
-    }
-}
+use ft_e2e::{
+    Edit, cluster, dry_run_create_tenant, example_tenant, install_crds, tenant_refusal, unique,
+};
+use serde_json::json;
 
 #[tokio::test]
 #[ignore = "e2e: needs a Kubernetes API server; set KUBECONFIG and run `cargo test -p ft-e2e -- --ignored --test-threads=1`"]
@@ -48,7 +18,7 @@ async fn the_api_server_refuses_input_the_operator_cannot_honour() -> anyhow::Re
     install_crds(&client).await?;
     let valid = serde_json::to_value(example_tenant("tenant.yaml", &unique("e2e-input"))?)?;
     // The valid example passes the same checks.
-    dry_run_create(&client, valid.clone()).await?;
+    dry_run_create_tenant(&client, valid.clone()).await?;
 
     let cases: Vec<(&str, Edit, &[&str])> = vec![
         (
@@ -141,7 +111,7 @@ async fn the_api_server_refuses_input_the_operator_cannot_honour() -> anyhow::Re
     for (case, edit, expected) in cases {
         let mut tenant = valid.clone();
         edit(&mut tenant);
-        let message = refusal(&client, case, tenant).await;
+        let message = tenant_refusal(&client, case, tenant).await;
         for part in expected {
             assert!(
                 message.contains(part),
@@ -177,7 +147,7 @@ async fn the_api_server_refuses_input_the_operator_cannot_honour() -> anyhow::Re
     for (case, edit) in accepted {
         let mut tenant = valid.clone();
         edit(&mut tenant);
-        if let Err(e) = dry_run_create(&client, tenant).await {
+        if let Err(e) = dry_run_create_tenant(&client, tenant).await {
             panic!("{case}: refused: {e}");
         }
         eprintln!("e2e: accepted ({case})");

@@ -12,13 +12,12 @@ use ft_core::meta::child_labels;
 use ft_core::network::network_policies;
 use ft_core::settings::BuildSettings;
 use ft_e2e::{
-    Operator, cluster, confirm_and_delete, ensure_namespace, example_tenant, install_crds,
-    is_ready, unique, wait_for,
+    Edit, Operator, cluster, confirm_and_delete, dry_run_create_tenant, ensure_namespace,
+    example_tenant, install_crds, is_ready, tenant_refusal, unique, wait_for,
 };
 use k8s_openapi::api::core::v1::{Event, LimitRange, Namespace, ResourceQuota};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use kube::api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
-use kube::core::ApiResource;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
 
@@ -274,32 +273,6 @@ async fn a_tenant_is_isolated_kept_in_shape_and_deleted() -> anyhow::Result<()> 
 }
 
 /// A change that makes a valid tenant invalid.
-type Edit = Box<dyn Fn(&mut Value)>;
-
-/// Sends a tenant as raw JSON in a dry run, so that shapes the Rust types cannot hold can be
-/// tried without creating anything.
-async fn dry_run_create(client: &Client, tenant: Value) -> Result<DynamicObject, kube::Error> {
-    let resource = ApiResource::erase::<FranceTravailTenant>(&());
-    let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
-    let object: DynamicObject = serde_json::from_value(tenant).map_err(kube::Error::SerdeError)?;
-    let params = PostParams {
-        dry_run: true,
-        ..Default::default()
-    };
-    api.create(&params, &object).await
-}
-
-/// The API server's refusal of an invalid tenant.
-async fn refusal(client: &Client, tenant: Value) -> String {
-    match dry_run_create(client, tenant).await {
-        Ok(_) => panic!("the API server accepted an invalid tenant"),
-        Err(kube::Error::Api(status)) => {
-            assert_eq!(status.code, 422, "{}", status.message);
-            status.message
-        }
-        Err(e) => panic!("unexpected error: {e}"),
-    }
-}
 
 #[tokio::test]
 #[ignore = "e2e: needs a Kubernetes API server; set KUBECONFIG and run `cargo test -p ft-e2e -- --ignored --test-threads=1`"]
@@ -308,7 +281,7 @@ async fn the_api_server_refuses_invalid_tenants_naming_the_field() -> anyhow::Re
     install_crds(&client).await?;
     let valid = serde_json::to_value(example_tenant("tenant.yaml", &unique("e2e-invalid"))?)?;
     // The valid example passes the same checks.
-    dry_run_create(&client, valid.clone()).await?;
+    dry_run_create_tenant(&client, valid.clone()).await?;
 
     let cases: Vec<(&str, Edit, &[&str])> = vec![
         (
@@ -365,7 +338,7 @@ async fn the_api_server_refuses_invalid_tenants_naming_the_field() -> anyhow::Re
     for (case, edit, expected) in cases {
         let mut tenant = valid.clone();
         edit(&mut tenant);
-        let message = refusal(&client, tenant).await;
+        let message = tenant_refusal(&client, case, tenant).await;
         for part in expected {
             assert!(
                 message.contains(part),

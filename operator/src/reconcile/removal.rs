@@ -4,12 +4,12 @@
 
 use std::collections::BTreeSet;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ObjectReference};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
-use kube::{Api, Resource, ResourceExt};
+use kube::{Api, ResourceExt};
 use serde_json::json;
 use tracing::info;
 
@@ -227,22 +227,7 @@ async fn advance(
                     "environment {environment} removed: namespace {namespace} deleted; the tenant key is kept for the other environments; record in ConfigMap {record_ns}/{record_name}"
                 );
                 info!(tenant = %name, environment = %environment, record = %record_name, control = "CLD-76", "{note}");
-                let related = ObjectReference {
-                    api_version: Some("v1".into()),
-                    kind: Some("ConfigMap".into()),
-                    namespace: Some(record_ns.clone()),
-                    name: Some(record_name),
-                    ..Default::default()
-                };
-                ctx.publish_related(
-                    &tenant.object_ref(&()),
-                    Some(related.clone()),
-                    EventType::Normal,
-                    "EnvironmentRemoved",
-                    note.clone(),
-                )
-                .await;
-                ctx.publish_on(&related, EventType::Normal, "EnvironmentRemoved", note)
+                ctx.publish_record(tenant, record_ns, &record_name, "EnvironmentRemoved", note)
                     .await;
             }
             Step::Done => return Ok(true),

@@ -1,12 +1,12 @@
 //! Carries out a confirmed deletion (CLD-47, CLD-76), one `ft_core::shredding` step per
 //! pass, each recorded before the next begins; holds one nobody confirmed.
 
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ObjectReference};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
-use kube::{Api, Resource, ResourceExt};
+use kube::{Api, ResourceExt};
 use serde_json::json;
 use tracing::{info, warn};
 
@@ -266,23 +266,14 @@ async fn shred(tenant: &FranceTravailTenant, applier: &Applier<'_>, ctx: &Contex
                     progress.record.as_deref().unwrap_or_default()
                 );
                 info!(tenant = %name, record = ?progress.record, control = "CLD-76", "{note}");
-                let related = ObjectReference {
-                    api_version: Some("v1".into()),
-                    kind: Some("ConfigMap".into()),
-                    namespace: Some(ctx.settings.key_namespace.clone()),
-                    name: Some(record_name),
-                    ..Default::default()
-                };
-                ctx.publish_related(
-                    &tenant.object_ref(&()),
-                    Some(related.clone()),
-                    EventType::Normal,
+                ctx.publish_record(
+                    tenant,
+                    &ctx.settings.key_namespace,
+                    &record_name,
                     "Shredded",
-                    note.clone(),
+                    note,
                 )
                 .await;
-                ctx.publish_on(&related, EventType::Normal, "Shredded", note)
-                    .await;
             }
             Step::Done => {
                 crate::crash_point!("shred-Done", &name);
