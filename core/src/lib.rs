@@ -13,6 +13,7 @@
 //! |---|---|
 //! | [`isolation`] | CLD-20 namespaces per environment, Pod Security, quota, limits |
 //! | [`network`] | CLD-20, CLD-36 default deny and the declared flow matrix |
+//! | [`flowmap`] | CLD-35 the flow matrix drawn for an auditor (`ft-operator map`) |
 //! | [`placement`] | CLD-74 EU regions, CLD-25 production pools |
 //! | [`encryption`] | CLD-21, CLD-40 the tenant's key and encrypted storage |
 //! | [`access`] | CLD-14, CLD-16, CLD-17, 2.4.a, 2.4.c personal expiring grants |
@@ -33,6 +34,7 @@ pub mod crd;
 pub mod desired;
 pub mod digest;
 pub mod encryption;
+pub mod flowmap;
 pub mod isolation;
 pub mod meta;
 pub mod network;

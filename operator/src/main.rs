@@ -39,6 +39,11 @@ enum Command {
     /// Render every object `run` would apply for a tenant: on a cluster described by the flags
     /// (its nodes, provider, Velero), or on the current cluster (`--from-cluster`).
     Plan(Box<PlanArgs>),
+    /// Draw a tenant's flow matrix as an SVG for an auditor (CLD-35): its environments, every
+    /// declared flow with its nature, peers and ports, DNS, and what is denied. From a manifest
+    /// (`-f`; with several tenants in it, `--tenant` picks one), or the tenant stored in the
+    /// current cluster (`--tenant` alone).
+    Map(MapArgs),
     /// Print the control catalogue: what each control checks and the rules it evidences.
     Controls,
     /// Remove the per-environment admission policies of earlier versions, each once the
@@ -161,6 +166,21 @@ struct PlanArgs {
     cluster: ClusterArgs,
 }
 
+#[derive(clap::Args)]
+#[command(group = clap::ArgGroup::new("source").required(true).multiple(true))]
+struct MapArgs {
+    /// Tenant manifest (YAML, one or more documents); `-` reads standard input.
+    #[arg(short = 'f', long = "filename", group = "source")]
+    file: Option<PathBuf>,
+    /// The tenant to draw: the one of that name in the manifest, or without `-f` the one
+    /// stored in the current cluster.
+    #[arg(long, group = "source")]
+    tenant: Option<String>,
+    /// Write the SVG to this file instead of standard output.
+    #[arg(short = 'o', long)]
+    output: Option<PathBuf>,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum PlanConfinement {
     Native,
@@ -258,6 +278,7 @@ fn main() -> ExitCode {
         Command::Crd { output_dir } => print_files(ft_core::crd::crd_files(), output_dir),
         Command::Admission { output_dir } => print_files(ft_core::admission::files(), output_dir),
         Command::Plan(args) => run_plan(*args),
+        Command::Map(args) => run_map(args),
         Command::Controls => print_controls(),
         Command::Migrate => run_migrate(),
         Command::Rbac {
@@ -467,6 +488,67 @@ fn plan_output(args: PlanArgs) -> Result<String, PlanFailure> {
     };
     ft_operator::plan::render(&tenants, &stored, settings, &cluster, &compliance, now)
         .map_err(|e| PlanFailure::Plan(source, e))
+}
+
+fn run_map(args: MapArgs) -> ExitCode {
+    let tenant = match map_tenant(&args) {
+        Ok(tenant) => tenant,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // The map draws what the operator enforces: an invalid tenant is not enforced.
+    if let Err(e) = ft_core::validate::validate(&tenant) {
+        eprintln!("error: the tenant {} is invalid:", e.tenant);
+        for f in &e.errors {
+            eprintln!("  {f}");
+        }
+        return ExitCode::FAILURE;
+    }
+    let svg = ft_core::flowmap::render(&tenant);
+    let written = match &args.output {
+        Some(path) => std::fs::write(path, svg).map_err(|e| format!("{}: {e}", path.display())),
+        None => {
+            print!("{svg}");
+            Ok(())
+        }
+    };
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The tenant to draw: from the manifest, or as the current cluster stores it.
+fn map_tenant(args: &MapArgs) -> anyhow::Result<ft_core::api::FranceTravailTenant> {
+    use anyhow::Context as _;
+    if let Some(file) = &args.file {
+        let source = file.display();
+        let tenants =
+            ft_core::plan::parse_tenants(&read_input(file)?).with_context(|| source.to_string())?;
+        return ft_core::flowmap::pick(tenants, args.tenant.as_deref())
+            .with_context(|| source.to_string());
+    }
+    // clap requires `-f` or `--tenant`.
+    let name = args
+        .tenant
+        .as_deref()
+        .context("give a manifest (-f) or a tenant of the current cluster (--tenant)")?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let client = kube::Client::try_default().await?;
+        let api: kube::Api<ft_core::api::FranceTravailTenant> = kube::Api::all(client);
+        api.get_opt(name)
+            .await
+            .with_context(|| format!("reading the tenant {name} from the current cluster"))?
+            .with_context(|| format!("no FranceTravailTenant named {name} in the current cluster"))
+    })
 }
 
 fn run(args: RunArgs) -> ExitCode {

@@ -10,6 +10,7 @@ mod crds;
 mod cycles;
 mod desired;
 mod encryption;
+mod flowmap;
 mod pass;
 mod placement;
 mod rbac;
