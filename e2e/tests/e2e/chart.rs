@@ -12,6 +12,7 @@ use ft_core::api::labels::LEADER;
 use ft_core::placement::regions::RegionCatalogue;
 use ft_e2e::helm::{Helm, chart_dir, find};
 use ft_e2e::{operator_binary, workspace_root};
+use ft_operator::metrics::{Metrics, TenantLabels};
 use k8s_openapi::api::admissionregistration::v1::{
     MutatingAdmissionPolicy, MutatingAdmissionPolicyBinding, ValidatingAdmissionPolicy,
     ValidatingAdmissionPolicyBinding,
@@ -1083,13 +1084,37 @@ fn alert_rules(rule: &Value) -> Vec<Value> {
         .collect()
 }
 
-/// The sample names the operator's `/metrics` can carry: every family its registry declares,
-/// whether or not it holds a sample yet (the text encoding writes `# TYPE` for each), with
-/// the suffixes of its type.
+/// The families the operator's registry declares, as `/metrics` names them: read from the
+/// registry itself, since the text encoding leaves out a family that holds no sample yet.
+fn declared_families(metrics: &Metrics) -> BTreeSet<String> {
+    let registry = format!("{:?}", metrics.registry);
+    registry
+        .split("Descriptor { name: \"")
+        .skip(1)
+        .filter_map(|rest| rest.split('"').next())
+        .map(|name| format!("ft_{name}"))
+        .collect()
+}
+
+/// The sample names the operator's `/metrics` can carry: every family the registry declares,
+/// given a sample, encoded, with the suffixes of its type (`_total`, `_bucket`…).
 fn declared_metrics() -> BTreeSet<String> {
-    let text = ft_operator::metrics::Metrics::default().encode();
+    let metrics = Metrics::default();
+    let tenant = TenantLabels { tenant: "t".into() };
+    metrics.reconciled("t", std::time::Duration::from_millis(10));
+    metrics.failed("api");
+    metrics.write("ConfigMap", "apply");
+    metrics.drift_repairs.get_or_create(&tenant).inc();
+    metrics.control("t", "CLS-1", Some(false));
+    metrics.last_evaluation.get_or_create(&tenant).set(1);
+    metrics.watch_restarted("pods");
+    metrics.watch_synced("pods", true);
+    metrics.grant_earliest_expiry.get_or_create(&tenant).set(1);
+    metrics.grants_expiring.get_or_create(&tenant).set(1);
+
+    let mut families = BTreeSet::new();
     let mut names = BTreeSet::new();
-    for line in text.lines() {
+    for line in metrics.encode().lines() {
         let Some(declared) = line.strip_prefix("# TYPE ") else {
             continue;
         };
@@ -1097,6 +1122,7 @@ fn declared_metrics() -> BTreeSet<String> {
         let (Some(name), Some(kind)) = (parts.next(), parts.next()) else {
             continue;
         };
+        families.insert(name.to_string());
         let suffixes: &[&str] = match kind {
             "counter" => &["_total"],
             "histogram" => &["_bucket", "_sum", "_count"],
@@ -1104,6 +1130,15 @@ fn declared_metrics() -> BTreeSet<String> {
         };
         names.extend(suffixes.iter().map(|s| format!("{name}{s}")));
     }
+    // A family added to the registry must get a sample above, or it would go unchecked.
+    let unsampled: Vec<_> = declared_families(&metrics)
+        .difference(&families)
+        .cloned()
+        .collect();
+    assert!(
+        unsampled.is_empty(),
+        "give these a sample here: {unsampled:?}"
+    );
     names
 }
 
@@ -1167,13 +1202,22 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
                 i += 1;
             }
             let word: String = chars[start..i].iter().collect();
-            let next = chars[i..].iter().find(|c| !c.is_whitespace());
+            let rest: String = chars[i..].iter().collect();
+            let rest = rest.trim_start();
+            // A function, or an aggregation written `sum by (…) (…)`.
+            let applied = rest.starts_with('(')
+                || ["by", "without"].iter().any(|k| {
+                    rest.strip_prefix(k).is_some_and(|after| {
+                        !after.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
+                    })
+                });
+            let next = rest.chars().next();
             if GROUPING.contains(&word.as_str()) {
-                skip_labels = next == Some(&'(');
+                skip_labels = next == Some('(');
             } else if !(word.starts_with('$')
                 || word.starts_with(|c: char| c.is_ascii_digit() || c == '.')
                 || KEYWORDS.contains(&word.as_str())
-                || next == Some(&'('))
+                || applied)
             {
                 names.insert(word);
             }
@@ -1210,8 +1254,14 @@ fn the_query_check_finds_metric_names_and_nothing_else() {
         metric_names("(ft_a - time()) / 86400 < 30 * 1e3 and on (tenant) group_left (x) ft_b"),
         set(&["ft_a", "ft_b"])
     );
+    // Read from the registry: a family with no sample yet is there too.
+    let families = declared_families(&Metrics::default());
+    assert!(families.contains("ft_control_result"), "{families:?}");
+    assert!(
+        families.contains("ft_access_grants_expiring"),
+        "{families:?}"
+    );
     let declared = declared_metrics();
-    // Families without a sample yet are declared all the same.
     for name in [
         "ft_control_result",
         "ft_reconciliations_total",
