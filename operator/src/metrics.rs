@@ -9,6 +9,10 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use ft_core::access;
+use ft_core::api::FranceTravailTenant;
+use jiff::Timestamp;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TenantLabels {
     pub tenant: String,
@@ -60,6 +64,11 @@ pub struct Metrics {
     pub watch_synced: Family<ResourceLabels, Gauge>,
     /// Seconds the controller has had work and finished no pass; 0 while it moves.
     pub since_progress: Gauge,
+    /// Unix time at which the tenant's first grant in force lapses; no series without one.
+    /// Per tenant, never per subject: subjects are people, and must not become labels.
+    pub grant_earliest_expiry: Family<TenantLabels, Gauge>,
+    /// Grants in force that lapse within 30 days (`ft_core::access::EXPIRY_WARNING`).
+    pub grants_expiring: Family<TenantLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -77,6 +86,8 @@ impl Default for Metrics {
         let watch_restarts = Family::<ResourceLabels, Counter>::default();
         let watch_synced = Family::<ResourceLabels, Gauge>::default();
         let since_progress = Gauge::default();
+        let grant_earliest_expiry = Family::<TenantLabels, Gauge>::default();
+        let grants_expiring = Family::<TenantLabels, Gauge>::default();
         registry.register(
             "reconciliations",
             "Reconciliations completed, by tenant",
@@ -137,6 +148,16 @@ impl Default for Metrics {
             "How long the controller has had work and finished no reconcile pass",
             since_progress.clone(),
         );
+        registry.register(
+            "access_grant_earliest_expiry_timestamp_seconds",
+            "When the tenant's first access grant in force expires",
+            grant_earliest_expiry.clone(),
+        );
+        registry.register(
+            "access_grants_expiring",
+            "Access grants in force that expire within 30 days, by tenant",
+            grants_expiring.clone(),
+        );
         Self {
             registry,
             reconciliations,
@@ -151,6 +172,8 @@ impl Default for Metrics {
             watch_restarts,
             watch_synced,
             since_progress,
+            grant_earliest_expiry,
+            grants_expiring,
         }
     }
 }
@@ -221,9 +244,38 @@ impl Metrics {
         for control in controls {
             self.control(tenant, &control, None);
         }
-        self.last_evaluation.remove(&TenantLabels {
+        let labels = TenantLabels {
             tenant: tenant.into(),
-        });
+        };
+        self.last_evaluation.remove(&labels);
+        self.grant_earliest_expiry.remove(&labels);
+        self.grants_expiring.remove(&labels);
+    }
+
+    /// Publishes when the tenant's grants in force lapse: the earliest expiry, and how many
+    /// lapse within 30 days. Counts and instants only: no subject reaches a label.
+    pub fn grants(&self, tenant: &FranceTravailTenant, now: Timestamp) {
+        let labels = TenantLabels {
+            tenant: tenant.metadata.name.clone().unwrap_or_default(),
+        };
+        let earliest = access::in_force(tenant, now)
+            .iter()
+            .map(|g| g.expires.0)
+            .min();
+        match earliest {
+            Some(at) => {
+                self.grant_earliest_expiry
+                    .get_or_create(&labels)
+                    .set(at.as_second());
+            }
+            None => {
+                self.grant_earliest_expiry.remove(&labels);
+            }
+        }
+        let expiring = access::expiring_soon(tenant, now).len();
+        self.grants_expiring
+            .get_or_create(&labels)
+            .set(i64::try_from(expiring).unwrap_or(i64::MAX));
     }
 
     pub fn encode(&self) -> String {
@@ -231,5 +283,66 @@ impl Metrics {
         // Encoding into a String cannot fail: fmt::Write for String is infallible.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The example tenant: a group's grant expiring 2027-06-30, an admin's 2027-03-31.
+    fn tenant() -> FranceTravailTenant {
+        serde_saphyr::from_str(include_str!("../../examples/tenant.yaml")).expect("the example")
+    }
+
+    fn gauges(metrics: &Metrics) -> (Option<i64>, Option<i64>) {
+        let labels = TenantLabels {
+            tenant: "offres-emploi".into(),
+        };
+        (
+            metrics.grant_earliest_expiry.get(&labels).map(|g| g.get()),
+            metrics.grants_expiring.get(&labels).map(|g| g.get()),
+        )
+    }
+
+    #[test]
+    fn grants_publish_the_earliest_expiry_and_how_many_lapse_within_30_days() {
+        let metrics = Metrics::default();
+        let tenant = tenant();
+        assert_eq!(tenant.metadata.name.as_deref(), Some("offres-emploi"));
+        // 2027-03-31T00:00:00Z
+        let admin_expiry = 1_806_451_200;
+
+        metrics.grants(&tenant, "2026-11-30T00:00:00Z".parse().unwrap());
+        assert_eq!(gauges(&metrics), (Some(admin_expiry), Some(0)));
+
+        metrics.grants(&tenant, "2027-03-15T00:00:00Z".parse().unwrap());
+        assert_eq!(gauges(&metrics), (Some(admin_expiry), Some(1)));
+
+        // The admin's grant has lapsed: the group's is the first to go, within 30 days.
+        metrics.grants(&tenant, "2027-06-10T00:00:00Z".parse().unwrap());
+        assert_eq!(gauges(&metrics), (Some(1_814_313_600), Some(1)));
+
+        // Nothing in force: no expiry to wait for.
+        metrics.grants(&tenant, "2027-07-01T00:00:00Z".parse().unwrap());
+        assert_eq!(gauges(&metrics), (None, Some(0)));
+    }
+
+    #[test]
+    fn no_subject_reaches_the_grant_series() {
+        let metrics = Metrics::default();
+        metrics.grants(&tenant(), "2027-03-15T00:00:00Z".parse().unwrap());
+        let text = metrics.encode();
+        assert!(text.contains("ft_access_grants_expiring{tenant=\"offres-emploi\"} 1"));
+        assert!(!text.contains("claire.martin"), "{text}");
+        assert!(!text.contains("offres-emploi-developpeurs"), "{text}");
+    }
+
+    #[test]
+    fn a_forgotten_tenant_loses_its_grant_series() {
+        let metrics = Metrics::default();
+        metrics.grants(&tenant(), "2027-03-15T00:00:00Z".parse().unwrap());
+        metrics.forget_tenant("offres-emploi", Vec::new());
+        assert_eq!(gauges(&metrics), (None, None));
     }
 }

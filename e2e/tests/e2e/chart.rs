@@ -6,11 +6,13 @@
 //! upgrade and uninstall on a cluster are in `chart_install.rs`.
 
 use std::collections::BTreeSet;
+use std::io::Write as _;
 
 use ft_core::api::labels::LEADER;
 use ft_core::placement::regions::RegionCatalogue;
 use ft_e2e::helm::{Helm, chart_dir, find};
 use ft_e2e::{operator_binary, workspace_root};
+use ft_operator::metrics::{Metrics, TenantLabels};
 use k8s_openapi::api::admissionregistration::v1::{
     MutatingAdmissionPolicy, MutatingAdmissionPolicyBinding, ValidatingAdmissionPolicy,
     ValidatingAdmissionPolicyBinding,
@@ -43,7 +45,17 @@ fn other_values() -> Value {
         "logFormat": "text",
         "confinement": "webhook",
         "webhook": {"port": 9443, "certificate": {"source": "cert-manager"}},
-        "metrics": {"port": 9090, "serviceMonitor": {"enabled": true, "labels": {"release": "prometheus"}}},
+        "metrics": {
+            "port": 9090,
+            "serviceMonitor": {"enabled": true, "labels": {"release": "prometheus"}},
+            "prometheusRule": {"enabled": true, "labels": {"release": "prometheus"}},
+            "grafanaDashboard": {
+                "enabled": true,
+                "label": "dashboards.example.org/grafana",
+                "labelValue": "security",
+                "annotations": {"grafana_folder": "Security"}
+            }
+        },
         "placement": {
             "defaultAllowedCountries": ["FR", "DE"],
             "provider": "ovhcloud",
@@ -77,8 +89,26 @@ fn value_sets() -> Vec<(&'static str, Value)> {
     ]
 }
 
+/// Helm's engine, or `None` for a test to return early. libtest cannot skip at run time, so
+/// such a test is counted as passed: it says on stderr that it was skipped, and why, written
+/// past libtest's output capture so that a plain `cargo test` shows it too.
 fn helm() -> Option<Helm> {
-    Helm::find().expect("Helm's engine")
+    let helm = Helm::find().expect("Helm's engine");
+    if helm.is_none() {
+        let current = std::thread::current();
+        let test = current
+            .name()
+            .filter(|n| *n != "main")
+            .unwrap_or("chart test");
+        let python = std::env::var("FT_HELM_PYTHON").unwrap_or_else(|_| "python3".into());
+        let _ = writeln!(
+            std::io::stderr(),
+            "{test}: skipped, Helm's engine not found: {python} cannot import helm_python; \
+             set FT_HELM_PYTHON to a Python with helm-python-sdk==0.2.2 (.ci/run makes one), \
+             or FT_REQUIRE_HELM=1 to fail instead"
+        );
+    }
+    helm
 }
 
 fn namespace_of(values: &Value) -> &str {
@@ -230,6 +260,11 @@ fn every_rendered_object_is_a_valid_object_of_its_kind() {
                         .then_some(())
                         .ok_or_else(|| format!("an Issuer of no kind: {spec:?}"))
                 }
+                ("monitoring.coreos.com/v1", "PrometheusRule") => alert_rules(object)
+                    .iter()
+                    .all(|r| r["alert"].is_string() && r["expr"].is_string())
+                    .then_some(())
+                    .ok_or_else(|| format!("a rule without alert or expr: {object}")),
                 ("monitoring.coreos.com/v1", "ServiceMonitor") => {
                     (object["spec"]["endpoints"][0]["port"] == "metrics")
                         .then_some(())
@@ -1037,4 +1072,350 @@ fn wrong_values_are_refused_naming_the_value() {
         };
         assert!(error.contains(field), "{values}: {error}");
     }
+}
+
+/// Every rule of a PrometheusRule.
+fn alert_rules(rule: &Value) -> Vec<Value> {
+    rule["spec"]["groups"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
+        .collect()
+}
+
+/// The families the operator's registry declares, as `/metrics` names them: read from the
+/// registry itself, since the text encoding leaves out a family that holds no sample yet.
+fn declared_families(metrics: &Metrics) -> BTreeSet<String> {
+    let registry = format!("{:?}", metrics.registry);
+    registry
+        .split("Descriptor { name: \"")
+        .skip(1)
+        .filter_map(|rest| rest.split('"').next())
+        .map(|name| format!("ft_{name}"))
+        .collect()
+}
+
+/// The sample names the operator's `/metrics` can carry: every family the registry declares,
+/// given a sample, encoded, with the suffixes of its type (`_total`, `_bucket`…).
+fn declared_metrics() -> BTreeSet<String> {
+    let metrics = Metrics::default();
+    let tenant = TenantLabels { tenant: "t".into() };
+    metrics.reconciled("t", std::time::Duration::from_millis(10));
+    metrics.failed("api");
+    metrics.write("ConfigMap", "apply");
+    metrics.drift_repairs.get_or_create(&tenant).inc();
+    metrics.control("t", "CLS-1", Some(false));
+    metrics.last_evaluation.get_or_create(&tenant).set(1);
+    metrics.watch_restarted("pods");
+    metrics.watch_synced("pods", true);
+    metrics.grant_earliest_expiry.get_or_create(&tenant).set(1);
+    metrics.grants_expiring.get_or_create(&tenant).set(1);
+
+    let mut families = BTreeSet::new();
+    let mut names = BTreeSet::new();
+    for line in metrics.encode().lines() {
+        let Some(declared) = line.strip_prefix("# TYPE ") else {
+            continue;
+        };
+        let mut parts = declared.split_whitespace();
+        let (Some(name), Some(kind)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        families.insert(name.to_string());
+        let suffixes: &[&str] = match kind {
+            "counter" => &["_total"],
+            "histogram" => &["_bucket", "_sum", "_count"],
+            _ => &[""],
+        };
+        names.extend(suffixes.iter().map(|s| format!("{name}{s}")));
+    }
+    // A family added to the registry must get a sample above, or it would go unchecked.
+    let unsampled: Vec<_> = declared_families(&metrics)
+        .difference(&families)
+        .cloned()
+        .collect();
+    assert!(
+        unsampled.is_empty(),
+        "give these a sample here: {unsampled:?}"
+    );
+    names
+}
+
+/// The metric names a PromQL expression selects: identifiers outside strings, label matchers
+/// and ranges that are neither a function, a keyword, nor the labels of a grouping clause.
+/// Grafana's `$variables` are not metrics either.
+fn metric_names(expr: &str) -> BTreeSet<String> {
+    // Strings, `{…}` and `[…]` blanked out.
+    let mut plain = String::with_capacity(expr.len());
+    let mut closing: Option<char> = None;
+    for c in expr.chars() {
+        if let Some(end) = closing {
+            if c == end {
+                closing = None;
+            }
+            plain.push(' ');
+            continue;
+        }
+        closing = match c {
+            '"' | '\'' | '`' => Some(c),
+            '{' => Some('}'),
+            '[' => Some(']'),
+            _ => None,
+        };
+        plain.push(if closing.is_some() { ' ' } else { c });
+    }
+    const KEYWORDS: &[&str] = &[
+        "by",
+        "without",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+        "bool",
+        "and",
+        "or",
+        "unless",
+        "offset",
+        "inf",
+        "nan",
+    ];
+    const GROUPING: &[&str] = &[
+        "by",
+        "without",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+    ];
+    let chars: Vec<char> = plain.chars().collect();
+    let mut names = BTreeSet::new();
+    let mut i = 0;
+    let mut skip_labels = false;
+    while i < chars.len() {
+        let c = chars[i];
+        if c.is_ascii_alphabetic() || c == '_' || c == ':' || c == '$' || c.is_ascii_digit() {
+            let start = i;
+            while i < chars.len()
+                && (chars[i].is_ascii_alphanumeric() || matches!(chars[i], '_' | ':' | '$' | '.'))
+            {
+                i += 1;
+            }
+            let word: String = chars[start..i].iter().collect();
+            let rest: String = chars[i..].iter().collect();
+            let rest = rest.trim_start();
+            // A function, or an aggregation written `sum by (…) (…)`.
+            let applied = rest.starts_with('(')
+                || ["by", "without"].iter().any(|k| {
+                    rest.strip_prefix(k).is_some_and(|after| {
+                        !after.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
+                    })
+                });
+            let next = rest.chars().next();
+            if GROUPING.contains(&word.as_str()) {
+                skip_labels = next == Some('(');
+            } else if !(word.starts_with('$')
+                || word.starts_with(|c: char| c.is_ascii_digit() || c == '.')
+                || KEYWORDS.contains(&word.as_str())
+                || applied)
+            {
+                names.insert(word);
+            }
+            continue;
+        }
+        if skip_labels && c == '(' {
+            // The label list of `by (…)` and the like.
+            while i < chars.len() && chars[i] != ')' {
+                i += 1;
+            }
+            skip_labels = false;
+        }
+        i += 1;
+    }
+    names
+}
+
+#[test]
+fn the_query_check_finds_metric_names_and_nothing_else() {
+    let set = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<BTreeSet<_>>();
+    assert_eq!(
+        metric_names(
+            r#"histogram_quantile(0.95, sum by (le) (rate(ft_reconcile_duration_seconds_bucket{job="ft-operator", le!="+Inf"}[$__rate_interval])))"#
+        ),
+        set(&["ft_reconcile_duration_seconds_bucket"])
+    );
+    assert_eq!(
+        metric_names(
+            "absent(ft_leader == 1) or max without (pod) (ft_no_such_metric offset 5m) > bool 0"
+        ),
+        set(&["ft_leader", "ft_no_such_metric"])
+    );
+    assert_eq!(
+        metric_names("(ft_a - time()) / 86400 < 30 * 1e3 and on (tenant) group_left (x) ft_b"),
+        set(&["ft_a", "ft_b"])
+    );
+    // Read from the registry: a family with no sample yet is there too.
+    let families = declared_families(&Metrics::default());
+    assert!(families.contains("ft_control_result"), "{families:?}");
+    assert!(
+        families.contains("ft_access_grants_expiring"),
+        "{families:?}"
+    );
+    let declared = declared_metrics();
+    for name in [
+        "ft_control_result",
+        "ft_reconciliations_total",
+        "ft_reconcile_duration_seconds_bucket",
+        "ft_access_grants_expiring",
+        "ft_leader",
+    ] {
+        assert!(declared.contains(name), "{name} in {declared:?}");
+    }
+    // A counter is exposed with its `_total` only; a name nobody registered is not there.
+    assert!(!declared.contains("ft_reconciliations"));
+    assert!(!declared.contains("ft_no_such_metric"));
+}
+
+fn monitoring_values() -> Value {
+    json!({"metrics": {"prometheusRule": {"enabled": true}, "grafanaDashboard": {"enabled": true}}})
+}
+
+#[test]
+fn every_alert_and_dashboard_query_names_metrics_the_operator_exposes() {
+    let Some(helm) = helm() else { return };
+    let objects = objects(&helm, &monitoring_values());
+    let rule = find(&objects, "PrometheusRule", "ft-operator").expect("the PrometheusRule");
+    let dashboard = find(&objects, "ConfigMap", "ft-operator-dashboard").expect("the dashboard");
+
+    let mut queries: Vec<(String, String)> = Vec::new();
+    for rule in alert_rules(rule) {
+        let alert = rule["alert"].as_str().expect("an alert name").to_string();
+        let expr = rule["expr"].as_str().expect("an expr").to_string();
+        assert!(
+            matches!(
+                rule["labels"]["severity"].as_str(),
+                Some("critical" | "warning")
+            ),
+            "{alert}: {rule}"
+        );
+        let summary = rule["annotations"]["summary"].as_str().unwrap_or_default();
+        let description = rule["annotations"]["description"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(!summary.is_empty() && !description.is_empty(), "{alert}");
+        if expr.contains("ft_control_result") {
+            for needed in [
+                "{{ $labels.tenant }}",
+                "{{ $labels.control }}",
+                "CLD-61",
+                "24 hours",
+            ] {
+                assert!(
+                    description.contains(needed),
+                    "{alert}: {needed} in {description}"
+                );
+            }
+        } else if expr.contains("ft_access_grants") {
+            assert!(description.contains("{{ $labels.tenant }}"), "{alert}");
+        }
+        queries.push((format!("alert {alert}"), expr));
+    }
+    let json: Value = serde_json::from_str(
+        dashboard["data"]["ft-operator.json"]
+            .as_str()
+            .expect("the dashboard's JSON"),
+    )
+    .expect("the dashboard is JSON");
+    let mut stack = vec![("dashboard".to_string(), &json)];
+    while let Some((at, value)) = stack.pop() {
+        match value {
+            Value::Object(map) => {
+                let at = map
+                    .get("title")
+                    .and_then(Value::as_str)
+                    .map_or(at.clone(), |t| format!("panel {t:?}"));
+                if let Some(expr) = map.get("expr").and_then(Value::as_str) {
+                    queries.push((at.clone(), expr.to_string()));
+                }
+                stack.extend(map.values().map(|v| (at.clone(), v)));
+            }
+            Value::Array(items) => stack.extend(items.iter().map(|v| (at.clone(), v))),
+            _ => {}
+        }
+    }
+
+    let declared = declared_metrics();
+    let mut used = BTreeSet::new();
+    let mut unknown = Vec::new();
+    for (at, expr) in &queries {
+        let names = metric_names(expr);
+        assert!(!names.is_empty(), "{at}: `{expr}` selects no metric");
+        for name in names {
+            if !declared.contains(&name) {
+                unknown.push(format!("{at}: {name} in `{expr}`"));
+            }
+            used.insert(name);
+        }
+    }
+    assert!(
+        unknown.is_empty(),
+        "metrics the operator does not expose:\n{}",
+        unknown.join("\n")
+    );
+    // What the alerts and panels are about.
+    for name in [
+        "ft_control_result",
+        "ft_access_grants_expiring",
+        "ft_leader",
+        "ft_seconds_since_progress",
+        "ft_reconciliations_total",
+        "ft_reconcile_duration_seconds_bucket",
+        "ft_api_writes_total",
+    ] {
+        assert!(used.contains(name), "no alert or panel reads {name}");
+    }
+}
+
+#[test]
+fn the_alerts_render_where_prometheus_rules_are_served_or_when_forced() {
+    let Some(helm) = helm() else { return };
+    let has = |values: Value, kind: &str, name: &str| {
+        find(&objects(&helm, &values), kind, name).is_some()
+    };
+    // Offline, the cluster serves no monitoring.coreos.com/v1: `auto` renders nothing.
+    assert!(!has(json!({}), "PrometheusRule", "ft-operator"));
+    assert!(has(monitoring_values(), "PrometheusRule", "ft-operator"));
+    // Nothing scrapes an operator without its metrics Service: no alert on absent series.
+    let unscraped =
+        json!({"metrics": {"service": {"enabled": false}, "prometheusRule": {"enabled": true}}});
+    assert!(!has(unscraped, "PrometheusRule", "ft-operator"));
+    assert!(!has(json!({}), "ConfigMap", "ft-operator-dashboard"));
+
+    let objects = objects(&helm, &other_values());
+    let rule = find(&objects, "PrometheusRule", "ft-operator").expect("the PrometheusRule");
+    assert_eq!(rule["metadata"]["labels"]["release"], "prometheus");
+    let dashboard = find(&objects, "ConfigMap", "ft-operator-dashboard").expect("the dashboard");
+    assert_eq!(
+        dashboard["metadata"]["labels"]["dashboards.example.org/grafana"],
+        "security"
+    );
+    assert_eq!(
+        dashboard["metadata"]["annotations"]["grafana_folder"],
+        "Security"
+    );
+    let default = find(
+        &objects_of_dashboard(&helm),
+        "ConfigMap",
+        "ft-operator-dashboard",
+    )
+    .cloned()
+    .expect("the dashboard");
+    assert_eq!(default["metadata"]["labels"]["grafana_dashboard"], "1");
+}
+
+fn objects_of_dashboard(helm: &Helm) -> Vec<Value> {
+    objects(
+        helm,
+        &json!({"metrics": {"grafanaDashboard": {"enabled": true}}}),
+    )
 }
