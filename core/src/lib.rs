@@ -38,6 +38,7 @@ pub mod flowmap;
 pub mod isolation;
 pub mod meta;
 pub mod network;
+pub mod openreports;
 pub mod pass;
 pub mod placement;
 pub mod plan;

@@ -87,6 +87,8 @@ pub fn cluster_rules(webhook: bool) -> Vec<PolicyRule> {
             WATCH,
         ),
         rule(&["events.k8s.io"], &["events"], &["create", "patch"]),
+        // The control results as OpenReports Reports, where the cluster serves them.
+        rule(&["openreports.io"], &["reports"], &["create", "patch"]),
     ];
     if webhook {
         // The placement webhook's configuration, where policies cannot confine pods.
@@ -291,7 +293,7 @@ pub fn limits(
         ),
         check(
             format!(
-                "!({resource} in ['resourcequotas', 'limitranges', 'networkpolicies', 'rolebindings', 'environmentpolicies']) || (namespaceObject != null && {})",
+                "!({resource} in ['resourcequotas', 'limitranges', 'networkpolicies', 'rolebindings', 'environmentpolicies', 'reports']) || (namespaceObject != null && {})",
                 labelled("namespaceObject")
             ),
             "only in tenant namespaces",
@@ -368,6 +370,7 @@ pub fn limits(
                         rules("rbac.authorization.k8s.io", &["rolebindings"]),
                         rules("storage.k8s.io", &["storageclasses"]),
                         rules(GROUP, &["environmentpolicies"]),
+                        rules("openreports.io", &["reports"]),
                         rules(
                             "velero.io",
                             &["backups", "restores", "schedules", "deletebackuprequests"],

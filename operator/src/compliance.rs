@@ -1,7 +1,8 @@
 //! What the evaluation of the controls needs besides the cluster: the catalogues, the cluster
 //! facts the operator learns as it runs, and the report status last written per tenant.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use kube::ResourceExt;
@@ -25,6 +26,20 @@ pub struct Compliance {
     /// The last report status written per tenant, with the resourceVersion it got: the
     /// reflector may not have seen that write yet when the tenant is next evaluated.
     written: Mutex<HashMap<String, (String, ReportStatus)>>,
+    /// Whether control results are also written as OpenReports `Report`s.
+    openreports: AtomicBool,
+    /// The tenants whose Reports this process has written: each is written once after a start,
+    /// then only when a result changes.
+    openreports_written: Mutex<HashSet<String>>,
+}
+
+/// Whether the cluster serves OpenReports' `Report`s, by discovery.
+pub async fn serves_openreports(client: &kube::Client) -> bool {
+    use ft_core::openreports::{GROUP, PLURAL, VERSION};
+    client
+        .list_api_group_resources(&format!("{GROUP}/{VERSION}"))
+        .await
+        .is_ok_and(|list| list.resources.iter().any(|r| r.name == PLURAL))
 }
 
 impl Compliance {
@@ -35,7 +50,33 @@ impl Compliance {
             provider,
             backup_engine: Mutex::default(),
             written: Mutex::default(),
+            openreports: AtomicBool::new(false),
+            openreports_written: Mutex::default(),
         }
+    }
+
+    /// From now on, control results are also written as OpenReports `Report`s.
+    pub fn write_openreports(&self) {
+        self.openreports.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether `tenant`'s Reports are to be written now: the report `changed`, or they were
+    /// not written since this process started.
+    pub fn openreports_due(&self, tenant: &str, changed: bool) -> bool {
+        self.openreports.load(Ordering::Relaxed)
+            && (changed
+                || !self
+                    .openreports_written
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .contains(tenant))
+    }
+
+    pub fn openreports_done(&self, tenant: &str) {
+        self.openreports_written
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(tenant.to_string());
     }
 
     /// The catalogues compiled into the binary.

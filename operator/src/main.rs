@@ -108,6 +108,10 @@ struct RunArgs {
     /// Kubernetes 1.36+), `webhook` (served by the operator), or `auto` (by discovery).
     #[arg(long, env = "FT_CONFINEMENT", value_enum, default_value = "auto")]
     confinement: ConfinementArg,
+    /// Also write each tenant's control results as OpenReports `Report`s in its namespaces:
+    /// `auto` where the cluster serves `openreports.io/v1alpha1`, `off` never.
+    #[arg(long, env = "FT_OPENREPORTS", value_enum, default_value = "auto")]
+    openreports: OpenReportsArg,
     /// Address of the placement webhook, when pods are confined by it.
     #[arg(long, env = "FT_WEBHOOK_ADDRESS", default_value = "0.0.0.0:8443")]
     webhook_address: SocketAddr,
@@ -229,6 +233,12 @@ impl ClusterArgs {
             ..Default::default()
         }
     }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum OpenReportsArg {
+    Auto,
+    Off,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -573,6 +583,7 @@ fn run(args: RunArgs) -> ExitCode {
             ConfinementArg::Native => Some(Confinement::Native),
             ConfinementArg::Webhook => Some(Confinement::Webhook),
         },
+        openreports: matches!(args.openreports, OpenReportsArg::Auto),
         webhook: WebhookSettings {
             address: args.webhook_address,
             service: args.webhook_service,

@@ -51,6 +51,8 @@ pub struct RunConfig {
     pub region_catalogue: Option<std::path::PathBuf>,
     /// How new pods are confined; `None`: as discovery says.
     pub confinement: Option<Confinement>,
+    /// Write OpenReports `Report`s where the cluster serves them.
+    pub openreports: bool,
     pub webhook: WebhookSettings,
 }
 
@@ -284,6 +286,12 @@ async fn lead(
         None => discover_confinement(client).await,
     };
     check_fixed_policies(client, settings.confinement).await;
+    if config.openreports && crate::compliance::serves_openreports(client).await {
+        info!(
+            "the cluster serves openreports.io/v1alpha1: control results are also written as Reports"
+        );
+        compliance.write_openreports();
+    }
     info!(confinement = ?settings.confinement, "placement admission");
     let placements = PlacementIndex::default();
     let webhook = if settings.confinement == Confinement::Webhook {

@@ -11,6 +11,7 @@ mod cycles;
 mod desired;
 mod encryption;
 mod flowmap;
+mod openreports;
 mod pass;
 mod placement;
 mod rbac;

@@ -14,6 +14,7 @@ mod environments;
 mod escapes;
 mod escapes_input;
 mod migrate;
+mod openreports;
 mod operator;
 mod placement;
 mod plan;

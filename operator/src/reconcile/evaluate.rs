@@ -10,7 +10,7 @@ use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
-use tracing::info;
+use tracing::{info, warn};
 
 use ft_core::access;
 use ft_core::api::{
@@ -81,6 +81,8 @@ pub(super) async fn evaluate(
         };
         ctx.metrics.control(&name, &control.id, passed);
     }
+    // When the grants in force lapse, for the alert 30 days ahead (2.4.c).
+    ctx.metrics.grants(tenant, now);
     ctx.metrics
         .last_evaluation
         .get_or_create(&crate::metrics::TenantLabels {
@@ -88,7 +90,11 @@ pub(super) async fn evaluate(
         })
         .set(now.as_second());
 
-    if previous.as_ref() == Some(&next) {
+    let changed = previous.as_ref() != Some(&next);
+    if ctx.compliance.openreports_due(&name, changed) {
+        write_openreports(tenant, &next, ctx).await;
+    }
+    if !changed {
         return Ok(Some(next));
     }
     let api: Api<ComplianceReport> = Api::all(ctx.client.clone());
@@ -148,5 +154,44 @@ async fn announce(
         for target in &targets {
             ctx.publish_on(target, type_, reason, note.clone()).await;
         }
+    }
+}
+
+/// The control results as an OpenReports `Report` in each of the tenant's namespaces, for the
+/// tools that read them (Policy Reporter). A failure is logged and retried at the next pass: the
+/// ComplianceReport stays the record.
+async fn write_openreports(tenant: &FranceTravailTenant, status: &ReportStatus, ctx: &Context) {
+    use ft_core::openreports::{GROUP, KIND, PLURAL, VERSION, reports};
+    let resource = kube::core::ApiResource {
+        group: GROUP.into(),
+        version: VERSION.into(),
+        api_version: format!("{GROUP}/{VERSION}"),
+        kind: KIND.into(),
+        plural: PLURAL.into(),
+    };
+    let mut all_written = true;
+    for report in reports(tenant, status) {
+        let namespace = report.metadata.namespace.clone().unwrap_or_default();
+        let name = report.metadata.name.clone().unwrap_or_default();
+        let api: Api<kube::api::DynamicObject> =
+            Api::namespaced_with(ctx.client.clone(), &namespace, &resource);
+        match api
+            .patch(
+                &name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&report),
+            )
+            .await
+        {
+            Ok(_) => ctx.metrics.write("Report", "apply"),
+            // The namespace is not there yet, or going: the next pass writes it.
+            Err(e) => {
+                all_written = false;
+                warn!(tenant = %tenant.name_any(), namespace = %namespace, error = %e, "could not write the OpenReports Report");
+            }
+        }
+    }
+    if all_written {
+        ctx.compliance.openreports_done(&tenant.name_any());
     }
 }
