@@ -164,6 +164,49 @@ async fn plan_from_the_cluster_renders_what_the_operator_applied() -> anyhow::Re
         planned.len()
     );
 
+    // The flow map of the stored tenant is the one of the manifest that was applied (CLD-35).
+    let manifest = std::env::temp_dir().join(format!("{name}.yaml"));
+    std::fs::write(
+        &manifest,
+        serde_saphyr::to_string(&example_tenant("tenant.yaml", &name)?)?,
+    )?;
+    let map = |args: &[&str]| -> anyhow::Result<Vec<u8>> {
+        let output = Command::new(operator_binary()?)
+            .arg("map")
+            .args(args)
+            .output()
+            .context("running ft-operator map")?;
+        ensure!(
+            output.status.success(),
+            "ft-operator map {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(output.stdout)
+    };
+    let stored = String::from_utf8(map(&["--tenant", &name])?)?;
+    let offline = String::from_utf8(map(&["-f", &manifest.to_string_lossy()])?)?;
+    std::fs::remove_file(&manifest)?;
+    ensure!(
+        stored.contains(&format!("Flow map of {name}")),
+        "the stored tenant's map does not name it"
+    );
+    // A stored tenant's map also says which generation of its spec it draws.
+    let generation = tenants
+        .get(&name)
+        .await?
+        .metadata
+        .generation
+        .unwrap_or_default();
+    let suffix = format!(" · generation {generation}");
+    ensure!(
+        stored.contains(&suffix),
+        "the stored tenant's map names no generation"
+    );
+    ensure!(
+        stored.replace(&suffix, "") == offline,
+        "the stored tenant's flow map differs from its manifest's"
+    );
+
     confirm_and_delete(&client, &name).await?;
     Ok(())
 }
