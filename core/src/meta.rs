@@ -3,7 +3,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use k8s_openapi::api::admissionregistration::v1::{MatchResources, ParamKind, ParamRef};
+use k8s_openapi::api::admissionregistration::v1::{
+    MatchResources, ParamKind, ParamRef, Validation,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
     LabelSelector, LabelSelectorRequirement, ObjectMeta,
 };
@@ -130,6 +132,45 @@ pub fn fixed_meta(name: &str) -> ObjectMeta {
             labels::MANAGED_BY.into(),
             labels::MANAGED_BY_VALUE.into(),
         )])),
+        ..Default::default()
+    }
+}
+
+/// Who set `annotation` on the tenant, as the API server recorded it: the field manager that
+/// owns it, its operation and when; `unrecorded` when no manager does.
+pub fn annotation_set_by(tenant: &FranceTravailTenant, annotation: &str) -> String {
+    let field = format!("f:{annotation}");
+    tenant
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .find(|m| {
+            m.fields_v1
+                .as_ref()
+                .is_some_and(|f| f.0.to_string().contains(&field))
+        })
+        .map(|m| {
+            format!(
+                "field manager {} ({}) at {}",
+                m.manager.as_deref().unwrap_or("unknown"),
+                m.operation.as_deref().unwrap_or("unknown"),
+                m.time
+                    .as_ref()
+                    .map(|t| t.0.to_string())
+                    .unwrap_or_else(|| "an unrecorded time".into())
+            )
+        })
+        .unwrap_or_else(|| "unrecorded".into())
+}
+
+/// A validation of a fixed admission policy that reads an EnvironmentPolicy: refuses what
+/// `expression` does not hold, with `message` (a CEL string expression) after the tenant's name.
+pub fn refuse_for_tenant(expression: impl Into<String>, message: &str) -> Validation {
+    Validation {
+        expression: expression.into(),
+        message_expression: Some(format!("'tenant ' + params.spec.tenant + {message}")),
+        reason: Some("Forbidden".into()),
         ..Default::default()
     }
 }

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::admissionregistration::v1::{
     MatchResources, NamedRuleWithOperations, ValidatingAdmissionPolicy,
     ValidatingAdmissionPolicyBinding, ValidatingAdmissionPolicyBindingSpec,
-    ValidatingAdmissionPolicySpec, Validation,
+    ValidatingAdmissionPolicySpec,
 };
 use k8s_openapi::api::networking::v1::{
     IPBlock, NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPeer,
@@ -22,7 +22,7 @@ use crate::api::{
 };
 use crate::meta::{
     control_annotation, environment_policy_kind, environment_policy_ref, fixed_meta, object_meta,
-    tenant_namespace_selector,
+    refuse_for_tenant, tenant_namespace_selector,
 };
 use crate::settings::BuildSettings;
 use crate::validate::parse_cidr;
@@ -259,13 +259,11 @@ pub const SERVICES_POLICY: &str = "ft-services";
 /// `NodePort` that no ingress flow of the environment declares (`expose`, listed in its
 /// EnvironmentPolicy).
 pub fn services_policy() -> (ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding) {
-    let refuse = |expression: &str, message: &str| Validation {
-        expression: expression.into(),
-        message_expression: Some(format!(
-            "'tenant ' + params.spec.tenant + ': Service ' + object.metadata.name + {message}"
-        )),
-        reason: Some("Forbidden".into()),
-        ..Default::default()
+    let refuse = |expression: &str, message: &str| {
+        refuse_for_tenant(
+            expression,
+            &format!("': Service ' + object.metadata.name + {message}"),
+        )
     };
     let kind = "(has(object.spec.type) ? object.spec.type : 'ClusterIP')";
     (

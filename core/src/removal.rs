@@ -23,7 +23,7 @@ use crate::api::{
 };
 use crate::backup::{self, ExportProgress, VeleroView, velero::Backup};
 use crate::digest::sha256_hex;
-use crate::meta::{namespace_name, tenant_namespaces};
+use crate::meta::{annotation_set_by, namespace_name, tenant_namespaces};
 use crate::shredding;
 
 /// Marks the ConfigMaps that are environment removal records.
@@ -109,29 +109,7 @@ pub fn confirmations_after(
 /// Who set the confirmation annotation, as the API server recorded it: the field manager that
 /// owns it, and when.
 pub fn confirmed_by(tenant: &FranceTravailTenant) -> String {
-    let field = format!("f:{}", annotations::CONFIRM_ENVIRONMENT_REMOVAL);
-    tenant
-        .metadata
-        .managed_fields
-        .iter()
-        .flatten()
-        .find(|m| {
-            m.fields_v1
-                .as_ref()
-                .is_some_and(|f| f.0.to_string().contains(&field))
-        })
-        .map(|m| {
-            format!(
-                "field manager {} ({}) at {}",
-                m.manager.as_deref().unwrap_or("unknown"),
-                m.operation.as_deref().unwrap_or("unknown"),
-                m.time
-                    .as_ref()
-                    .map(|t| t.0.to_string())
-                    .unwrap_or_else(|| "an unrecorded time".into())
-            )
-        })
-        .unwrap_or_else(|| "unrecorded".into())
+    annotation_set_by(tenant, annotations::CONFIRM_ENVIRONMENT_REMOVAL)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

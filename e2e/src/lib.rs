@@ -870,14 +870,30 @@ pub async fn dry_run_create_tenant(
     api.create(&params, &object).await
 }
 
-/// The API server's refusal (422) of an invalid tenant, `case` saying which.
-pub async fn tenant_refusal(client: &Client, case: &str, tenant: serde_json::Value) -> String {
-    match dry_run_create_tenant(client, tenant).await {
-        Ok(_) => panic!("{case}: the API server accepted an invalid tenant"),
-        Err(kube::Error::Api(status)) => {
-            assert_eq!(status.code, 422, "{case}: {}", status.message);
-            status.message
+/// Each case's edit of `valid` is refused by the API server (422), its message holding every
+/// part expected (the field, the rule).
+pub async fn assert_refused(
+    client: &Client,
+    valid: &serde_json::Value,
+    cases: Vec<(&str, Edit, &[&str])>,
+) {
+    for (case, edit, expected) in cases {
+        let mut tenant = valid.clone();
+        edit(&mut tenant);
+        let message = match dry_run_create_tenant(client, tenant).await {
+            Ok(_) => panic!("{case}: the API server accepted an invalid tenant"),
+            Err(kube::Error::Api(status)) => {
+                assert_eq!(status.code, 422, "{case}: {}", status.message);
+                status.message
+            }
+            Err(e) => panic!("{case}: unexpected error: {e}"),
+        };
+        for part in expected {
+            assert!(
+                message.contains(part),
+                "{case}: {part:?} not in {message:?}"
+            );
         }
-        Err(e) => panic!("{case}: unexpected error: {e}"),
+        eprintln!("e2e: refused ({case}): {message}");
     }
 }

@@ -17,7 +17,8 @@ use serde::Deserialize;
 use super::key::secret_name;
 use crate::api::{FranceTravailTenant, annotations, labels};
 use crate::meta::{
-    environment_policy_kind, environment_policy_ref, fixed_meta, tenant_namespace_selector,
+    environment_policy_kind, environment_policy_ref, fixed_meta, refuse_for_tenant,
+    tenant_namespace_selector,
 };
 
 /// The encryption profiles compiled into the binary.
@@ -176,16 +177,16 @@ pub fn claims_policy() -> (ValidatingAdmissionPolicy, ValidatingAdmissionPolicyB
         CLAIMS_POLICY,
         "persistentvolumeclaims",
         vec![
-            refuse(
+            refuse_for_tenant(
                 "has(params.spec.storageClass)",
                 "' declares no spec.storage, so it has no encrypted storage class and may claim no volume (CLD-21)'",
             ),
-            refuse(
+            refuse_for_tenant(
                 "!has(params.spec.storageClass) || (has(object.spec.storageClassName) && object.spec.storageClassName == params.spec.storageClass)",
                 "\": volumes must be encrypted with the tenant's own key: set spec.storageClassName: \" + params.spec.storageClass + ' (CLD-21)'",
             ),
-            refuse(
-                &format!(
+            refuse_for_tenant(
+                format!(
                     "!has(object.metadata.annotations) || !({beta} in object.metadata.annotations)"
                 ),
                 &format!(
@@ -211,12 +212,12 @@ pub fn pod_volumes_policy() -> (ValidatingAdmissionPolicy, ValidatingAdmissionPo
         POD_VOLUMES_POLICY,
         "pods",
         vec![
-            refuse(
-                &format!("{volumes}object.spec.volumes.all(v, !has(v.csi))"),
+            refuse_for_tenant(
+                format!("{volumes}object.spec.volumes.all(v, !has(v.csi))"),
                 "\": inline CSI volumes (spec.volumes[].csi) are storage no claim and no encrypted class governs; use a PersistentVolumeClaim on the tenant's class (CLD-21)\"",
             ),
-            refuse(
-                &format!(
+            refuse_for_tenant(
+                format!(
                     "{volumes}object.spec.volumes.all(v, !has(v.ephemeral) || (has(params.spec.storageClass) && has({claimed}.spec.storageClassName) && {claimed}.spec.storageClassName == params.spec.storageClass && !(has({claimed}.metadata) && has({claimed}.metadata.annotations) && {beta} in {claimed}.metadata.annotations)))"
                 ),
                 &format!(
@@ -225,15 +226,6 @@ pub fn pod_volumes_policy() -> (ValidatingAdmissionPolicy, ValidatingAdmissionPo
             ),
         ],
     )
-}
-
-fn refuse(expression: &str, message: &str) -> Validation {
-    Validation {
-        expression: expression.into(),
-        message_expression: Some(format!("'tenant ' + params.spec.tenant + {message}")),
-        reason: Some("Forbidden".into()),
-        ..Default::default()
-    }
 }
 
 /// A policy on the creation of `resource` in every tenant namespace, reading the namespace's

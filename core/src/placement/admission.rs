@@ -14,7 +14,7 @@ use k8s_openapi::api::admissionregistration::v1::{
     JSONPatch, MatchResources, MutatingAdmissionPolicy, MutatingAdmissionPolicyBinding,
     MutatingAdmissionPolicyBindingSpec, MutatingAdmissionPolicySpec, Mutation,
     NamedRuleWithOperations, ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
-    ValidatingAdmissionPolicyBindingSpec, ValidatingAdmissionPolicySpec, Validation,
+    ValidatingAdmissionPolicyBindingSpec, ValidatingAdmissionPolicySpec,
 };
 
 use crate::api::{
@@ -22,7 +22,8 @@ use crate::api::{
     Requirement,
 };
 use crate::meta::{
-    environment_policy_kind, environment_policy_ref, fixed_meta, tenant_namespace_selector,
+    environment_policy_kind, environment_policy_ref, fixed_meta, refuse_for_tenant,
+    tenant_namespace_selector,
 };
 use crate::placement::PodPlacement;
 
@@ -184,12 +185,7 @@ fn pod_creation() -> MatchResources {
 /// The validating backstop, refusing what could still run outside the placement, and its
 /// binding to every tenant namespace.
 pub fn placement_validation() -> (ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding) {
-    let refuse = |expression: String, message: &str| Validation {
-        expression,
-        message_expression: Some(format!("'tenant ' + params.spec.tenant + {message}")),
-        reason: Some("Forbidden".into()),
-        ..Default::default()
-    };
+    let refuse = refuse_for_tenant;
     let placed = "size(params.spec.regions) == 0 || ";
     (
         ValidatingAdmissionPolicy {

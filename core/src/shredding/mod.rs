@@ -21,6 +21,7 @@ use crate::api::{
     labels::{MANAGED_BY, MANAGED_BY_VALUE, TENANT},
 };
 use crate::backup::{self, ExportProgress, VeleroView};
+use crate::meta::annotation_set_by;
 
 /// Marks the ConfigMaps that are shredding records.
 pub const RECORD_LABEL: &str = "hosting.francetravail.fr/shredding-record";
@@ -146,29 +147,7 @@ pub fn confirmed_by(tenant: &FranceTravailTenant) -> String {
     {
         return format!("user {user}");
     }
-    let field = format!("f:{}", annotations::CONFIRM_DELETION);
-    tenant
-        .metadata
-        .managed_fields
-        .iter()
-        .flatten()
-        .find(|m| {
-            m.fields_v1
-                .as_ref()
-                .is_some_and(|f| f.0.to_string().contains(&field))
-        })
-        .map(|m| {
-            format!(
-                "field manager {} ({}) at {}",
-                m.manager.as_deref().unwrap_or("unknown"),
-                m.operation.as_deref().unwrap_or("unknown"),
-                m.time
-                    .as_ref()
-                    .map(|t| t.0.to_string())
-                    .unwrap_or_else(|| "an unrecorded time".into())
-            )
-        })
-        .unwrap_or_else(|| "unrecorded".into())
+    annotation_set_by(tenant, annotations::CONFIRM_DELETION)
 }
 
 /// What the shredding record says, as YAML.
