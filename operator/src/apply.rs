@@ -26,7 +26,7 @@ use serde_json::Value;
 
 use ft_core::access::undeclared_subjects;
 use ft_core::api::{ComplianceReport, EnvironmentPolicy, FIELD_MANAGER};
-use ft_core::applied::{ApplyReport, differs};
+use ft_core::applied::{ApplyReport, Awaited, differs};
 use ft_core::backup::velero::Schedule;
 use ft_core::desired::Desired;
 use ft_core::meta::{key_of, object_key, owned_by};
@@ -34,7 +34,7 @@ use ft_core::removal::{OwnedNamespace, held_namespaces};
 
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::observe::Observed;
+use crate::observe::{Cache, Observed};
 
 /// A kind of child the operator applies.
 pub trait Child:
@@ -262,7 +262,7 @@ impl Applier<'_> {
             kept.extend(
                 observed
                     .schedules
-                    .state()
+                    .of_tenant(self.tenant)
                     .iter()
                     .filter(|s| {
                         let backed_up = &s.spec.template.included_namespaces;
@@ -311,11 +311,11 @@ impl Applier<'_> {
     /// this is empty.
     pub fn own_objects_left(&self) -> Vec<String> {
         fn left<K: Resource<DynamicType = ()> + Clone>(
-            store: &Store<K>,
+            store: &Cache<K>,
             tenant: &str,
         ) -> Vec<String> {
             store
-                .state()
+                .of_tenant(tenant)
                 .iter()
                 .filter(|o| owned_by(o.meta(), tenant))
                 .map(|o| object_key(&**o))
@@ -353,7 +353,7 @@ impl Applier<'_> {
         namespaces: &BTreeSet<String>,
         report: &mut ApplyReport,
     ) -> Result<()> {
-        for binding in self.observed.role_bindings.state() {
+        for binding in self.observed.role_bindings.in_namespaces(namespaces) {
             let Some(ns) = binding.metadata.namespace.as_deref() else {
                 continue;
             };
@@ -375,6 +375,10 @@ impl Applier<'_> {
             }
             self.metrics.write("RoleBinding", "delete");
             self.memo.forget(&key);
+            report.awaited.push(Awaited {
+                key: key.clone(),
+                version: None,
+            });
             report.pruned.push(key);
         }
         Ok(())
@@ -406,7 +410,8 @@ impl Applier<'_> {
                 .map(|o| (serde_json::to_value(&*o).ok(), o.resource_version()));
             // Applied before but gone from the cluster means deleted by hand, not new.
             let applied_before = self.memo.knows(&key);
-            if found.is_none() {
+            let seen = found.is_some();
+            if !seen {
                 report.unseen += 1;
             }
             if found.is_none() && applied_before {
@@ -421,6 +426,13 @@ impl Applier<'_> {
                 && (!differs(&body, current)
                     || self.memo.matches(&key, hash, resource_version.as_deref()))
             {
+                if !seen {
+                    // Read from the server: the pass waits for the cache to show it.
+                    report.awaited.push(Awaited {
+                        key: key.clone(),
+                        version: resource_version.clone(),
+                    });
+                }
                 continue;
             }
 
@@ -448,6 +460,13 @@ impl Applier<'_> {
                 }
                 Some(_) => {}
             }
+            if let Some(version) = &new_version {
+                self.observed.echoes.expect(key.clone(), version.clone());
+            }
+            report.awaited.push(Awaited {
+                key: key.clone(),
+                version: new_version.clone(),
+            });
             self.memo.remember(key, hash, new_version);
         }
         Ok(())
@@ -458,7 +477,7 @@ impl Applier<'_> {
     async fn prune<K, O>(
         &self,
         desired: &[K],
-        observed: &Store<O>,
+        observed: &Cache<O>,
         held: &BTreeSet<String>,
         report: &mut ApplyReport,
     ) -> Result<()>
@@ -470,7 +489,7 @@ impl Applier<'_> {
             .iter()
             .map(|d| (d.namespace(), d.name_any()))
             .collect();
-        for stale in observed.state() {
+        for stale in observed.of_tenant(self.tenant) {
             let meta = stale.meta();
             if !owned_by(meta, self.tenant) || meta.deletion_timestamp.is_some() {
                 continue;
@@ -490,6 +509,10 @@ impl Applier<'_> {
             }
             self.metrics.write(K::kind(&()).as_ref(), "delete");
             self.memo.forget(&key);
+            report.awaited.push(Awaited {
+                key: key.clone(),
+                version: None,
+            });
             report.pruned.push(key);
         }
         Ok(())
@@ -500,7 +523,7 @@ impl Applier<'_> {
 pub fn owned_namespaces(observed: &Observed, tenant: &str) -> Vec<OwnedNamespace> {
     observed
         .namespaces
-        .state()
+        .of_tenant(tenant)
         .iter()
         .filter(|ns| owned_by(&ns.metadata, tenant))
         .map(|ns| OwnedNamespace::from_meta(tenant, &ns.metadata))

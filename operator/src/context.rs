@@ -197,6 +197,8 @@ pub struct Context {
     /// False while the leader cannot confirm it holds its Lease: passes wait, so that it never
     /// acts beside the next leader.
     pub acting: tokio::sync::watch::Receiver<bool>,
+    /// How long a pass that wrote waits for the caches to show its writes before it judges.
+    pub show_writes: std::time::Duration,
     /// Failed passes in a row, per tenant, for the backoff.
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -225,6 +227,7 @@ impl Context {
             metrics,
             settings,
             index: NamespaceIndex::default(),
+            show_writes: crate::reconcile::SHOW_WRITES,
             failures: Mutex::default(),
         }
     }
