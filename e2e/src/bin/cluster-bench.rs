@@ -58,7 +58,9 @@ use ft_e2e::{
     Operator, TestNodes, cluster, ensure_namespace, example_tenant, install_crds, install_velero,
     unique, wait_for,
 };
-use ft_operator::watch::trim::{managers_only, trim_meta, trim_node, trim_pod};
+use ft_operator::watch::trim::{
+    annotation_managers_only, managers_only, trim_meta, trim_node, trim_pod, trim_quota,
+};
 use ft_operator::watch::{discover_confinement, discover_velero};
 use futures::{StreamExt, TryStreamExt, stream};
 use k8s_openapi::api::admissionregistration::v1::{
@@ -676,7 +678,7 @@ async fn cache_sizes(client: &Client) -> anyhow::Result<Vec<CacheSize>> {
             path::<ResourceQuota>(None),
             ours,
             false,
-            |o| managers_only(&mut o.metadata),
+            trim_quota,
         )
         .await?,
         cache_size::<LimitRange>(
@@ -748,7 +750,7 @@ async fn cache_sizes(client: &Client) -> anyhow::Result<Vec<CacheSize>> {
             path::<StorageClass>(None),
             everything,
             false,
-            |_| {},
+            |o| managers_only(&mut o.metadata),
         )
         .await?,
         cache_size::<EnvironmentPolicy>(
@@ -804,7 +806,7 @@ async fn cache_sizes(client: &Client) -> anyhow::Result<Vec<CacheSize>> {
             .await?,
         );
     }
-    // The tenants, read whole and kept untrimmed.
+    // The tenants, whole but for the field managers' sets, of which only annotations are kept.
     caches.push(
         cache_size::<FranceTravailTenant>(
             client,
@@ -812,7 +814,7 @@ async fn cache_sizes(client: &Client) -> anyhow::Result<Vec<CacheSize>> {
             path::<FranceTravailTenant>(None),
             everything,
             false,
-            |_| {},
+            |o| annotation_managers_only(&mut o.metadata),
         )
         .await?,
     );

@@ -1,5 +1,7 @@
 //! What the operator observes: reflector stores of its children and of the cluster facts the
-//! controls judge. `run` feeds them from watches; tests fill them by hand.
+//! controls judge, filed by namespace and tenant (`cache`), and the operator's own writes whose
+//! events they are about to show (`Echoes`). `run` feeds them from watches; tests fill them by
+//! hand.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};

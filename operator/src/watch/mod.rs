@@ -48,7 +48,10 @@ use crate::observe::{CacheInto, Echoes, empty_stores};
 use crate::reconcile::{error_policy, reconcile};
 use backoff::Watch;
 use tenant::{report_unreadable, tenant_watch};
-use trim::{managers_only, node_placement, trim_meta, trim_node, trim_pod};
+use trim::{
+    annotation_managers_only, managers_only, node_placement, trim_meta, trim_node, trim_pod,
+    trim_quota,
+};
 use velero::{VeleroWriters, follow_velero, mark_listed};
 
 /// What one term of leadership gives the controller besides the cluster.
@@ -121,7 +124,7 @@ pub async fn run(
         .cache_into(writers.network_policies);
     let resource_quotas = watch("resourcequotas")
         .all::<ResourceQuota>(ours())
-        .modify(|o| managers_only(o.meta_mut()))
+        .modify(trim_quota)
         .cache_into(writers.resource_quotas);
     let limit_ranges = watch("limitranges")
         .all::<LimitRange>(ours())
@@ -154,6 +157,7 @@ pub async fn run(
         .cache_into(writers.nodes);
     let storage_classes = watch("storageclasses")
         .all::<StorageClass>(everything())
+        .modify(|o| managers_only(o.meta_mut()))
         .cache_into(writers.storage_classes);
     let environment_policies = watch("environmentpolicies")
         .all::<EnvironmentPolicy>(ours())
@@ -211,13 +215,15 @@ pub async fn run(
     let (tenants, tenant_writer) = reflector::store();
     let (unreadable_tx, unreadable) = futures::channel::mpsc::unbounded();
     let tenant_stream = tenant_watch(
-        watch("francetravailtenants").of(
-            Api::<DynamicObject>::all_with(
-                client.clone(),
-                &ApiResource::erase::<FranceTravailTenant>(&()),
-            ),
-            everything(),
-        ),
+        watch("francetravailtenants")
+            .of(
+                Api::<DynamicObject>::all_with(
+                    client.clone(),
+                    &ApiResource::erase::<FranceTravailTenant>(&()),
+                ),
+                everything(),
+            )
+            .modify(|o| annotation_managers_only(&mut o.metadata)),
         tenants.clone(),
         unreadable_tx,
     )
@@ -277,29 +283,12 @@ pub async fn run(
         all_tenants.clone(),
         all_tenants.clone(),
     );
+    let echoes = ctx.observed.echoes.clone();
     controller
-        .watches_stream(
-            news(changes(namespaces, content), ctx.observed.echoes.clone()),
-            by_owner(index),
-        )
-        .watches_stream(
-            news(
-                changes(network_policies, content),
-                ctx.observed.echoes.clone(),
-            ),
-            by_owner(index),
-        )
-        .watches_stream(
-            news(
-                changes(resource_quotas, content),
-                ctx.observed.echoes.clone(),
-            ),
-            by_owner(index),
-        )
-        .watches_stream(
-            news(changes(limit_ranges, content), ctx.observed.echoes.clone()),
-            by_owner(index),
-        )
+        .watches_stream(news_of(namespaces, echoes.clone()), by_owner(index))
+        .watches_stream(news_of(network_policies, echoes.clone()), by_owner(index))
+        .watches_stream(news_of(resource_quotas, echoes.clone()), by_owner(index))
+        .watches_stream(news_of(limit_ranges, echoes.clone()), by_owner(index))
         .watches_stream(
             news(
                 changes(compliance_reports, with_status),
@@ -308,10 +297,7 @@ pub async fn run(
             by_owner(index),
         )
         .watches_stream(
-            news(
-                changes(environment_policies, content),
-                ctx.observed.echoes.clone(),
-            ),
+            news_of(environment_policies, echoes.clone()),
             by_owner(index),
         )
         // The API server writes the policies' status: only a change of their spec counts, and
@@ -343,10 +329,7 @@ pub async fn run(
             }
         })
         .watches_stream(changes(claims, content), by_namespace(index))
-        .watches_stream(
-            news(changes(role_bindings, content), ctx.observed.echoes.clone()),
-            by_namespace(index),
-        )
+        .watches_stream(news_of(role_bindings, echoes.clone()), by_namespace(index))
         .watches_stream(changes(volumes, content), {
             // A volume concerns the tenant whose namespace claims it.
             let index = index.clone();
@@ -394,6 +377,15 @@ fn news<K: Resource<DynamicType = ()> + Send + 'static>(
     objects.try_filter(move |o| futures::future::ready(!echoes.of(o)))
 }
 
+/// The objects of a child watch that changed in what the operator reads of them, but for the
+/// echoes of its own writes.
+fn news_of<K: Resource<DynamicType = ()> + serde::Serialize + Clone + Send + 'static>(
+    events: impl futures::Stream<Item = watcher::Result<watcher::Event<K>>> + Send + 'static,
+    echoes: Arc<Echoes>,
+) -> impl futures::Stream<Item = watcher::Result<K>> + Send {
+    news(changes(events, content::<K>), echoes)
+}
+
 /// The objects of a watch whose spec changed (their generation), or that were deleted.
 /// `predicates::generation` alone lets a deletion through only if the generation changed.
 fn spec_changes<K: Resource<DynamicType = ()> + Clone + Send + 'static>(
@@ -410,15 +402,22 @@ pub fn changes<K: Resource<DynamicType = ()> + Clone + Send + 'static>(
     events: impl futures::Stream<Item = watcher::Result<watcher::Event<K>>> + Send + 'static,
     digest: impl Fn(&K) -> u64 + Send + 'static,
 ) -> impl futures::Stream<Item = watcher::Result<K>> + Send {
-    let mut seen: std::collections::HashMap<(Option<String>, String), u64> = Default::default();
+    // Keyed by a hash of the namespace and name: a cache may hold hundreds of thousands.
+    let mut seen: std::collections::HashMap<u64, u64> = Default::default();
+    let key = |o: &K| {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::hash::DefaultHasher::new();
+        (&o.meta().namespace, &o.meta().name).hash(&mut hasher);
+        hasher.finish()
+    };
     events
         .map_ok(move |event| match event {
             watcher::Event::Apply(o) | watcher::Event::InitApply(o) => {
                 let digest = digest(&o);
-                (seen.insert((o.namespace(), o.name_any()), digest) != Some(digest)).then_some(o)
+                (seen.insert(key(&o), digest) != Some(digest)).then_some(o)
             }
             watcher::Event::Delete(o) => {
-                seen.remove(&(o.namespace(), o.name_any()));
+                seen.remove(&key(&o));
                 Some(o)
             }
             watcher::Event::Init | watcher::Event::InitDone => None,

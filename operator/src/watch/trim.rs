@@ -2,7 +2,7 @@
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 
-use k8s_openapi::api::core::v1::{Node, Pod, PodSpec};
+use k8s_openapi::api::core::v1::{Node, Pod, PodSpec, ResourceQuota};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 /// Keeps who manages an object, and through which subresource, which ownership needs, and
@@ -14,6 +14,23 @@ pub fn managers_only(meta: &mut ObjectMeta) {
         entry.api_version = None;
         entry.operation = None;
         entry.time = None;
+    }
+}
+
+/// Keeps, of each field manager's set, only the annotations it owns: who set a tenant's
+/// confirmation annotation is all the operator reads there (`meta::annotation_set_by`). The
+/// sets of the spec and the status are most of a tenant's cached size.
+pub fn annotation_managers_only(meta: &mut ObjectMeta) {
+    for entry in meta.managed_fields.iter_mut().flatten() {
+        let annotations = entry
+            .fields_v1
+            .as_ref()
+            .and_then(|f| f.0.get("f:metadata")?.get("f:annotations").cloned());
+        entry.fields_v1 = annotations.map(|a| {
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::FieldsV1(
+                serde_json::json!({"f:metadata": {"f:annotations": a}}),
+            )
+        });
     }
 }
 
@@ -53,4 +70,10 @@ pub fn node_placement(node: &Node) -> Option<u64> {
         .map(|s| (&s.provider_id, s.unschedulable))
         .hash(&mut hasher);
     Some(hasher.finish())
+}
+
+/// A quota as the controls see it: its limits, not the usage the quota controller counts.
+pub fn trim_quota(quota: &mut ResourceQuota) {
+    managers_only(&mut quota.metadata);
+    quota.status = None;
 }

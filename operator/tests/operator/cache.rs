@@ -156,3 +156,35 @@ async fn a_pass_waits_until_the_caches_show_its_writes_and_no_longer() {
         .apply_watcher_event(&Event::Delete(policy("a-prod", "retired", "a", "11")));
     assert!(shown.await.unwrap());
 }
+
+#[test]
+fn a_cached_tenant_keeps_who_set_its_annotations_and_no_other_field_set() {
+    use ft_operator::watch::trim::annotation_managers_only;
+    let yaml = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/tenant.yaml"
+    ))
+    .unwrap();
+    let mut tenant = ft_core::plan::parse_tenants(&yaml).unwrap().remove(0);
+    tenant.metadata.managed_fields = serde_json::from_value(json!([
+        {"manager": "kubectl", "operation": "Apply", "time": "2026-12-07T10:00:00Z",
+         "fieldsType": "FieldsV1", "fieldsV1": {
+            "f:metadata": {"f:annotations": {"f:hosting.francetravail.fr/confirm-deletion": {}}},
+            "f:spec": {"f:environments": {}}}},
+        {"manager": "ft-operator", "operation": "Apply", "subresource": "status",
+         "fieldsType": "FieldsV1", "fieldsV1": {"f:status": {"f:conditions": {}}}},
+    ]))
+    .unwrap();
+    annotation_managers_only(&mut tenant.metadata);
+
+    let entries = tenant.metadata.managed_fields.clone().unwrap();
+    assert_eq!(
+        entries[0].fields_v1.as_ref().unwrap().0,
+        json!({"f:metadata": {"f:annotations": {"f:hosting.francetravail.fr/confirm-deletion": {}}}})
+    );
+    assert!(entries[1].fields_v1.is_none(), "the status set is dropped");
+    assert_eq!(
+        ft_core::meta::annotation_set_by(&tenant, "hosting.francetravail.fr/confirm-deletion"),
+        "field manager kubectl (Apply) at 2026-12-07T10:00:00Z"
+    );
+}

@@ -631,23 +631,32 @@ async fn an_unchanged_tenant_costs_no_write() {
     assert_eq!(h.api.writes().len(), 0, "{:?}", h.api.writes());
 }
 
-#[tokio::test]
-async fn a_child_changed_by_hand_is_restored_and_reported() {
-    let mut h = harness();
-    let t = h.settle(stored_tenant()).await;
-    let mut np = desired(&t)
+/// The production environment's default-deny policy, as desired.
+fn default_deny(t: &FranceTravailTenant) -> NetworkPolicy {
+    desired(t)
         .network_policies
         .into_iter()
         .find(|np| {
             np.metadata.name.as_deref() == Some("ft-default-deny")
                 && np.metadata.namespace.as_deref() == Some("offres-emploi-prod")
         })
-        .unwrap();
-    // Someone opened the default-deny policy to everything.
+        .unwrap()
+}
+
+/// The same, as the cache shows it once someone opened it to everything.
+fn opened_default_deny(t: &FranceTravailTenant) -> NetworkPolicy {
+    let mut np = default_deny(t);
     np.spec.as_mut().unwrap().ingress = Some(vec![Default::default()]);
     np.metadata.managed_fields = ours();
     np.metadata.resource_version = Some("2".into());
-    h.observe_extra_policy(np);
+    np
+}
+
+#[tokio::test]
+async fn a_child_changed_by_hand_is_restored_and_reported() {
+    let mut h = harness();
+    let t = h.settle(stored_tenant()).await;
+    h.observe_extra_policy(opened_default_deny(&t));
     let action = h.reconcile(t).await.unwrap();
     let calls = h.api.writes();
     assert_eq!(
@@ -668,19 +677,8 @@ async fn a_child_changed_by_hand_is_restored_and_reported() {
 async fn a_repair_the_cache_shows_is_judged_in_the_same_pass() {
     let mut h = harness();
     let t = h.settle(stored_tenant()).await;
-    let want = desired(&t)
-        .network_policies
-        .into_iter()
-        .find(|np| {
-            np.metadata.name.as_deref() == Some("ft-default-deny")
-                && np.metadata.namespace.as_deref() == Some("offres-emploi-prod")
-        })
-        .unwrap();
-    let mut opened = want.clone();
-    opened.spec.as_mut().unwrap().ingress = Some(vec![Default::default()]);
-    opened.metadata.managed_fields = ours();
-    opened.metadata.resource_version = Some("2".into());
-    h.observe_extra_policy(opened);
+    let want = default_deny(&t);
+    h.observe_extra_policy(opened_default_deny(&t));
 
     // The watch shows the repair once the API server has answered it, as a reflector would.
     *h.api.tenant.lock().unwrap() = serde_json::to_value(&t).unwrap();
