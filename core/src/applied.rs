@@ -12,6 +12,47 @@ pub struct ApplyReport {
     pub pruned: Vec<String>,
     /// Desired children the reflectors have not shown yet.
     pub unseen: usize,
+    /// What the caches must show before the controls judge the cluster: each child written
+    /// (or not yet seen), at the version the API server answered, and each one deleted.
+    pub awaited: Vec<Awaited>,
+}
+
+/// A child a pass wrote or deleted, as the API server left it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Awaited {
+    /// `Kind/namespace/name`, or `Kind/name` for a cluster-scoped object.
+    pub key: String,
+    /// The resourceVersion the API server answered with; `None` once deleted.
+    pub version: Option<String>,
+}
+
+impl Awaited {
+    /// The key's kind, namespace and name.
+    pub fn parts(&self) -> (&str, Option<&str>, &str) {
+        let mut parts = self.key.splitn(3, '/');
+        let kind = parts.next().unwrap_or_default();
+        match (parts.next(), parts.next()) {
+            (Some(namespace), Some(name)) => (kind, Some(namespace), name),
+            (name, _) => (kind, None, name.unwrap_or_default()),
+        }
+    }
+
+    /// Whether a cache that holds this key at `version` (`None`: holds no such object) shows
+    /// what the pass left, or newer. resourceVersions are etcd revisions in practice; when they
+    /// do not parse, only the same version counts.
+    pub fn is_shown_by(&self, version: Option<Option<&str>>) -> bool {
+        match (&self.version, version) {
+            (None, None) => true,
+            (Some(want), Some(Some(have))) => {
+                want == have
+                    || matches!(
+                        (want.parse::<u64>(), have.parse::<u64>()),
+                        (Ok(want), Ok(have)) if have >= want
+                    )
+            }
+            _ => false,
+        }
+    }
 }
 
 impl ApplyReport {
@@ -37,6 +78,7 @@ impl ApplyReport {
             restored: not_binding(&self.restored),
             pruned: not_binding(&self.pruned),
             unseen: self.unseen,
+            awaited: self.awaited.clone(),
         }
     }
 }

@@ -60,6 +60,8 @@ pub fn replaced_key<'a>(tenant: &'a FranceTravailTenant, fingerprint: &str) -> O
 pub enum Applied<'a> {
     /// Every child was applied (the report says what was written).
     Done(&'a ApplyReport),
+    /// Every child was applied, and the caches have since shown every write of the pass.
+    Seen,
     /// The spec is refused; its lapsed rights were revoked all the same.
     Refused,
     /// The pass failed before every child was in place.
@@ -74,14 +76,15 @@ pub enum Judge {
     /// Judge the refusal: the report says why the tenant is not built.
     Refused,
     /// Keep the report as it is. After a pass that wrote children the stores still show the
-    /// cluster as it was: the watch events of those writes wake the tenant again
-    /// (`settling`), and it is judged then.
+    /// cluster as it was until the watch events of those writes arrive: when the pass could
+    /// not wait for them, the tenant is looked at again `SETTLING` later and judged then.
     Later { settling: bool },
 }
 
 pub fn judge(applied: Applied<'_>) -> Judge {
     match applied {
         Applied::Done(report) if report.is_quiet() => Judge::Now,
+        Applied::Seen => Judge::Now,
         Applied::Done(_) => Judge::Later { settling: true },
         Applied::Refused => Judge::Refused,
         Applied::Failed => Judge::Later { settling: false },

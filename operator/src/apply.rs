@@ -26,7 +26,7 @@ use serde_json::Value;
 
 use ft_core::access::undeclared_subjects;
 use ft_core::api::{ComplianceReport, EnvironmentPolicy, FIELD_MANAGER};
-use ft_core::applied::{ApplyReport, differs};
+use ft_core::applied::{ApplyReport, Awaited, differs};
 use ft_core::backup::velero::Schedule;
 use ft_core::desired::Desired;
 use ft_core::meta::{key_of, object_key, owned_by};
@@ -34,7 +34,7 @@ use ft_core::removal::{OwnedNamespace, held_namespaces};
 
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::observe::Observed;
+use crate::observe::{Cache, Observed};
 
 /// A kind of child the operator applies.
 pub trait Child:
@@ -94,50 +94,102 @@ namespaced_child!(
 /// Remembers, per child, the hash of the last desired body applied and the resourceVersion the
 /// API server answered with. The server normalises some fields (quantities such as `0.5` become
 /// `500m`), so an object can differ textually from what is desired while being exactly what was
-/// applied; the memo recognises it and saves the write.
+/// applied; the memo recognises it and saves the write. Filed by namespace (`""` for
+/// cluster-scoped children), each child as hashes only: it holds an entry per child of every
+/// tenant.
 #[derive(Default)]
-pub struct AppliedMemo(Mutex<HashMap<String, (u64, String)>>);
+pub struct AppliedMemo(Mutex<HashMap<String, HashMap<u64, Applied>>>);
+
+/// The hashes of what was applied to one child and of the version it got.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Applied {
+    body: u64,
+    version: u64,
+}
+
+fn hash_of(text: &str) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    text.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// A child's key (`Kind/namespace/name` or `Kind/name`) as its namespace and a hash.
+fn memo_slot(key: &str) -> (&str, u64) {
+    let mut parts = key.splitn(3, '/');
+    let (_, second, third) = (parts.next(), parts.next(), parts.next());
+    let namespace = if third.is_some() {
+        second.unwrap_or_default()
+    } else {
+        ""
+    };
+    (namespace, hash_of(key))
+}
 
 impl AppliedMemo {
     fn matches(&self, key: &str, hash: u64, resource_version: Option<&str>) -> bool {
+        let (namespace, slot) = memo_slot(key);
         let memo = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        matches!((memo.get(key), resource_version), (Some((h, rv)), Some(o)) if *h == hash && rv == o)
+        let known = memo.get(namespace).and_then(|m| m.get(&slot));
+        matches!((known, resource_version), (Some(a), Some(v)) if a.body == hash && a.version == hash_of(v))
     }
 
     fn knows(&self, key: &str) -> bool {
+        let (namespace, slot) = memo_slot(key);
         self.0
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .contains_key(key)
+            .get(namespace)
+            .is_some_and(|m| m.contains_key(&slot))
     }
 
     fn remember(&self, key: String, hash: u64, resource_version: Option<String>) {
+        let (namespace, slot) = memo_slot(&key);
         let mut memo = self.0.lock().unwrap_or_else(|e| e.into_inner());
         match resource_version {
-            Some(rv) => memo.insert(key, (hash, rv)),
-            None => memo.remove(&key),
-        };
+            Some(rv) => {
+                memo.entry(namespace.to_string()).or_default().insert(
+                    slot,
+                    Applied {
+                        body: hash,
+                        version: hash_of(&rv),
+                    },
+                );
+            }
+            None => {
+                if let Some(m) = memo.get_mut(namespace) {
+                    m.remove(&slot);
+                }
+            }
+        }
     }
 
     fn forget(&self, key: &str) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
+        let (namespace, slot) = memo_slot(key);
+        if let Some(m) = self
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(namespace)
+        {
+            m.remove(&slot);
+        }
     }
 
-    /// Forgets what was applied for a deleted tenant: its namespaces' children and its report.
+    /// Forgets what was applied for a deleted tenant: its namespaces' children, the
+    /// namespaces themselves, and its report.
     pub fn forget_tenant(&self, tenant: &str, namespaces: &BTreeSet<String>) {
         let report = key_of(ComplianceReport::kind(&()).as_ref(), None, tenant);
         let mut memo = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        memo.retain(|key, _| {
-            *key != report && !namespaces.iter().any(|ns| key_in_namespace(key, ns))
-        });
+        for ns in namespaces {
+            memo.remove(ns);
+            if let Some(cluster) = memo.get_mut("") {
+                cluster.remove(&hash_of(&key_of("Namespace", None, ns)));
+            }
+        }
+        if let Some(cluster) = memo.get_mut("") {
+            cluster.remove(&hash_of(&report));
+        }
     }
-}
-
-fn key_in_namespace(key: &str, ns: &str) -> bool {
-    // Keys are `Kind/namespace/name` or `Kind/name` for a Namespace.
-    let mut parts = key.splitn(3, '/');
-    let (kind, second) = (parts.next(), parts.next());
-    second == Some(ns) && (kind == Some("Namespace") || parts.next().is_some())
 }
 
 pub struct Applier<'a> {
@@ -262,7 +314,7 @@ impl Applier<'_> {
             kept.extend(
                 observed
                     .schedules
-                    .state()
+                    .of_tenant(self.tenant)
                     .iter()
                     .filter(|s| {
                         let backed_up = &s.spec.template.included_namespaces;
@@ -311,11 +363,11 @@ impl Applier<'_> {
     /// this is empty.
     pub fn own_objects_left(&self) -> Vec<String> {
         fn left<K: Resource<DynamicType = ()> + Clone>(
-            store: &Store<K>,
+            store: &Cache<K>,
             tenant: &str,
         ) -> Vec<String> {
             store
-                .state()
+                .of_tenant(tenant)
                 .iter()
                 .filter(|o| owned_by(o.meta(), tenant))
                 .map(|o| object_key(&**o))
@@ -353,7 +405,7 @@ impl Applier<'_> {
         namespaces: &BTreeSet<String>,
         report: &mut ApplyReport,
     ) -> Result<()> {
-        for binding in self.observed.role_bindings.state() {
+        for binding in self.observed.role_bindings.in_namespaces(namespaces) {
             let Some(ns) = binding.metadata.namespace.as_deref() else {
                 continue;
             };
@@ -375,11 +427,17 @@ impl Applier<'_> {
             }
             self.metrics.write("RoleBinding", "delete");
             self.memo.forget(&key);
+            report.awaited.push(Awaited {
+                key: key.clone(),
+                version: None,
+            });
             report.pruned.push(key);
         }
         Ok(())
     }
 
+    /// Applies the children of one kind, a few at a time: a kind's children never depend on
+    /// each other, and a pass's time is mostly the API server's answers.
     async fn apply_kind<K, O>(
         &self,
         desired: &[K],
@@ -390,67 +448,107 @@ impl Applier<'_> {
         K: Child,
         O: Resource<DynamicType = ()> + Serialize + Clone + Debug + Send + Sync + 'static,
     {
-        for object in desired {
-            let key = object_key(object);
-            let body = serde_json::to_value(object).map_err(|source| Error::Serialize {
-                object: key.clone(),
-                source,
-            })?;
-            let hash = hash_value(&body);
-            let name = object.name_any();
-            let namespace = object.namespace();
-            let api = K::api(self.client.clone(), namespace.as_deref());
-
-            let mut found = observed
-                .get(&object_ref::<O>(&name, namespace.as_deref()))
-                .map(|o| (serde_json::to_value(&*o).ok(), o.resource_version()));
-            // Applied before but gone from the cluster means deleted by hand, not new.
-            let applied_before = self.memo.knows(&key);
-            if found.is_none() {
-                report.unseen += 1;
-            }
-            if found.is_none() && applied_before {
-                // Written by a previous pass, not yet seen by the reflector: ask the server.
-                found = api
-                    .get_opt(&name)
-                    .await
-                    .map_err(|e| Error::kube("read", &key, e))?
-                    .map(|o| (serde_json::to_value(&o).ok(), o.resource_version()));
-            }
-            if let Some((Some(current), resource_version)) = &found
-                && (!differs(&body, current)
-                    || self.memo.matches(&key, hash, resource_version.as_deref()))
-            {
-                continue;
-            }
-
-            let params = PatchParams::apply(FIELD_MANAGER).force();
-            let applied = match api.patch(&name, &params, &Patch::Apply(&body)).await {
-                Err(kube::Error::Api(s))
-                    if s.code == 422 && K::REPLACE_WHEN_IMMUTABLE && found.is_some() =>
-                {
-                    api.delete(&name, &DeleteParams::foreground())
-                        .await
-                        .map_err(|e| Error::kube("replace", &key, e))?;
-                    self.metrics.write(K::kind(&()).as_ref(), "delete");
-                    api.patch(&name, &params, &Patch::Apply(&body)).await
-                }
-                other => other,
-            }
-            .map_err(|e| Error::kube("apply", &key, e))?;
-            self.metrics.write(K::kind(&()).as_ref(), "apply");
-            let new_version = applied.resource_version();
-            match found {
-                None if applied_before => report.restored.push(key.clone()),
-                None => report.created.push(key.clone()),
-                Some((_, old_version)) if old_version != new_version => {
-                    report.restored.push(key.clone())
-                }
-                Some(_) => {}
-            }
-            self.memo.remember(key, hash, new_version);
+        let mut results = Vec::with_capacity(desired.len());
+        for some in desired.chunks(APPLIED_AT_ONCE) {
+            let applied =
+                futures::future::join_all(some.iter().map(|o| self.apply_one(o, observed))).await;
+            results.extend(applied);
+        }
+        for result in results {
+            let one = result?;
+            report.unseen += usize::from(one.unseen);
+            report.created.extend(one.created);
+            report.restored.extend(one.restored);
+            report.awaited.extend(one.awaited);
         }
         Ok(())
+    }
+
+    async fn apply_one<K, O>(&self, object: &K, observed: &Store<O>) -> Result<OneApplied>
+    where
+        K: Child,
+        O: Resource<DynamicType = ()> + Serialize + Clone + Debug + Send + Sync + 'static,
+    {
+        let mut one = OneApplied::default();
+        let key = object_key(object);
+        let body = serde_json::to_value(object).map_err(|source| Error::Serialize {
+            object: key.clone(),
+            source,
+        })?;
+        let hash = hash_value(&body);
+        let name = object.name_any();
+        let namespace = object.namespace();
+        let api = K::api(self.client.clone(), namespace.as_deref());
+
+        let mut found = observed
+            .get(&object_ref::<O>(&name, namespace.as_deref()))
+            .map(|o| (serde_json::to_value(&*o).ok(), o.resource_version()));
+        // Applied before but gone from the cluster means deleted by hand, not new.
+        let applied_before = self.memo.knows(&key);
+        one.unseen = found.is_none();
+        if found.is_none() && applied_before {
+            // Written by a previous pass, not yet seen by the reflector: ask the server.
+            found = api
+                .get_opt(&name)
+                .await
+                .map_err(|e| Error::kube("read", &key, e))?
+                .map(|o| (serde_json::to_value(&o).ok(), o.resource_version()));
+        }
+        if let Some((Some(current), resource_version)) = &found
+            && (!differs(&body, current)
+                || self.memo.matches(&key, hash, resource_version.as_deref()))
+        {
+            if one.unseen {
+                // Read from the server: the pass waits for the cache to show it.
+                one.awaited = Some(Awaited {
+                    key,
+                    version: resource_version.clone(),
+                });
+            }
+            return Ok(one);
+        }
+
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        let applied = match api.patch(&name, &params, &Patch::Apply(&body)).await {
+            Err(kube::Error::Api(s))
+                if s.code == 422 && K::REPLACE_WHEN_IMMUTABLE && found.is_some() =>
+            {
+                api.delete(&name, &DeleteParams::foreground())
+                    .await
+                    .map_err(|e| Error::kube("replace", &key, e))?;
+                self.metrics.write(K::kind(&()).as_ref(), "delete");
+                api.patch(&name, &params, &Patch::Apply(&body)).await
+            }
+            other => other,
+        }
+        .map_err(|e| Error::kube("apply", &key, e))?;
+        self.metrics.write(K::kind(&()).as_ref(), "apply");
+        let new_version = applied.resource_version();
+        let changed = match found {
+            None if applied_before => {
+                one.restored = Some(key.clone());
+                true
+            }
+            None => {
+                one.created = Some(key.clone());
+                true
+            }
+            Some((_, old_version)) if old_version != new_version => {
+                one.restored = Some(key.clone());
+                true
+            }
+            // The server had it all already: no watch event follows.
+            Some(_) => false,
+        };
+        if changed && let Some(version) = &new_version {
+            self.observed.echoes.expect(key.clone(), version.clone());
+        }
+        one.awaited = Some(Awaited {
+            key: key.clone(),
+            version: new_version.clone(),
+        });
+        self.memo.remember(key, hash, new_version);
+        Ok(one)
     }
 
     /// Deletes what the tenant owns and `desired` does not name, except in (or, for a
@@ -458,7 +556,7 @@ impl Applier<'_> {
     async fn prune<K, O>(
         &self,
         desired: &[K],
-        observed: &Store<O>,
+        observed: &Cache<O>,
         held: &BTreeSet<String>,
         report: &mut ApplyReport,
     ) -> Result<()>
@@ -470,7 +568,7 @@ impl Applier<'_> {
             .iter()
             .map(|d| (d.namespace(), d.name_any()))
             .collect();
-        for stale in observed.state() {
+        for stale in observed.of_tenant(self.tenant) {
             let meta = stale.meta();
             if !owned_by(meta, self.tenant) || meta.deletion_timestamp.is_some() {
                 continue;
@@ -490,17 +588,35 @@ impl Applier<'_> {
             }
             self.metrics.write(K::kind(&()).as_ref(), "delete");
             self.memo.forget(&key);
+            report.awaited.push(Awaited {
+                key: key.clone(),
+                version: None,
+            });
             report.pruned.push(key);
         }
         Ok(())
     }
 }
 
+/// How many children of one kind a pass applies at once.
+const APPLIED_AT_ONCE: usize = 8;
+
+/// What applying one child did, for the pass's [`ApplyReport`].
+#[derive(Default)]
+struct OneApplied {
+    /// The cache did not show it.
+    unseen: bool,
+    created: Option<String>,
+    restored: Option<String>,
+    /// What the cache must show before the pass judges.
+    awaited: Option<Awaited>,
+}
+
 /// The namespaces the tenant owns, as the store shows them.
 pub fn owned_namespaces(observed: &Observed, tenant: &str) -> Vec<OwnedNamespace> {
     observed
         .namespaces
-        .state()
+        .of_tenant(tenant)
         .iter()
         .filter(|ns| owned_by(&ns.metadata, tenant))
         .map(|ns| OwnedNamespace::from_meta(tenant, &ns.metadata))

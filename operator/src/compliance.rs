@@ -140,7 +140,7 @@ impl Compliance {
         tenant: &str,
         stored: Option<&ComplianceReport>,
     ) -> Option<ReportStatus> {
-        let written = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
         let stored_status = stored.and_then(|r| r.status.clone());
         let Some((written_version, written_status)) = written.get(tenant) else {
             return stored_status;
@@ -159,6 +159,8 @@ impl Compliance {
         if stale {
             Some(written_status.clone())
         } else {
+            // The cache has caught up: it holds the report from now on.
+            written.remove(tenant);
             stored_status
         }
     }

@@ -181,7 +181,10 @@ pub struct Context {
     pub observed: Observed,
     pub memo: AppliedMemo,
     pub metrics: Arc<Metrics>,
-    pub recorder: Recorder,
+    /// Who publishes Events. A `Recorder` is made per Event: kube's keeps every Event it
+    /// published for six minutes, to fold repeats into a series, and scans them all at each
+    /// publication; with thousands of tenants that cache would be the operator's largest.
+    pub reporter: Reporter,
     pub settings: BuildSettings,
     pub index: NamespaceIndex,
     pub compliance: Compliance,
@@ -197,6 +200,8 @@ pub struct Context {
     /// False while the leader cannot confirm it holds its Lease: passes wait, so that it never
     /// acts beside the next leader.
     pub acting: tokio::sync::watch::Receiver<bool>,
+    /// How long a pass that wrote waits for the caches to show its writes before it judges.
+    pub show_writes: std::time::Duration,
     /// Failed passes in a row, per tenant, for the backoff.
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -218,13 +223,14 @@ impl Context {
             keys,
             liveness: Liveness::new(metrics.clone()),
             acting: tokio::sync::watch::channel(true).1,
-            recorder: Recorder::new(client.clone(), reporter),
+            reporter,
             client,
             observed,
             memo: AppliedMemo::default(),
             metrics,
             settings,
             index: NamespaceIndex::default(),
+            show_writes: crate::reconcile::SHOW_WRITES,
             failures: Mutex::default(),
         }
     }
@@ -277,8 +283,8 @@ impl Context {
             .await;
     }
 
-    /// An Event about `target` concerning `related` too. Events with the same reason on the
-    /// same objects are folded into one series, so a distinct `related` keeps them apart.
+    /// An Event about `target` concerning `related` too. Each is created on its own: none is
+    /// folded into a series of the same reason.
     pub async fn publish_related(
         &self,
         target: &ObjectReference,
@@ -294,7 +300,8 @@ impl Context {
             action: reason.into(),
             secondary: related,
         };
-        if let Err(e) = self.recorder.publish(&event, target).await {
+        let recorder = Recorder::new(self.client.clone(), self.reporter.clone());
+        if let Err(e) = recorder.publish(&event, target).await {
             warn!(object = ?target.name, reason, error = %e, "could not publish event");
         } else {
             self.metrics.write("Event", "create");

@@ -278,6 +278,9 @@ fn parse_network(s: &str) -> Result<String, String> {
         .ok_or_else(|| format!("{s:?} is not an IPv4 or IPv6 CIDR"))
 }
 
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {

@@ -42,6 +42,8 @@ fn the_controls_judge_only_a_pass_that_wrote_nothing_and_sees_everything() {
         judge(Applied::Done(&unseen)),
         Judge::Later { settling: true }
     );
+    // Written, and the caches have since shown every write: judged in the same pass.
+    assert_eq!(judge(Applied::Seen), Judge::Now);
     assert_eq!(judge(Applied::Refused), Judge::Refused);
     assert_eq!(judge(Applied::Failed), Judge::Later { settling: false });
 }
@@ -233,4 +235,39 @@ fn a_namespace_another_tenant_owns_is_refused_naming_both() {
     );
     let fresh = ft_core::pass::claim_namespaces(&second, &restoring, |_| None).expect("free");
     assert_eq!(fresh, ["offres-emploi-prod", "offres-emploi-dev"]);
+}
+
+#[test]
+fn a_write_is_shown_by_its_version_or_a_newer_one_a_deletion_by_absence() {
+    use ft_core::applied::Awaited;
+    let written = Awaited {
+        key: "NetworkPolicy/a-prod/ft-default-deny".into(),
+        version: Some("120".into()),
+    };
+    assert_eq!(
+        written.parts(),
+        ("NetworkPolicy", Some("a-prod"), "ft-default-deny")
+    );
+    assert!(written.is_shown_by(Some(Some("120"))));
+    assert!(written.is_shown_by(Some(Some("121"))));
+    assert!(!written.is_shown_by(Some(Some("119"))), "an older version");
+    assert!(!written.is_shown_by(None), "not in the cache yet");
+    assert!(
+        !written.is_shown_by(Some(None)),
+        "a cached object without a version"
+    );
+    // A version that is not a number counts only as itself.
+    let opaque = Awaited {
+        key: "Namespace/a-prod".into(),
+        version: Some("x7".into()),
+    };
+    assert_eq!(opaque.parts(), ("Namespace", None, "a-prod"));
+    assert!(opaque.is_shown_by(Some(Some("x7"))));
+    assert!(!opaque.is_shown_by(Some(Some("x8"))));
+    let deleted = Awaited {
+        key: "ResourceQuota/a-prod/ft-quota".into(),
+        version: None,
+    };
+    assert!(deleted.is_shown_by(None));
+    assert!(!deleted.is_shown_by(Some(Some("5"))), "still cached");
 }

@@ -1,21 +1,55 @@
 //! The cluster benchmark: convergence of N tenants against the direct-write limit of the same
-//! API server, writes at rest, drift repair and the operator's memory and CPU time. Run on
-//! demand against `KUBECONFIG` (see BENCHMARKS.md); it prints one Markdown table.
+//! API server, writes at rest, drift repair, the operator's memory and CPU time, the API
+//! server's memory, what the tenants cost every pod creation at admission, and what one object
+//! of each of the operator's caches costs in memory. Run on demand against `KUBECONFIG` on a
+//! freshly wiped cluster (see BENCHMARKS.md); it prints Markdown tables.
 //!
-//! `cargo build --release -p ft-operator && FT_OPERATOR_BIN=target/release/ft-operator \
-//!  cargo run --release -p ft-e2e --bin cluster-bench -- 1 100 1000`
+//! `cargo build --release -p ft-operator -p ft-e2e --bin ft-operator --bin cluster-bench && \
+//!  FT_OPERATOR_BIN=target/release/ft-operator ./target/release/cluster-bench 1 100 1000`
+//!
+//! The steps, in order:
+//!
+//! 1. The resident memory of the local `kube-apiserver` (found by its command name in `/proc`;
+//!    "not measured" when there is not exactly one), before anything.
+//! 2. The CRDs, the cluster-wide admission policies, a stand-in Velero and three nodes.
+//! 3. The direct-write limit, for each N, on a clean API server, before the operator starts:
+//!    the objects `plan` renders for N tenants, with every `hosting.francetravail.fr/` label
+//!    taken off (no watch of the operator would care about them), written with server-side
+//!    apply, 16 in flight, namespaces first; timed; then deleted, the benchmark waiting until
+//!    every one of them, and every namespace of that size, is gone before the next size. Then
+//!    the API server's resident memory again.
+//! 4. The operator starts. 1,000 dry-run pod creations in `default` (a namespace no tenant
+//!    owns), timed one by one, after 250 untimed: what a pod creation costs before the
+//!    tenants.
+//! 5. For each N, N copies of `examples/tenant.yaml` under fresh names, 16 in flight, each
+//!    timed from its creation until it is Ready and evaluated, through a watch; the ratio is
+//!    the time of all N over the direct-write time of step 3.
+//! 6. With every tenant: the operator's API writes over 60 idle seconds, its resident memory
+//!    and CPU time, the API server's resident memory, the dry-run pod creations again, and
+//!    `ft-default-deny` deleted in 20 tenants, one at a time, each return timed.
+//! 7. The operator stopped: the dry-run pod creations again, and the change of their p50 and
+//!    p99 from step 4, with the operator running and stopped.
+//! 8. What one object of each of the operator's caches costs: its objects listed as JSON with
+//!    the operator's label selector, then, counted by the global allocator, each deserialized
+//!    into the type the operator caches, trimmed as it trims it and put in an `Arc`.
+//!
+//! `--tenants N` is a scale run: N tenants only, one size, without steps 3, 4 and 7 (no
+//! direct-write comparison, no admission-cost sampling), and without the timed pod creations
+//! of step 6.
 //!
 //! `--restarts N` (with `FT_E2E_RESTART_APISERVER`, see the fault suite) also restarts the API
 //! server N times, 3 s down each, and times each return of a policy deleted the moment the
 //! API server answers again.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
-use ft_core::api::FranceTravailTenant;
+use anyhow::{Context as _, bail};
+use ft_core::api::{ComplianceReport, EnvironmentPolicy, FranceTravailTenant, labels};
+use ft_core::backup::velero::{Backup, BackupStorageLocation, Restore, Schedule};
 use ft_core::desired::{Facts, desired};
+use ft_core::placement::admission::Confinement;
 use ft_core::placement::regions::RegionCatalogue;
 use ft_core::settings::BuildSettings;
 use ft_core::validate::validate_for_cluster;
@@ -24,13 +58,34 @@ use ft_e2e::{
     Operator, TestNodes, cluster, ensure_namespace, example_tenant, install_crds, install_velero,
     unique, wait_for,
 };
+use ft_operator::watch::trim::{
+    annotation_managers_only, managers_only, trim_meta, trim_node, trim_pod, trim_quota,
+};
+use ft_operator::watch::{discover_confinement, discover_velero};
 use futures::{StreamExt, TryStreamExt, stream};
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingAdmissionPolicy, MutatingAdmissionPolicyBinding, ValidatingAdmissionPolicy,
+    ValidatingAdmissionPolicyBinding,
+};
+use k8s_openapi::api::core::v1::{
+    LimitRange, Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod, ResourceQuota,
+};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use kube::api::{ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
+use k8s_openapi::api::rbac::v1::RoleBinding;
+use k8s_openapi::api::storage::v1::StorageClass;
+use kube::api::{
+    ApiResource, DeleteParams, DynamicObject, ListParams, PartialObjectMeta, Patch, PatchParams,
+    PostParams,
+};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
 use tokio::sync::Mutex;
+
+/// Counts the bytes the benchmark holds on the heap, to measure what the operator's cached
+/// objects cost (`cache_size`). No limit is set.
+#[global_allocator]
+static ALLOCATOR: cap::Cap<std::alloc::System> = cap::Cap::new(std::alloc::System, usize::MAX);
 
 const OPERATOR_NAMESPACE: &str = "ft-system";
 /// Requests in flight, for the operator's tenants and for the direct writes alike.
@@ -38,6 +93,13 @@ const CONCURRENCY: usize = 16;
 const IDLE: Duration = Duration::from_secs(60);
 const DRIFT_SAMPLES: usize = 20;
 const ADMISSION_SAMPLES: usize = 1000;
+/// The labels taken off the directly written objects: every label the operator's watches and
+/// its cluster-wide admission bindings select on. No admission policy of `admission/` requires
+/// one of them on a creation (`ft-namespace-ownership` only compares the tenant label of a
+/// namespace on an update, when both versions carry it), so the objects stay valid without them.
+const OPERATOR_LABELS: &str = "hosting.francetravail.fr/";
+/// Objects per page when the caches are measured, as the operator's watches list them.
+const PAGE: u32 = 500;
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
@@ -130,11 +192,13 @@ async fn converge(
     Ok((times, total))
 }
 
-/// The same objects `plan` renders for `n` tenants, written directly with server-side apply at
-/// the same concurrency: what the API server itself takes.
-async fn direct_writes(client: &Client, prefix: &str, n: usize) -> anyhow::Result<Duration> {
-    let mut objects = Vec::new();
-    // The cluster's nodes decide the placement, as they do for the operator.
+/// The objects `plan` renders for `n` tenants named `{prefix}-{i}` on this cluster: placed on
+/// its nodes, with Velero's Schedules where it serves Velero, as the operator renders them.
+async fn rendered(
+    client: &Client,
+    prefix: &str,
+    n: usize,
+) -> anyhow::Result<Vec<serde_json::Value>> {
     let nodes: Vec<Arc<Node>> = Api::<Node>::all(client.clone())
         .list(&Default::default())
         .await?
@@ -142,7 +206,10 @@ async fn direct_writes(client: &Client, prefix: &str, n: usize) -> anyhow::Resul
         .into_iter()
         .map(Arc::new)
         .collect();
-    let settings = BuildSettings::default();
+    let settings = BuildSettings {
+        confinement: discover_confinement(client).await,
+        ..Default::default()
+    };
     let catalogue = RegionCatalogue::embedded()?;
     let restoring = Default::default();
     let facts = Facts {
@@ -150,27 +217,127 @@ async fn direct_writes(client: &Client, prefix: &str, n: usize) -> anyhow::Resul
         nodes: &nodes,
         catalogue: &catalogue,
         provider: None,
-        velero: None,
+        velero: discover_velero(client).await,
         restoring: &restoring,
         production_pools: &[],
     };
+    let mut objects = Vec::new();
     for i in 0..n {
         let tenant = example_tenant("tenant.yaml", &format!("{prefix}-{i}"))?;
         let valid = validate_for_cluster(&tenant, &settings)?;
         objects.extend(desired(valid, &facts, jiff::Timestamp::now()).to_values()?);
     }
+    Ok(objects)
+}
+
+/// The object without any label of `OPERATOR_LABELS` in its metadata.
+fn without_operator_labels(mut object: serde_json::Value) -> serde_json::Value {
+    if let Some(labels) = object
+        .pointer_mut("/metadata/labels")
+        .and_then(serde_json::Value::as_object_mut)
+    {
+        labels.retain(|key, _| !key.starts_with(OPERATOR_LABELS));
+    }
+    object
+}
+
+fn is_namespace(object: &DynamicObject) -> bool {
+    object.types.as_ref().is_some_and(|t| t.kind == "Namespace")
+}
+
+/// The direct-write limit: the objects `plan` renders for `n` tenants, without the operator's
+/// labels, written directly with server-side apply at the operator's concurrency, namespaces
+/// first as the operator does: what the API server itself takes. Meant for an API server that
+/// holds no tenant and serves no operator. Returns the time, and the objects for `clean_up`.
+async fn direct_writes(
+    client: &Client,
+    prefix: &str,
+    n: usize,
+) -> anyhow::Result<(Duration, Vec<DynamicObject>)> {
+    let objects = rendered(client, prefix, n)
+        .await?
+        .into_iter()
+        .map(|o| serde_json::from_value(without_operator_labels(o)))
+        .collect::<Result<Vec<DynamicObject>, _>>()?;
     let started = Instant::now();
-    // Namespaces first, as the operator does.
-    let (namespaces, rest): (Vec<_>, Vec<_>) =
-        objects.into_iter().partition(|o| o["kind"] == "Namespace");
+    let (namespaces, rest): (Vec<_>, Vec<_>) = objects.iter().partition(|o| is_namespace(o));
     for batch in [namespaces, rest] {
         stream::iter(batch)
-            .map(|object| apply(client.clone(), object))
+            .map(|object| apply(client, object))
             .buffer_unordered(CONCURRENCY)
             .try_collect::<Vec<_>>()
             .await?;
     }
-    Ok(started.elapsed())
+    Ok((started.elapsed(), objects))
+}
+
+/// Deletes what `direct_writes` wrote: its namespaces (the namespace controller deletes what
+/// they hold) and every object outside them (StorageClasses, ComplianceReports, Velero
+/// Schedules), then waits until those objects, and every namespace whose name starts with
+/// `prefix`, are gone.
+async fn clean_up(
+    client: &Client,
+    prefix: &str,
+    objects: Vec<DynamicObject>,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let namespaces: BTreeSet<String> = objects
+        .iter()
+        .filter(|o| is_namespace(o))
+        .map(|o| o.name_any())
+        .collect();
+    let mut left: Vec<DynamicObject> = objects
+        .into_iter()
+        .filter(|o| o.namespace().is_none_or(|ns| !namespaces.contains(&ns)))
+        .collect();
+    stream::iter(&left)
+        .map(|object| async move {
+            match api_for(client.clone(), object)?
+                .delete(&object.name_any(), &DeleteParams::default())
+                .await
+            {
+                Ok(_) => Ok(()),
+                Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+                Err(e) => Err(anyhow::Error::from(e)),
+            }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .try_collect::<Vec<_>>()
+        .await?;
+    // The namespaces are followed by listing, not one by one.
+    left.retain(|o| !is_namespace(o));
+    let all_namespaces: Api<Namespace> = Api::all(client.clone());
+    let started = Instant::now();
+    loop {
+        left = stream::iter(left)
+            .map(|object| async move {
+                let found = api_for(client.clone(), &object)?
+                    .get_opt(&object.name_any())
+                    .await?;
+                anyhow::Ok(found.map(|_| object))
+            })
+            .buffer_unordered(CONCURRENCY)
+            .try_filter_map(futures::future::ok)
+            .try_collect()
+            .await?;
+        let namespaces_left = all_namespaces
+            .list_metadata(&ListParams::default())
+            .await?
+            .items
+            .iter()
+            .filter(|ns| ns.name_any().starts_with(prefix))
+            .count();
+        if left.is_empty() && namespaces_left == 0 {
+            return Ok(());
+        }
+        if started.elapsed() > timeout {
+            bail!(
+                "timed out after {timeout:?} waiting for the direct writes to be gone: {} objects and {namespaces_left} namespaces left (the namespace controller of kube-controller-manager deletes namespaces)",
+                left.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// The admission objects of the cluster: policies and bindings, validating and mutating.
@@ -225,9 +392,9 @@ async fn admission_cost(client: &Client) -> anyhow::Result<Vec<Duration>> {
     Ok(times)
 }
 
-async fn apply(client: Client, object: serde_json::Value) -> anyhow::Result<()> {
-    let object: DynamicObject = serde_json::from_value(object)?;
-    let types = object.types.clone().context("typed object")?;
+/// The API of an object of any kind, from its `apiVersion` and `kind`.
+fn api_for(client: Client, object: &DynamicObject) -> anyhow::Result<Api<DynamicObject>> {
+    let types = object.types.as_ref().context("typed object")?;
     let (group, version) = types
         .api_version
         .split_once('/')
@@ -247,16 +414,20 @@ async fn apply(client: Client, object: serde_json::Value) -> anyhow::Result<()> 
         kind: types.kind.clone(),
         plural,
     };
-    let api: Api<DynamicObject> = match object.namespace() {
+    Ok(match object.namespace() {
         Some(ns) => Api::namespaced_with(client, &ns, &resource),
         None => Api::all_with(client, &resource),
-    };
-    api.patch(
-        &object.name_any(),
-        &PatchParams::apply("ft-bench").force(),
-        &Patch::Apply(&object),
-    )
-    .await?;
+    })
+}
+
+async fn apply(client: &Client, object: &DynamicObject) -> anyhow::Result<()> {
+    api_for(client.clone(), object)?
+        .patch(
+            &object.name_any(),
+            &PatchParams::apply("ft-bench").force(),
+            &Patch::Apply(object),
+        )
+        .await?;
     Ok(())
 }
 
@@ -348,8 +519,361 @@ fn process_usage(pid: u32) -> anyhow::Result<(f64, f64, Duration)> {
     ))
 }
 
+/// The pid of the local `kube-apiserver`: the one process of that name in `/proc`. None when
+/// there is none (the API server runs elsewhere, or in another pid namespace) or several.
+fn api_server_pid() -> Option<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+        if comm.trim_end() == "kube-apiserver" {
+            found.push(pid);
+        }
+    }
+    match found[..] {
+        [pid] => Some(pid),
+        _ => None,
+    }
+}
+
+/// The local API server's resident memory, in MiB, if it can be told.
+fn api_server_rss() -> Option<f64> {
+    process_usage(api_server_pid()?).ok().map(|(rss, _, _)| rss)
+}
+
+fn mib(value: Option<f64>) -> String {
+    value.map_or_else(|| "not measured".into(), |v| format!("{v:.1} MiB"))
+}
+
+/// The relative change from `before` to `after`, such as "+12 %".
+fn change(before: Duration, after: Duration) -> String {
+    if before.is_zero() {
+        return "n/a".into();
+    }
+    let percent = (after.as_secs_f64() / before.as_secs_f64() - 1.0) * 100.0;
+    format!("{percent:+.0} %")
+}
+
+/// One of the operator's caches: how many objects it holds, and the heap bytes they take.
+struct CacheSize {
+    name: &'static str,
+    objects: usize,
+    bytes: usize,
+}
+
+/// What the operator's cache `name` holds: the objects at `path`, matching `selector`, listed
+/// whole or as metadata only, each deserialized as `K`, trimmed by `trim` and put in an `Arc`,
+/// as its watch stores them. They are listed a page at a time, as the watch lists them, as JSON
+/// first; then only the deserialization, trim and `Arc` of the page's objects, and the `Vec`
+/// that keeps them, are counted by the global allocator, while the page's JSON is still held:
+/// the JSON buffers count for nothing. The bytes are those asked of the allocator, without its
+/// own rounding and bookkeeping; the store's indexes (a key per object) are not counted.
+/// Other tasks of the benchmark are idle meanwhile; what they allocate would count too.
+async fn cache_size<K: DeserializeOwned>(
+    client: &Client,
+    name: &'static str,
+    path: String,
+    selector: Option<&str>,
+    metadata: bool,
+    trim: impl Fn(&mut K),
+) -> anyhow::Result<CacheSize> {
+    let request = kube::core::Request::new(path);
+    let mut kept: Vec<Vec<Arc<K>>> = Vec::new();
+    let (mut objects, mut bytes) = (0, 0);
+    let mut token: Option<String> = None;
+    loop {
+        let mut params = ListParams::default().limit(PAGE);
+        if let Some(selector) = selector {
+            params = params.labels(selector);
+        }
+        if let Some(token) = &token {
+            params = params.continue_token(token);
+        }
+        let http = if metadata {
+            request.list_metadata(&params)
+        } else {
+            request.list(&params)
+        }
+        .with_context(|| format!("listing {name}"))?;
+        let mut page: serde_json::Value = client
+            .request(http)
+            .await
+            .with_context(|| format!("listing {name}"))?;
+        let items = match page.get_mut("items").map(serde_json::Value::take) {
+            Some(serde_json::Value::Array(items)) => items,
+            _ => Vec::new(),
+        };
+        token = page
+            .pointer("/metadata/continue")
+            .and_then(serde_json::Value::as_str)
+            .filter(|t| !t.is_empty())
+            .map(str::to_string);
+
+        let before = ALLOCATOR.allocated();
+        let mut held = Vec::with_capacity(items.len());
+        let mut failed = None;
+        for item in &items {
+            match K::deserialize(item) {
+                Ok(mut object) => {
+                    trim(&mut object);
+                    held.push(Arc::new(object));
+                }
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        let after = ALLOCATOR.allocated();
+
+        if let Some(e) = failed {
+            return Err(e).with_context(|| format!("reading an object of {name}"));
+        }
+        bytes += after.saturating_sub(before);
+        objects += held.len();
+        kept.push(held);
+        if token.is_none() {
+            return Ok(CacheSize {
+                name,
+                objects,
+                bytes,
+            });
+        }
+    }
+}
+
+fn path<K: Resource<DynamicType = ()>>(namespace: Option<&str>) -> String {
+    K::url_path(&(), namespace)
+}
+
+/// Every cache the operator keeps (`ft_operator::watch`: `run` and the Velero watches), with
+/// its label selector (`ours()` or `everything()`), its type and its trim.
+async fn cache_sizes(client: &Client) -> anyhow::Result<Vec<CacheSize>> {
+    let ours = Some(labels::MANAGED_SELECTOR);
+    let everything = None;
+    let mut caches = vec![
+        cache_size::<PartialObjectMeta<Namespace>>(
+            client,
+            "namespaces (metadata)",
+            path::<Namespace>(None),
+            everything,
+            true,
+            |o| managers_only(&mut o.metadata),
+        )
+        .await?,
+        cache_size::<NetworkPolicy>(
+            client,
+            "networkpolicies",
+            path::<NetworkPolicy>(None),
+            everything,
+            false,
+            |o| managers_only(&mut o.metadata),
+        )
+        .await?,
+        cache_size::<ResourceQuota>(
+            client,
+            "resourcequotas",
+            path::<ResourceQuota>(None),
+            ours,
+            false,
+            trim_quota,
+        )
+        .await?,
+        cache_size::<LimitRange>(
+            client,
+            "limitranges",
+            path::<LimitRange>(None),
+            ours,
+            false,
+            |o| managers_only(&mut o.metadata),
+        )
+        .await?,
+        cache_size::<ComplianceReport>(
+            client,
+            "compliancereports",
+            path::<ComplianceReport>(None),
+            ours,
+            false,
+            |o| managers_only(&mut o.metadata),
+        )
+        .await?,
+        cache_size::<Pod>(
+            client,
+            "pods",
+            path::<Pod>(None),
+            everything,
+            false,
+            trim_pod,
+        )
+        .await?,
+        cache_size::<PersistentVolumeClaim>(
+            client,
+            "persistentvolumeclaims",
+            path::<PersistentVolumeClaim>(None),
+            everything,
+            false,
+            |o| trim_meta(&mut o.metadata),
+        )
+        .await?,
+        cache_size::<RoleBinding>(
+            client,
+            "rolebindings",
+            path::<RoleBinding>(None),
+            everything,
+            false,
+            |o| managers_only(&mut o.metadata),
+        )
+        .await?,
+        cache_size::<PersistentVolume>(
+            client,
+            "persistentvolumes",
+            path::<PersistentVolume>(None),
+            everything,
+            false,
+            |o| trim_meta(&mut o.metadata),
+        )
+        .await?,
+        cache_size::<Node>(
+            client,
+            "nodes",
+            path::<Node>(None),
+            everything,
+            false,
+            trim_node,
+        )
+        .await?,
+        cache_size::<StorageClass>(
+            client,
+            "storageclasses",
+            path::<StorageClass>(None),
+            everything,
+            false,
+            |o| managers_only(&mut o.metadata),
+        )
+        .await?,
+        cache_size::<EnvironmentPolicy>(
+            client,
+            "environmentpolicies",
+            path::<EnvironmentPolicy>(None),
+            ours,
+            false,
+            |o| managers_only(&mut o.metadata),
+        )
+        .await?,
+        cache_size::<ValidatingAdmissionPolicy>(
+            client,
+            "validatingadmissionpolicies",
+            path::<ValidatingAdmissionPolicy>(None),
+            everything,
+            false,
+            |o| managers_only(&mut o.metadata),
+        )
+        .await?,
+        cache_size::<ValidatingAdmissionPolicyBinding>(
+            client,
+            "validatingadmissionpolicybindings",
+            path::<ValidatingAdmissionPolicyBinding>(None),
+            everything,
+            false,
+            |o| managers_only(&mut o.metadata),
+        )
+        .await?,
+    ];
+    // Watched only where the cluster serves them, as the operator discovers it.
+    if discover_confinement(client).await == Confinement::Native {
+        caches.push(
+            cache_size::<MutatingAdmissionPolicy>(
+                client,
+                "mutatingadmissionpolicies",
+                path::<MutatingAdmissionPolicy>(None),
+                everything,
+                false,
+                |o| managers_only(&mut o.metadata),
+            )
+            .await?,
+        );
+        caches.push(
+            cache_size::<MutatingAdmissionPolicyBinding>(
+                client,
+                "mutatingadmissionpolicybindings",
+                path::<MutatingAdmissionPolicyBinding>(None),
+                everything,
+                false,
+                |o| managers_only(&mut o.metadata),
+            )
+            .await?,
+        );
+    }
+    // The tenants, whole but for the field managers' sets, of which only annotations are kept.
+    caches.push(
+        cache_size::<FranceTravailTenant>(
+            client,
+            "francetravailtenants",
+            path::<FranceTravailTenant>(None),
+            everything,
+            false,
+            |o| annotation_managers_only(&mut o.metadata),
+        )
+        .await?,
+    );
+    // Velero's objects, in its namespace, once the cluster serves its API.
+    if discover_velero(client).await == Some(true) {
+        let namespace = BuildSettings::default().velero_namespace;
+        let ns = Some(namespace.as_str());
+        caches.push(
+            cache_size::<Schedule>(
+                client,
+                "schedules.velero.io",
+                path::<Schedule>(ns),
+                ours,
+                false,
+                |o| managers_only(&mut o.metadata),
+            )
+            .await?,
+        );
+        caches.push(
+            cache_size::<Backup>(
+                client,
+                "backups.velero.io",
+                path::<Backup>(ns),
+                ours,
+                false,
+                |o| trim_meta(&mut o.metadata),
+            )
+            .await?,
+        );
+        caches.push(
+            cache_size::<Restore>(
+                client,
+                "restores.velero.io",
+                path::<Restore>(ns),
+                everything,
+                false,
+                |o| trim_meta(&mut o.metadata),
+            )
+            .await?,
+        );
+        caches.push(
+            cache_size::<BackupStorageLocation>(
+                client,
+                "backupstoragelocations.velero.io",
+                path::<BackupStorageLocation>(ns),
+                everything,
+                false,
+                |o| trim_meta(&mut o.metadata),
+            )
+            .await?,
+        );
+    }
+    Ok(caches)
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // Before anything: the API server as the benchmark finds it.
+    let api_server_at_start = api_server_rss();
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     let restarts = match args.iter().position(|a| a == "--restarts") {
         Some(at) => {
@@ -365,21 +889,57 @@ async fn main() -> anyhow::Result<()> {
         }
         None => None,
     };
+    let scale: Option<usize> = match args.iter().position(|a| a == "--tenants") {
+        Some(at) => {
+            let n = args
+                .get(at + 1)
+                .context("--tenants takes a count")?
+                .parse()
+                .context("--tenants takes a count")?;
+            args.drain(at..at + 2);
+            Some(n)
+        }
+        None => None,
+    };
     let sizes: Vec<usize> = args
         .iter()
         .map(|a| a.parse().context("tenant counts, such as 1 100 1000"))
         .collect::<anyhow::Result<_>>()?;
-    let sizes = if sizes.is_empty() {
-        vec![1, 100, 1000]
-    } else {
-        sizes
+    let sizes = match (scale, sizes.is_empty()) {
+        (Some(n), true) => vec![n],
+        (Some(_), false) => bail!("--tenants N converges N tenants only: give no other count"),
+        (None, true) => vec![1, 100, 1000],
+        (None, false) => sizes,
     };
+    // Direct writes and admission cost, or a scale run without them.
+    let compared = scale.is_none();
 
     let client = cluster().await?;
     install_crds(&client).await?;
     install_velero(&client).await?;
     ensure_namespace(&client, OPERATOR_NAMESPACE).await?;
     let nodes = TestNodes::create(&client).await?;
+    let run = unique("b");
+
+    // The direct-write limit of each size, on a clean API server, before the operator starts.
+    let mut direct = Vec::new();
+    let mut api_server_cleaned = None;
+    if compared {
+        for &n in &sizes {
+            let prefix = format!("{run}-d{n}");
+            eprintln!("bench: {n} tenant(s) written directly, on a clean API server");
+            let (time, objects) = direct_writes(&client, &prefix, n).await?;
+            eprintln!(
+                "bench: deleting the {} objects written directly",
+                objects.len()
+            );
+            let timeout = Duration::from_secs(120 + 2 * n as u64);
+            clean_up(&client, &format!("{prefix}-"), objects, timeout).await?;
+            direct.push(time);
+        }
+        api_server_cleaned = api_server_rss();
+    }
+
     let operator = Operator::start(OPERATOR_NAMESPACE, &unique("bench-lease"))?;
     let pid = operator.pid();
     wait_for("the operator to lead", Duration::from_secs(60), || async {
@@ -392,26 +952,34 @@ async fn main() -> anyhow::Result<()> {
     })
     .await?;
 
-    eprintln!("bench: admission cost before the benchmark's tenants");
-    let admission_before = admission_cost(&client).await?;
-    let objects_before = admission_objects(&client).await?;
-    let run = unique("b");
+    let mut admission = None;
+    if compared {
+        eprintln!("bench: admission cost before the benchmark's tenants");
+        admission = Some((
+            admission_cost(&client).await?,
+            admission_objects(&client).await?,
+        ));
+    }
     let mut rows = Vec::new();
     let mut last = (String::new(), 0);
-    for &n in &sizes {
+    for (k, &n) in sizes.iter().enumerate() {
         let prefix = format!("{run}-{n}");
         eprintln!("bench: {n} tenant(s) through the operator");
         let (times, total) = converge(&client, &prefix, n).await?;
-        eprintln!("bench: {n} tenant(s) written directly");
-        let direct = direct_writes(&client, &format!("{run}-d{n}"), n).await?;
-        rows.push(format!(
-            "| {n} | {} | {} | {} | {} | {:.2} |",
+        let mut row = format!(
+            "| {n} | {} | {} | {} |",
             ms(percentile(&times, 50.0)),
             ms(percentile(&times, 99.0)),
             ms(total),
-            ms(direct),
-            total.as_secs_f64() / direct.as_secs_f64()
-        ));
+        );
+        if let Some(direct) = direct.get(k) {
+            row += &format!(
+                " {} | {:.2} |",
+                ms(*direct),
+                total.as_secs_f64() / direct.as_secs_f64()
+            );
+        }
+        rows.push(row);
         last = (prefix, n);
     }
 
@@ -421,9 +989,15 @@ async fn main() -> anyhow::Result<()> {
     tokio::time::sleep(IDLE).await;
     let idle_writes = operator.metric(writes).await? - before;
     let (rss, peak, cpu) = process_usage(pid)?;
-    eprintln!("bench: admission cost with every tenant");
-    let admission_after = admission_cost(&client).await?;
-    let objects_after = admission_objects(&client).await?;
+    let api_server_with_tenants = api_server_rss();
+    let mut admission_after = None;
+    if compared {
+        eprintln!("bench: admission cost with every tenant");
+        admission_after = Some((
+            admission_cost(&client).await?,
+            admission_objects(&client).await?,
+        ));
+    }
     eprintln!("bench: drift repair");
     let drift = drift_repair(&client, &last.0, last.1).await?;
     let tenants: usize = sizes.iter().sum();
@@ -438,11 +1012,21 @@ async fn main() -> anyhow::Result<()> {
     // The same, the operator stopped: what the policies cost, without the operator's load on a
     // machine it shares with the API server.
     drop(operator);
-    eprintln!("bench: admission cost with every tenant, the operator stopped");
-    let admission_stopped = admission_cost(&client).await?;
+    let mut admission_stopped = None;
+    if compared {
+        eprintln!("bench: admission cost with every tenant, the operator stopped");
+        admission_stopped = Some(admission_cost(&client).await?);
+    }
+    eprintln!("bench: what one object of each of the operator's caches costs");
+    let caches = cache_sizes(&client).await?;
 
-    println!("| tenants | Ready+evaluated p50 | p99 | total | direct writes | ratio |");
-    println!("|---|---|---|---|---|---|");
+    if compared {
+        println!("| tenants | Ready+evaluated p50 | p99 | total | direct writes | ratio |");
+        println!("|---|---|---|---|---|---|");
+    } else {
+        println!("| tenants | Ready+evaluated p50 | p99 | total |");
+        println!("|---|---|---|---|");
+    }
     for row in rows {
         println!("{row}");
     }
@@ -467,25 +1051,76 @@ async fn main() -> anyhow::Result<()> {
             ms(percentile(times, 99.0))
         );
     }
-    println!(
-        "| dry-run pod creation in `default`, p50 / p99 of {ADMISSION_SAMPLES}: before the tenants / with them | {} / {} — {} / {} |",
-        ms_fine(percentile(&admission_before, 50.0)),
-        ms_fine(percentile(&admission_before, 99.0)),
-        ms_fine(percentile(&admission_after, 50.0)),
-        ms_fine(percentile(&admission_after, 99.0))
-    );
-    println!(
-        "| the same with them, the operator stopped | {} / {} |",
-        ms_fine(percentile(&admission_stopped, 50.0)),
-        ms_fine(percentile(&admission_stopped, 99.0))
-    );
-    println!(
-        "| admission policies and bindings in the cluster: before the tenants / with them | {objects_before} / {objects_after} |"
-    );
+    if let (Some((before, objects_before)), Some((after, objects_after)), Some(stopped)) =
+        (&admission, &admission_after, &admission_stopped)
+    {
+        let p = |times: &[Duration], p| percentile(times, p);
+        println!(
+            "| dry-run pod creation in `default`, p50 / p99 of {ADMISSION_SAMPLES}: before the tenants / with them | {} / {} — {} / {} |",
+            ms_fine(p(before, 50.0)),
+            ms_fine(p(before, 99.0)),
+            ms_fine(p(after, 50.0)),
+            ms_fine(p(after, 99.0))
+        );
+        println!(
+            "| the same with them, the operator stopped | {} / {} |",
+            ms_fine(p(stopped, 50.0)),
+            ms_fine(p(stopped, 99.0))
+        );
+        println!(
+            "| change with them vs before the tenants, p50 / p99: operator running — stopped | {} / {} — {} / {} |",
+            change(p(before, 50.0), p(after, 50.0)),
+            change(p(before, 99.0), p(after, 99.0)),
+            change(p(before, 50.0), p(stopped, 50.0)),
+            change(p(before, 99.0), p(stopped, 99.0))
+        );
+        println!(
+            "| admission policies and bindings in the cluster: before the tenants / with them | {objects_before} / {objects_after} |"
+        );
+    }
     println!("| operator resident memory, steady / peak | {rss:.1} MiB / {peak:.1} MiB |");
     println!(
         "| operator CPU time, whole run | {:.1} s |",
         cpu.as_secs_f64()
+    );
+    println!(
+        "| API server resident memory, before anything | {} |",
+        mib(api_server_at_start)
+    );
+    if compared {
+        println!(
+            "| API server resident memory, the direct writes deleted | {} |",
+            mib(api_server_cleaned)
+        );
+    }
+    println!(
+        "| API server resident memory, with every tenant (at rest) | {} |",
+        mib(api_server_with_tenants)
+    );
+    println!();
+    println!("| cache | objects | bytes per object | total MiB |");
+    println!("|---|---|---|---|");
+    let per_object = |bytes: usize, objects: usize| match objects {
+        0 => "—".to_string(),
+        n => format!("{}", bytes / n),
+    };
+    let as_mib = |bytes: usize| bytes as f64 / (1024.0 * 1024.0);
+    for cache in &caches {
+        println!(
+            "| {} | {} | {} | {:.2} |",
+            cache.name,
+            cache.objects,
+            per_object(cache.bytes, cache.objects),
+            as_mib(cache.bytes)
+        );
+    }
+    let (objects, bytes) = caches
+        .iter()
+        .fold((0, 0), |(o, b), c| (o + c.objects, b + c.bytes));
+    println!(
+        "| total | {objects} | {} | {:.2} |",
+        per_object(bytes, objects),
+        as_mib(bytes)
     );
     nodes.delete(&client).await?;
     Ok(())

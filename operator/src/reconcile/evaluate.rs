@@ -113,6 +113,9 @@ pub(super) async fn evaluate(
         .map_err(|e| Error::kube("write status of", &report_key, e))?;
     ctx.metrics.write("ComplianceReport", "status");
     if let Some(version) = written.resource_version() {
+        ctx.observed
+            .echoes
+            .expect(report_key.clone(), version.clone());
         ctx.compliance.remember(&name, version, next.clone());
     }
 

@@ -42,6 +42,10 @@ pub use ft_core::pass::{RESYNC, SETTLING};
 /// short loses nothing; one the API server never answers must not hold a slot for ever.
 pub const PASS_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long a pass that wrote waits for the caches to show its writes before it judges; past
+/// it, the tenant is judged `SETTLING` later.
+pub const SHOW_WRITES: Duration = Duration::from_secs(2);
+
 #[instrument(skip_all, fields(tenant = %tenant.name_any()))]
 pub async fn reconcile(tenant: Arc<FranceTravailTenant>, ctx: Arc<Context>) -> Result<Action> {
     let name = tenant.name_any();
@@ -99,12 +103,26 @@ pub fn error_policy(tenant: Arc<FranceTravailTenant>, error: &Error, ctx: Arc<Co
 
 /// One pass over a tenant that is not being deleted, step by step.
 async fn apply(tenant: &FranceTravailTenant, ctx: &Context) -> Result<Action> {
-    let fetched = fetch(tenant, ctx).await?;
+    let mut fetched = fetch(tenant, ctx).await?;
     let built = build(tenant, &fetched, ctx);
     let (applied, export) = apply_all(tenant, &fetched, &built, ctx).await;
     // Environments gone from the spec: held, or removed once confirmed.
     let (removals, removing) = removal::run(tenant, fetched.engine, ctx).await;
+    // The controls judge what the caches show: once they show this pass's writes.
+    let seen = match &applied {
+        Ok(report) if built.is_ok() && !report.is_quiet() => {
+            ctx.observed.show(&report.awaited, ctx.show_writes).await
+        }
+        _ => false,
+    };
+    if seen {
+        // Judged as the caches now show it: with the Schedules just applied, say.
+        fetched.velero = ctx
+            .observed
+            .velero_view(tenant, &ctx.settings.velero_namespace);
+    }
     let judge = pass::judge(match (&applied, &built) {
+        (Ok(_), Ok(_)) if seen => Applied::Seen,
         (Ok(report), Ok(_)) => Applied::Done(report),
         (Err(Error::InvalidTenant(_)), _) => Applied::Refused,
         _ => Applied::Failed,
@@ -344,13 +362,20 @@ pub(crate) async fn write_status(
         "kind": "FranceTravailTenant",
         "status": status,
     });
-    api.patch_status(
-        &tenant.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .map_err(|e| Error::kube("write status of", tenant.name_any(), e))?;
+    let written = api
+        .patch_status(
+            &tenant.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .map_err(|e| Error::kube("write status of", tenant.name_any(), e))?;
     ctx.metrics.write("FranceTravailTenant", "status");
+    // Its watch event brings nothing this pass does not know.
+    if let Some(version) = written.resource_version() {
+        ctx.observed
+            .echoes
+            .expect(ft_core::meta::object_key(&written), version);
+    }
     Ok(())
 }

@@ -363,7 +363,7 @@ async fn delete_namespaces(tenant: &FranceTravailTenant, ctx: &Context) -> Resul
     let namespaces: Vec<_> = ctx
         .observed
         .namespaces
-        .state()
+        .of_tenant(&name)
         .into_iter()
         .filter(|ns| owned_by(&ns.metadata, &name))
         .collect();

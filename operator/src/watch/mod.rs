@@ -2,7 +2,7 @@
 
 mod backoff;
 mod tenant;
-mod trim;
+pub mod trim;
 mod velero;
 
 pub use backoff::NoPause;
@@ -44,11 +44,14 @@ use crate::context::{Context, NamespaceIndex};
 use crate::health::Liveness;
 use crate::keystore::SecretKeyStore;
 use crate::metrics::Metrics;
-use crate::observe::empty_stores;
+use crate::observe::{CacheInto, Echoes, empty_stores};
 use crate::reconcile::{error_policy, reconcile};
 use backoff::Watch;
 use tenant::{report_unreadable, tenant_watch};
-use trim::{managers_only, node_placement, trim_meta, trim_node, trim_pod};
+use trim::{
+    annotation_managers_only, managers_only, node_placement, trim_meta, trim_node, trim_pod,
+    trim_quota,
+};
 use velero::{VeleroWriters, follow_velero, mark_listed};
 
 /// What one term of leadership gives the controller besides the cluster.
@@ -109,7 +112,7 @@ pub async fn run(
     let namespaces = watch("namespaces")
         .all::<PartialObjectMeta<Namespace>>(everything())
         .modify(|o| managers_only(o.meta_mut()))
-        .reflect(writers.namespaces)
+        .cache_into(writers.namespaces)
         .inspect_ok(move |event| {
             if let watcher::Event::Apply(ns) | watcher::Event::InitApply(ns) = event {
                 index.observe(&ns.metadata);
@@ -118,57 +121,58 @@ pub async fn run(
     let network_policies = watch("networkpolicies")
         .all::<NetworkPolicy>(everything())
         .modify(|o| managers_only(o.meta_mut()))
-        .reflect(writers.network_policies);
+        .cache_into(writers.network_policies);
     let resource_quotas = watch("resourcequotas")
         .all::<ResourceQuota>(ours())
-        .modify(|o| managers_only(o.meta_mut()))
-        .reflect(writers.resource_quotas);
+        .modify(trim_quota)
+        .cache_into(writers.resource_quotas);
     let limit_ranges = watch("limitranges")
         .all::<LimitRange>(ours())
         .modify(|o| managers_only(o.meta_mut()))
-        .reflect(writers.limit_ranges);
+        .cache_into(writers.limit_ranges);
     let compliance_reports = watch("compliancereports")
         .all::<ComplianceReport>(ours())
         .modify(|o| managers_only(o.meta_mut()))
-        .reflect(writers.compliance_reports);
+        .cache_into(writers.compliance_reports);
     // What the controls judge, trimmed before it is stored: a cluster may hold many pods.
     let pods = watch("pods")
         .all::<Pod>(everything())
         .modify(trim_pod)
-        .reflect(writers.pods);
+        .cache_into(writers.pods);
     let claims = watch("persistentvolumeclaims")
         .all::<PersistentVolumeClaim>(everything())
         .modify(|o| trim_meta(&mut o.metadata))
-        .reflect(writers.persistent_volume_claims);
+        .cache_into(writers.persistent_volume_claims);
     let role_bindings = watch("rolebindings")
         .all::<RoleBinding>(everything())
         .modify(|o| managers_only(o.meta_mut()))
-        .reflect(writers.role_bindings);
+        .cache_into(writers.role_bindings);
     let volumes = watch("persistentvolumes")
         .all::<PersistentVolume>(everything())
         .modify(|o| trim_meta(&mut o.metadata))
-        .reflect(writers.persistent_volumes);
+        .cache_into(writers.persistent_volumes);
     let nodes = watch("nodes")
         .all::<Node>(everything())
         .modify(trim_node)
-        .reflect(writers.nodes);
+        .cache_into(writers.nodes);
     let storage_classes = watch("storageclasses")
         .all::<StorageClass>(everything())
-        .reflect(writers.storage_classes);
+        .modify(|o| managers_only(o.meta_mut()))
+        .cache_into(writers.storage_classes);
     let environment_policies = watch("environmentpolicies")
         .all::<EnvironmentPolicy>(ours())
         .modify(|o| managers_only(o.meta_mut()))
-        .reflect(writers.environment_policies);
+        .cache_into(writers.environment_policies);
     // The cluster-wide admission objects, read only: a change to one concerns every tenant.
     // Unfiltered: the chart labels them as Helm's; a cluster holds few of them.
     let validating_policies = watch("validatingadmissionpolicies")
         .all::<ValidatingAdmissionPolicy>(everything())
         .modify(|o| managers_only(o.meta_mut()))
-        .reflect(writers.validating_admission_policies);
+        .cache_into(writers.validating_admission_policies);
     let validating_bindings = watch("validatingadmissionpolicybindings")
         .all::<ValidatingAdmissionPolicyBinding>(everything())
         .modify(|o| managers_only(o.meta_mut()))
-        .reflect(writers.validating_admission_policy_bindings);
+        .cache_into(writers.validating_admission_policy_bindings);
     mark_listed(&mut writers.schedules);
     mark_listed(&mut writers.backups);
     mark_listed(&mut writers.restores);
@@ -179,7 +183,7 @@ pub async fn run(
         watch("mutatingadmissionpolicies")
             .all::<MutatingAdmissionPolicy>(everything())
             .modify(|o| managers_only(o.meta_mut()))
-            .reflect(writers.mutating_admission_policies)
+            .cache_into(writers.mutating_admission_policies)
             .map_ok(|e| e)
             .boxed()
     } else {
@@ -190,7 +194,7 @@ pub async fn run(
         watch("mutatingadmissionpolicybindings")
             .all::<MutatingAdmissionPolicyBinding>(everything())
             .modify(|o| managers_only(o.meta_mut()))
-            .reflect(writers.mutating_admission_policy_bindings)
+            .cache_into(writers.mutating_admission_policy_bindings)
             .map_ok(|e| e)
             .boxed()
     } else {
@@ -211,13 +215,15 @@ pub async fn run(
     let (tenants, tenant_writer) = reflector::store();
     let (unreadable_tx, unreadable) = futures::channel::mpsc::unbounded();
     let tenant_stream = tenant_watch(
-        watch("francetravailtenants").of(
-            Api::<DynamicObject>::all_with(
-                client.clone(),
-                &ApiResource::erase::<FranceTravailTenant>(&()),
-            ),
-            everything(),
-        ),
+        watch("francetravailtenants")
+            .of(
+                Api::<DynamicObject>::all_with(
+                    client.clone(),
+                    &ApiResource::erase::<FranceTravailTenant>(&()),
+                ),
+                everything(),
+            )
+            .modify(|o| annotation_managers_only(&mut o.metadata)),
         tenants.clone(),
         unreadable_tx,
     )
@@ -236,6 +242,8 @@ pub async fn run(
     })
     .reflect(tenant_writer)
     .applied_objects();
+    // A status this operator wrote is no news to it.
+    let tenant_stream = news(tenant_stream, ctx.observed.echoes.clone());
     let controller = Controller::for_stream(tenant_stream, tenants.clone())
         .with_config(
             ControllerConfig::default()
@@ -275,20 +283,30 @@ pub async fn run(
         all_tenants.clone(),
         all_tenants.clone(),
     );
+    let echoes = ctx.observed.echoes.clone();
     controller
-        .watches_stream(namespaces.touched_objects(), by_owner(index))
-        .watches_stream(network_policies.touched_objects(), by_owner(index))
-        .watches_stream(resource_quotas.touched_objects(), by_owner(index))
-        .watches_stream(limit_ranges.touched_objects(), by_owner(index))
-        .watches_stream(compliance_reports.touched_objects(), by_owner(index))
-        .watches_stream(environment_policies.touched_objects(), by_owner(index))
+        .watches_stream(news_of(namespaces, echoes.clone()), by_owner(index))
+        .watches_stream(news_of(network_policies, echoes.clone()), by_owner(index))
+        .watches_stream(news_of(resource_quotas, echoes.clone()), by_owner(index))
+        .watches_stream(news_of(limit_ranges, echoes.clone()), by_owner(index))
+        .watches_stream(
+            news(
+                changes(compliance_reports, with_status),
+                ctx.observed.echoes.clone(),
+            ),
+            by_owner(index),
+        )
+        .watches_stream(
+            news_of(environment_policies, echoes.clone()),
+            by_owner(index),
+        )
         // The API server writes the policies' status: only a change of their spec counts, and
         // a deletion, which leaves the generation as it was.
         .watches_stream(spec_changes(validating_policies), move |_| a2())
         .watches_stream(spec_changes(validating_bindings), move |_| a3())
         .watches_stream(spec_changes(mutating_policies), move |_| a4())
         .watches_stream(spec_changes(mutating_bindings), move |_| a5())
-        .watches_stream(pods.touched_objects(), {
+        .watches_stream(changes(pods, content), {
             // A pod of a tenant namespace concerns its tenant; any other pod on a node of a
             // production pool concerns the tenants whose pool it is (SEP-1, CLD-25).
             let (ctx, tenant_of_pod) = (ctx.clone(), by_namespace(index));
@@ -310,9 +328,9 @@ pub async fn run(
                     .collect()
             }
         })
-        .watches_stream(claims.touched_objects(), by_namespace(index))
-        .watches_stream(role_bindings.touched_objects(), by_namespace(index))
-        .watches_stream(volumes.touched_objects(), {
+        .watches_stream(changes(claims, content), by_namespace(index))
+        .watches_stream(news_of(role_bindings, echoes.clone()), by_namespace(index))
+        .watches_stream(changes(volumes, content), {
             // A volume concerns the tenant whose namespace claims it.
             let index = index.clone();
             move |o| {
@@ -330,7 +348,7 @@ pub async fn run(
         // A tenant's own class concerns that tenant only; any other class (a new default, a
         // class changed by hand) may concern every tenant's claims.
         .watches_stream(
-            storage_classes.touched_objects(),
+            changes(storage_classes, content),
             move |class: StorageClass| match class.labels().get(labels::TENANT) {
                 Some(tenant) => vec![ObjectRef::new(tenant)],
                 None => all_tenants(),
@@ -350,25 +368,100 @@ pub async fn run(
     }
 }
 
+/// The objects of a watch, but for the echoes of the operator's own writes: the pass that
+/// wrote them judges once its cache shows them (`Observed::show`).
+fn news<K: Resource<DynamicType = ()> + Send + 'static>(
+    objects: impl futures::Stream<Item = watcher::Result<K>> + Send + 'static,
+    echoes: Arc<Echoes>,
+) -> impl futures::Stream<Item = watcher::Result<K>> + Send {
+    objects.try_filter(move |o| futures::future::ready(!echoes.of(o)))
+}
+
+/// The objects of a child watch that changed in what the operator reads of them, but for the
+/// echoes of its own writes.
+fn news_of<K: Resource<DynamicType = ()> + serde::Serialize + Clone + Send + 'static>(
+    events: impl futures::Stream<Item = watcher::Result<watcher::Event<K>>> + Send + 'static,
+    echoes: Arc<Echoes>,
+) -> impl futures::Stream<Item = watcher::Result<K>> + Send {
+    news(changes(events, content::<K>), echoes)
+}
+
 /// The objects of a watch whose spec changed (their generation), or that were deleted.
 /// `predicates::generation` alone lets a deletion through only if the generation changed.
-fn spec_changes<K: Resource + Clone + Send + 'static>(
+fn spec_changes<K: Resource<DynamicType = ()> + Clone + Send + 'static>(
     events: impl futures::Stream<Item = watcher::Result<watcher::Event<K>>> + Send + 'static,
 ) -> impl futures::Stream<Item = watcher::Result<K>> + Send {
-    let mut seen: std::collections::HashMap<String, Option<i64>> = Default::default();
+    changes(events, |o: &K| {
+        o.meta().generation.unwrap_or_default() as u64
+    })
+}
+
+/// The objects of a watch that changed in what the operator reads of them (`digest`), or that
+/// were deleted: a status the API server or a controller writes wakes nobody.
+pub fn changes<K: Resource<DynamicType = ()> + Clone + Send + 'static>(
+    events: impl futures::Stream<Item = watcher::Result<watcher::Event<K>>> + Send + 'static,
+    digest: impl Fn(&K) -> u64 + Send + 'static,
+) -> impl futures::Stream<Item = watcher::Result<K>> + Send {
+    // Keyed by a hash of the namespace and name: a cache may hold hundreds of thousands.
+    let mut seen: std::collections::HashMap<u64, u64> = Default::default();
+    let key = |o: &K| {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::hash::DefaultHasher::new();
+        (&o.meta().namespace, &o.meta().name).hash(&mut hasher);
+        hasher.finish()
+    };
     events
         .map_ok(move |event| match event {
             watcher::Event::Apply(o) | watcher::Event::InitApply(o) => {
-                let generation = o.meta().generation;
-                (seen.insert(o.name_any(), generation) != Some(generation)).then_some(o)
+                let digest = digest(&o);
+                (seen.insert(key(&o), digest) != Some(digest)).then_some(o)
             }
             watcher::Event::Delete(o) => {
-                seen.remove(&o.name_any());
+                seen.remove(&key(&o));
                 Some(o)
             }
             watcher::Event::Init | watcher::Event::InitDone => None,
         })
         .try_filter_map(futures::future::ok)
+}
+
+/// The whole report, status included: the operator's own record, which nobody else writes.
+fn with_status(report: &ComplianceReport) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    content(report).hash(&mut hasher);
+    serde_json::to_string(&report.status)
+        .unwrap_or_default()
+        .hash(&mut hasher);
+    hasher.finish()
+}
+
+/// What the operator reads of an object: all of it but its status and the metadata the API
+/// server keeps (versions, timestamps, field sets), bar who manages it.
+pub fn content<K: Resource + serde::Serialize>(object: &K) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut value = serde_json::to_value(object).unwrap_or_default();
+    if let Some(fields) = value.as_object_mut() {
+        fields.remove("status");
+        fields.remove("metadata");
+    }
+    let meta = object.meta();
+    let managers: Vec<_> = meta
+        .managed_fields
+        .iter()
+        .flatten()
+        .map(|m| (&m.manager, &m.subresource))
+        .collect();
+    let mut hasher = std::hash::DefaultHasher::new();
+    value.to_string().hash(&mut hasher);
+    (
+        &meta.labels,
+        &meta.annotations,
+        meta.deletion_timestamp.is_some(),
+        managers,
+    )
+        .hash(&mut hasher);
+    hasher.finish()
 }
 
 /// The tenant a child belongs to: from its label, or from the namespace it lives in.

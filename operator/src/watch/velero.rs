@@ -23,6 +23,7 @@ use crate::context::Context;
 use crate::context::NamespaceIndex;
 use crate::error::Result;
 use crate::health::Liveness;
+use crate::observe::{CacheInto, Echoes};
 use crate::reconcile::RESYNC;
 
 /// The resources of Velero's watches, as the liveness names them.
@@ -34,10 +35,10 @@ pub(crate) const VELERO_WATCHES: [&str; 4] = [
 ];
 
 pub(crate) struct VeleroWriters {
-    pub(super) schedules: reflector::store::Writer<Schedule>,
-    pub(super) backups: reflector::store::Writer<VeleroBackup>,
-    pub(super) restores: reflector::store::Writer<Restore>,
-    pub(super) locations: reflector::store::Writer<BackupStorageLocation>,
+    pub(super) schedules: crate::observe::CacheWriter<Schedule>,
+    pub(super) backups: crate::observe::CacheWriter<VeleroBackup>,
+    pub(super) restores: crate::observe::CacheWriter<Restore>,
+    pub(super) locations: crate::observe::CacheWriter<BackupStorageLocation>,
 }
 
 /// Whether the cluster serves every Velero resource the operator uses; `None` when discovery
@@ -119,6 +120,7 @@ pub(crate) async fn follow_velero(
                 &namespace,
                 writers,
                 &ctx.index,
+                &ctx.observed.echoes,
                 &tenants,
             );
             let (ctx, listed, wake, wake_all) =
@@ -153,6 +155,7 @@ pub(crate) fn velero_events(
     namespace: &str,
     writers: VeleroWriters,
     index: &NamespaceIndex,
+    echoes: &Arc<Echoes>,
     tenants: &reflector::Store<FranceTravailTenant>,
 ) -> futures::stream::BoxStream<'static, VeleroEvent> {
     fn events<K>(
@@ -198,14 +201,14 @@ pub(crate) fn velero_events(
             ours(),
         )
         .modify(|o| managers_only(o.meta_mut()))
-        .reflect(writers.schedules);
+        .cache_into(writers.schedules);
     let backups = watch(VELERO_WATCHES[1])
         .of(
             Api::<VeleroBackup>::namespaced(client.clone(), namespace),
             ours(),
         )
         .modify(|o| trim_meta(&mut o.metadata))
-        .reflect(writers.backups);
+        .cache_into(writers.backups);
     // Every Restore: one made by hand may take a tenant's production elsewhere (CLD-54).
     let restores = watch(VELERO_WATCHES[2])
         .of(
@@ -213,20 +216,28 @@ pub(crate) fn velero_events(
             watcher::Config::default(),
         )
         .modify(|o| trim_meta(&mut o.metadata))
-        .reflect(writers.restores);
+        .cache_into(writers.restores);
     let locations = watch(VELERO_WATCHES[3])
         .of(
             Api::<BackupStorageLocation>::namespaced(client.clone(), namespace),
             watcher::Config::default(),
         )
         .modify(|o| trim_meta(&mut o.metadata))
-        .reflect(writers.locations);
+        .cache_into(writers.locations);
     let index = index.clone();
     let tenants = tenants.clone();
+    let echoes = echoes.clone();
     // Velero revalidates each location every minute: only a change of phase matters.
     let phases: Mutex<HashMap<String, Option<String>>> = Mutex::default();
     futures::stream::select_all([
-        events(schedules, move |o: &Schedule| labelled(&o.metadata)),
+        // A Schedule the operator just applied is no news; Velero's status on it is.
+        events(schedules, move |o: &Schedule| {
+            if echoes.of(o) {
+                Vec::new()
+            } else {
+                labelled(&o.metadata)
+            }
+        }),
         events(backups, move |o: &VeleroBackup| labelled(&o.metadata)),
         events(restores, move |o: &Restore| {
             let mut concerned = labelled(&o.metadata);
@@ -267,7 +278,7 @@ pub(crate) fn velero_events(
 }
 
 /// A store whose kind the cluster does not serve: empty, and listed.
-pub(crate) fn mark_listed<K>(writer: &mut reflector::store::Writer<K>)
+pub(crate) fn mark_listed<K>(writer: &mut crate::observe::CacheWriter<K>)
 where
     K: kube::Resource<DynamicType = ()> + Clone + 'static,
 {

@@ -3,6 +3,7 @@
 
 #[path = "../../../core/tests/core/admission_reviews.rs"]
 mod admission_reviews;
+mod cache;
 mod commands;
 #[path = "../../../core/tests/core/common.rs"]
 mod common;

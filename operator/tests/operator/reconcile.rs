@@ -15,6 +15,7 @@ use ft_operator::compliance::Compliance;
 use ft_operator::context::Context;
 use ft_operator::keystore::MemoryKeyStore;
 use ft_operator::metrics::Metrics;
+use ft_operator::observe::CacheWriter as Writer;
 use ft_operator::observe::{ObservedWriters, empty_stores};
 use ft_operator::reconcile::reconcile;
 use http::{Request, Response};
@@ -26,7 +27,6 @@ use kube::api::PartialObjectMetaExt;
 use kube::client::Body;
 use kube::runtime::controller::Action;
 use kube::runtime::events::Reporter;
-use kube::runtime::reflector::store::Writer;
 use kube::runtime::watcher::Event;
 use kube::{Client, Resource};
 use serde_json::{Value, json};
@@ -46,7 +46,7 @@ impl Call {
 }
 
 /// Answers like an API server that accepts everything: applies are echoed back with a new
-/// resourceVersion, reads of unknown objects are 404.
+/// resourceVersion, newer than any the caches hold, reads of unknown objects are 404.
 #[derive(Clone, Default)]
 struct FakeApi {
     calls: Arc<Mutex<Vec<Call>>>,
@@ -113,7 +113,9 @@ impl FakeApi {
                             answer["spec"]["tenant"] = json!(name);
                         }
                         if answer.get("metadata").is_some() || call.path.contains("/events") {
-                            answer["metadata"]["resourceVersion"] = json!(format!("{n}"));
+                            // Above every version the tests' caches hold, as a write's is.
+                            answer["metadata"]["resourceVersion"] =
+                                json!(format!("{}", 1_000_000 + n));
                         }
                         (if call.method == "POST" { 201 } else { 200 }, answer)
                     }
@@ -148,7 +150,7 @@ struct Harness {
 fn harness() -> Harness {
     let api = FakeApi::default();
     let (observed, writers) = empty_stores();
-    let ctx = Arc::new(Context::new(
+    let mut ctx = Context::new(
         api.client(),
         observed,
         Arc::new(Metrics::default()),
@@ -159,7 +161,10 @@ fn harness() -> Harness {
             instance: Some("test".into()),
         },
         Arc::new(MemoryKeyStore::default()),
-    ));
+    );
+    // Nothing feeds these caches but the tests: a pass's writes are never shown.
+    ctx.show_writes = std::time::Duration::from_millis(20);
+    let ctx = Arc::new(ctx);
     // Velero is installed and listed, unless a test says otherwise.
     ctx.compliance.set_backup_engine(Some(true));
     Harness { api, ctx, writers }
@@ -626,24 +631,33 @@ async fn an_unchanged_tenant_costs_no_write() {
     assert_eq!(h.api.writes().len(), 0, "{:?}", h.api.writes());
 }
 
-#[tokio::test]
-async fn a_child_changed_by_hand_is_restored_and_reported() {
-    let mut h = harness();
-    let t = h.settle(stored_tenant()).await;
-    let mut np = desired(&t)
+/// The production environment's default-deny policy, as desired.
+fn default_deny(t: &FranceTravailTenant) -> NetworkPolicy {
+    desired(t)
         .network_policies
         .into_iter()
         .find(|np| {
             np.metadata.name.as_deref() == Some("ft-default-deny")
                 && np.metadata.namespace.as_deref() == Some("offres-emploi-prod")
         })
-        .unwrap();
-    // Someone opened the default-deny policy to everything.
+        .unwrap()
+}
+
+/// The same, as the cache shows it once someone opened it to everything.
+fn opened_default_deny(t: &FranceTravailTenant) -> NetworkPolicy {
+    let mut np = default_deny(t);
     np.spec.as_mut().unwrap().ingress = Some(vec![Default::default()]);
     np.metadata.managed_fields = ours();
     np.metadata.resource_version = Some("2".into());
-    h.observe_extra_policy(np);
-    h.reconcile(t).await.unwrap();
+    np
+}
+
+#[tokio::test]
+async fn a_child_changed_by_hand_is_restored_and_reported() {
+    let mut h = harness();
+    let t = h.settle(stored_tenant()).await;
+    h.observe_extra_policy(opened_default_deny(&t));
+    let action = h.reconcile(t).await.unwrap();
     let calls = h.api.writes();
     assert_eq!(
         applies(&calls),
@@ -653,8 +667,44 @@ async fn a_child_changed_by_hand_is_restored_and_reported() {
     );
     assert_eq!(events(&calls), ["DriftReverted"]);
     assert!(status_patches(&calls).is_empty(), "status unchanged");
-    // Repaired before it was judged: the controls wait for the repair to be seen.
+    // Repaired before it was judged: the controls wait for the repair to be seen, and the
+    // cache here never shows it, so the tenant is looked at again shortly.
     assert!(report_status(&calls).is_none());
+    assert_eq!(action, Action::requeue(ft_operator::reconcile::SETTLING));
+}
+
+#[tokio::test]
+async fn a_repair_the_cache_shows_is_judged_in_the_same_pass() {
+    let mut h = harness();
+    let t = h.settle(stored_tenant()).await;
+    let want = default_deny(&t);
+    h.observe_extra_policy(opened_default_deny(&t));
+
+    // The watch shows the repair once the API server has answered it, as a reflector would.
+    *h.api.tenant.lock().unwrap() = serde_json::to_value(&t).unwrap();
+    let pass = reconcile(Arc::new(t), h.ctx.clone());
+    let api = h.api.clone();
+    let writer = &mut h.writers.network_policies;
+    let watch = async move {
+        while applies(&api.writes()).is_empty() {
+            tokio::task::yield_now().await;
+        }
+        let mut repaired = want;
+        repaired.metadata.managed_fields = ours();
+        repaired.metadata.resource_version = Some("9999999".into());
+        writer.apply_watcher_event(&Event::Apply(repaired));
+    };
+    let (action, ()) = tokio::join!(pass, watch);
+
+    // Judged then and there: the next look is the resync, not a settling retry, and the
+    // repaired policy passes.
+    assert_eq!(
+        action.unwrap(),
+        Action::requeue(ft_operator::reconcile::RESYNC)
+    );
+    let calls = h.api.writes();
+    assert_eq!(events(&calls), ["DriftReverted"]);
+    assert!(report_status(&calls).is_none(), "the report is unchanged");
 }
 
 #[tokio::test]

@@ -1,8 +1,11 @@
 //! What the operator observes: reflector stores of its children and of the cluster facts the
-//! controls judge. `run` feeds them from watches; tests fill them by hand.
+//! controls judge, filed by namespace and tenant (`cache`), and the operator's own writes whose
+//! events they are about to show (`Echoes`). `run` feeds them from watches; tests fill them by
+//! hand.
 
-use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use k8s_openapi::api::admissionregistration::v1::{
     MutatingAdmissionPolicy, MutatingAdmissionPolicyBinding, ValidatingAdmissionPolicy,
@@ -15,32 +18,46 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::PartialObjectMeta;
-use kube::runtime::reflector::{self, ObjectRef, Store, store::Writer};
+use kube::runtime::reflector::ObjectRef;
 
 use ft_core::api::{ComplianceReport, EnvironmentPolicy};
+use ft_core::applied::Awaited;
 use ft_core::backup::VeleroView;
 use ft_core::backup::velero::{Backup, BackupStorageLocation, Restore, Schedule};
 use ft_core::controls::TenantView;
 
+mod cache;
+pub use cache::{Cache, CacheInto, CacheWriter, KeyOf, cache, cache_by};
+
 macro_rules! stores {
-    ($( $(#[$doc:meta])* $field:ident: $kind:ty, )*) => {
+    ($( $(#[$doc:meta])* $field:ident: $kind:ty $(, by $key_of:expr)?; )*) => {
         #[derive(Clone)]
         pub struct Observed {
-            $( $(#[$doc])* pub $field: Store<$kind>, )*
+            $( $(#[$doc])* pub $field: Cache<$kind>, )*
             /// Set once every store has listed: see `wait_until_ready`.
             listed: Arc<tokio::sync::OnceCell<()>>,
+            /// The writes whose watch events are the operator's own doing.
+            pub echoes: Arc<Echoes>,
+            /// Told of every change to a cache.
+            changed: Arc<tokio::sync::Notify>,
         }
 
         pub struct ObservedWriters {
-            $( pub $field: Writer<$kind>, )*
+            $( pub $field: CacheWriter<$kind>, )*
         }
 
         /// Empty stores and their writers.
         pub fn empty_stores() -> (Observed, ObservedWriters) {
-            $( let $field = reflector::store(); )*
+            let changed = Arc::new(tokio::sync::Notify::new());
+            $( let $field = cache_by(None $(.or(Some($key_of as KeyOf<$kind>)))?); )*
             (
-                Observed { $( $field: $field.0, )* listed: Arc::default() },
-                ObservedWriters { $( $field: $field.1, )* },
+                Observed {
+                    $( $field: $field.0, )*
+                    listed: Arc::default(),
+                    echoes: Arc::default(),
+                    changed: changed.clone(),
+                },
+                ObservedWriters { $( $field: $field.1.notifying(changed.clone()), )* },
             )
         }
 
@@ -74,47 +91,129 @@ macro_rules! stores {
 
 stores! {
     /// Every namespace, metadata only: their labels are all the operator sets on them.
-    namespaces: PartialObjectMeta<Namespace>,
+    namespaces: PartialObjectMeta<Namespace>;
     /// Every NetworkPolicy: one made by hand in a tenant namespace can open a flow.
-    network_policies: NetworkPolicy,
+    network_policies: NetworkPolicy;
     /// The operator's own quotas and limit ranges.
-    resource_quotas: ResourceQuota,
-    limit_ranges: LimitRange,
-    compliance_reports: ComplianceReport,
+    resource_quotas: ResourceQuota;
+    limit_ranges: LimitRange;
+    compliance_reports: ComplianceReport;
     /// What the cluster-wide admission policies enforce in each tenant namespace.
-    environment_policies: EnvironmentPolicy,
+    environment_policies: EnvironmentPolicy;
     /// The cluster-wide admission objects (`admission/`), which the operator only reads.
-    validating_admission_policies: ValidatingAdmissionPolicy,
-    validating_admission_policy_bindings: ValidatingAdmissionPolicyBinding,
-    mutating_admission_policies: MutatingAdmissionPolicy,
-    mutating_admission_policy_bindings: MutatingAdmissionPolicyBinding,
+    validating_admission_policies: ValidatingAdmissionPolicy;
+    validating_admission_policy_bindings: ValidatingAdmissionPolicyBinding;
+    mutating_admission_policies: MutatingAdmissionPolicy;
+    mutating_admission_policy_bindings: MutatingAdmissionPolicyBinding;
     /// Pods, claims and bindings of every namespace, trimmed to what the controls read.
-    pods: Pod,
-    persistent_volume_claims: PersistentVolumeClaim,
-    role_bindings: RoleBinding,
-    persistent_volumes: PersistentVolume,
-    nodes: Node,
-    storage_classes: StorageClass,
+    pods: Pod, by node_of;
+    persistent_volume_claims: PersistentVolumeClaim;
+    role_bindings: RoleBinding;
+    persistent_volumes: PersistentVolume;
+    nodes: Node;
+    storage_classes: StorageClass;
     /// Velero's objects in its namespace: empty until the cluster serves Velero's API.
-    schedules: Schedule,
-    backups: Backup,
-    restores: Restore,
-    backup_storage_locations: BackupStorageLocation,
+    schedules: Schedule;
+    backups: Backup;
+    restores: Restore;
+    backup_storage_locations: BackupStorageLocation;
+}
+
+/// The writes of the operator's passes, at the versions the API server answered: their watch
+/// events bring nothing new, and wake nobody. The pass that wrote waits until the caches show
+/// them (`Observed::show`) and judges then.
+#[derive(Default)]
+pub struct Echoes(Mutex<HashMap<String, String>>);
+
+impl Echoes {
+    /// A write of ours, answered with `version`.
+    pub fn expect(&self, key: String, version: String) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, version);
+    }
+
+    /// Whether this is the event of a write of ours, which it then forgets.
+    pub fn is_echo(&self, key: &str, version: Option<&str>) -> bool {
+        let mut echoes = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let echo = version.is_some() && echoes.get(key).map(String::as_str) == version;
+        if echo {
+            echoes.remove(key);
+        }
+        echo
+    }
+
+    /// Whether an object's watch event is the echo of a write of ours.
+    pub fn of<K: kube::Resource<DynamicType = ()>>(&self, object: &K) -> bool {
+        self.is_echo(
+            &ft_core::meta::object_key(object),
+            object.meta().resource_version.as_deref(),
+        )
+    }
+}
+
+/// The node a pod is bound to: pods are filed by it, for what runs on a production pool.
+fn node_of(pod: &Pod) -> Option<&str> {
+    pod.spec.as_ref()?.node_name.as_deref()
 }
 
 impl Observed {
+    /// Waits until every cache shows what a pass left (`awaited`), for at most `within`.
+    /// Returns whether they all do.
+    pub async fn show(&self, awaited: &[Awaited], within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let changed = self.changed.notified();
+            let mut changed = std::pin::pin!(changed);
+            changed.as_mut().enable();
+            if awaited.iter().all(|a| self.shows(a)) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return false;
+            }
+        }
+    }
+
+    /// Whether the cache of its kind shows `awaited` as the pass left it.
+    fn shows(&self, awaited: &Awaited) -> bool {
+        /// `None` when the cache does not hold the object.
+        fn version<K>(
+            cache: &Cache<K>,
+            namespace: Option<&str>,
+            name: &str,
+        ) -> Option<Option<String>>
+        where
+            K: kube::Resource<DynamicType = ()> + Clone + 'static,
+        {
+            let key = ObjectRef::new(name);
+            let key = match namespace {
+                Some(ns) => key.within(ns),
+                None => key,
+            };
+            Some(cache.get(&key)?.meta().resource_version.clone())
+        }
+        let (kind, ns, name) = awaited.parts();
+        let shown = match kind {
+            "Namespace" => version(&self.namespaces, ns, name),
+            "NetworkPolicy" => version(&self.network_policies, ns, name),
+            "ResourceQuota" => version(&self.resource_quotas, ns, name),
+            "LimitRange" => version(&self.limit_ranges, ns, name),
+            "RoleBinding" => version(&self.role_bindings, ns, name),
+            "StorageClass" => version(&self.storage_classes, ns, name),
+            "ComplianceReport" => version(&self.compliance_reports, ns, name),
+            "EnvironmentPolicy" => version(&self.environment_policies, ns, name),
+            "Schedule" => version(&self.schedules, ns, name),
+            // A kind no cache holds cannot be waited for.
+            _ => return true,
+        };
+        awaited.is_shown_by(shown.as_ref().map(|v| v.as_deref()))
+    }
+
     /// The RoleBindings in these namespaces, as the store shows them.
     pub fn bindings_in(&self, namespaces: &BTreeSet<String>) -> Vec<Arc<RoleBinding>> {
-        self.role_bindings
-            .state()
-            .into_iter()
-            .filter(|b| {
-                b.metadata
-                    .namespace
-                    .as_ref()
-                    .is_some_and(|ns| namespaces.contains(ns))
-            })
-            .collect()
+        self.role_bindings.in_namespaces(namespaces)
     }
 
     /// The pods outside `own` and `platform` namespaces bound to a node that carries every
@@ -145,16 +244,11 @@ impl Observed {
             return Vec::new();
         }
         self.pods
-            .state()
+            .with_keys(&pool_nodes)
             .into_iter()
             .filter(|p| {
                 let ns = p.metadata.namespace.as_deref().unwrap_or_default();
-                !own.contains(ns)
-                    && !platform.iter().any(|n| n == ns)
-                    && p.spec
-                        .as_ref()
-                        .and_then(|s| s.node_name.as_ref())
-                        .is_some_and(|node| pool_nodes.contains(node))
+                !own.contains(ns) && !platform.iter().any(|n| n == ns)
             })
             .collect()
     }
@@ -162,61 +256,30 @@ impl Observed {
     /// What the cluster holds in and for the given namespaces of one tenant, and the
     /// cluster-wide admission objects.
     pub fn view(&self, namespaces: &BTreeSet<String>) -> TenantView {
-        fn within<K: kube::Resource<DynamicType = ()> + Clone + 'static>(
-            store: &Store<K>,
-            namespaces: &BTreeSet<String>,
-        ) -> Vec<std::sync::Arc<K>> {
-            store
-                .state()
-                .into_iter()
-                .filter(|o| {
-                    o.meta()
-                        .namespace
-                        .as_ref()
-                        .is_some_and(|ns| namespaces.contains(ns))
-                })
-                .collect()
-        }
-
-        let persistent_volume_claims = within(&self.persistent_volume_claims, namespaces);
-        let volume_names: BTreeSet<&str> = persistent_volume_claims
+        let persistent_volume_claims = self.persistent_volume_claims.in_namespaces(namespaces);
+        let persistent_volumes = persistent_volume_claims
             .iter()
             .filter_map(|c| c.spec.as_ref()?.volume_name.as_deref())
-            .collect();
-        let persistent_volumes = self
-            .persistent_volumes
-            .state()
+            .collect::<BTreeSet<&str>>()
             .into_iter()
-            .filter(|pv| {
-                pv.metadata
-                    .name
-                    .as_deref()
-                    .is_some_and(|n| volume_names.contains(n))
-            })
+            .filter_map(|name| self.persistent_volumes.get(&ObjectRef::new(name)))
             .collect();
         TenantView {
-            namespaces: self
-                .namespaces
-                .state()
-                .into_iter()
-                .filter(|ns| {
-                    ns.metadata
-                        .name
-                        .as_ref()
-                        .is_some_and(|n| namespaces.contains(n))
-                })
+            namespaces: namespaces
+                .iter()
+                .filter_map(|n| self.namespaces.get(&ObjectRef::new(n)))
                 .collect(),
-            network_policies: within(&self.network_policies, namespaces),
-            resource_quotas: within(&self.resource_quotas, namespaces),
-            limit_ranges: within(&self.limit_ranges, namespaces),
-            pods: within(&self.pods, namespaces),
+            network_policies: self.network_policies.in_namespaces(namespaces),
+            resource_quotas: self.resource_quotas.in_namespaces(namespaces),
+            limit_ranges: self.limit_ranges.in_namespaces(namespaces),
+            pods: self.pods.in_namespaces(namespaces),
             pool_pods: Vec::new(),
             persistent_volume_claims,
             persistent_volumes,
-            role_bindings: within(&self.role_bindings, namespaces),
+            role_bindings: self.role_bindings.in_namespaces(namespaces),
             nodes: self.nodes.state(),
             storage_classes: self.storage_classes.state(),
-            environment_policies: within(&self.environment_policies, namespaces),
+            environment_policies: self.environment_policies.in_namespaces(namespaces),
             validating_admission_policies: self.validating_admission_policies.state(),
             validating_admission_policy_bindings: self.validating_admission_policy_bindings.state(),
             mutating_admission_policies: self.mutating_admission_policies.state(),
@@ -267,13 +330,13 @@ impl Observed {
             }),
             schedules: self
                 .schedules
-                .state()
+                .of_tenant(&name)
                 .into_iter()
                 .filter(|o| ours(&o.metadata))
                 .collect(),
             backups: self
                 .backups
-                .state()
+                .of_tenant(&name)
                 .into_iter()
                 .filter(|o| ours(&o.metadata))
                 .collect(),
