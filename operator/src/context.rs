@@ -176,6 +176,10 @@ impl ProductionPools {
     }
 }
 
+/// How long a pass that wrote waits for the caches to show its writes before it judges; past
+/// it, the tenant is judged `SETTLING` later.
+pub const SHOW_WRITES: std::time::Duration = std::time::Duration::from_secs(2);
+
 pub struct Context {
     pub client: Client,
     pub observed: Observed,
@@ -230,7 +234,7 @@ impl Context {
             metrics,
             settings,
             index: NamespaceIndex::default(),
-            show_writes: crate::reconcile::SHOW_WRITES,
+            show_writes: SHOW_WRITES,
             failures: Mutex::default(),
         }
     }

@@ -42,10 +42,6 @@ pub use ft_core::pass::{RESYNC, SETTLING};
 /// short loses nothing; one the API server never answers must not hold a slot for ever.
 pub const PASS_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// How long a pass that wrote waits for the caches to show its writes before it judges; past
-/// it, the tenant is judged `SETTLING` later.
-pub const SHOW_WRITES: Duration = Duration::from_secs(2);
-
 #[instrument(skip_all, fields(tenant = %tenant.name_any()))]
 pub async fn reconcile(tenant: Arc<FranceTravailTenant>, ctx: Arc<Context>) -> Result<Action> {
     let name = tenant.name_any();
