@@ -636,3 +636,41 @@ fn hash_value(value: &Value) -> u64 {
     value.to_string().hash(&mut hasher);
     hasher.finish()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::AppliedMemo;
+
+    #[test]
+    fn the_memo_matches_what_was_applied_at_its_version_and_forgets_a_deleted_tenant() {
+        let memo = AppliedMemo::default();
+        let policy = "NetworkPolicy/a-prod/ft-default-deny";
+        memo.remember(policy.into(), 7, Some("120".into()));
+        assert!(memo.knows(policy));
+        assert!(memo.matches(policy, 7, Some("120")));
+        assert!(!memo.matches(policy, 7, Some("121")), "changed since");
+        assert!(!memo.matches(policy, 8, Some("120")), "another body");
+        assert!(!memo.knows("NetworkPolicy/a-dev/ft-default-deny"));
+
+        let others = "NetworkPolicy/b-prod/ft-default-deny";
+        for key in [
+            "Namespace/a-prod",
+            "ComplianceReport/a",
+            "Namespace/b-prod",
+            others,
+        ] {
+            memo.remember(key.into(), 1, Some("1".into()));
+        }
+        memo.forget_tenant("a", &["a-prod".to_string()].into());
+        for gone in [policy, "Namespace/a-prod", "ComplianceReport/a"] {
+            assert!(!memo.knows(gone), "{gone}");
+        }
+        for kept in ["Namespace/b-prod", others] {
+            assert!(memo.knows(kept), "{kept}");
+        }
+
+        // A write answered without a version is not remembered.
+        memo.remember(others.into(), 1, None);
+        assert!(!memo.knows(others));
+    }
+}
