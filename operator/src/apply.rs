@@ -18,7 +18,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{DeleteParams, Patch, PatchParams};
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -34,7 +34,7 @@ use ft_core::removal::{OwnedNamespace, held_namespaces};
 
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::observe::{Cache, Observed};
+use crate::observe::{Cache, Cached, Observed};
 
 /// A kind of child the operator applies.
 pub trait Child:
@@ -362,10 +362,7 @@ impl Applier<'_> {
     /// What `remove_own_objects` deletes that the caches still show: deletion is done once
     /// this is empty.
     pub fn own_objects_left(&self) -> Vec<String> {
-        fn left<K: Resource<DynamicType = ()> + Clone>(
-            store: &Cache<K>,
-            tenant: &str,
-        ) -> Vec<String> {
+        fn left<K: Cached<DynamicType = ()>>(store: &Cache<K>, tenant: &str) -> Vec<String> {
             store
                 .of_tenant(tenant)
                 .iter()
@@ -441,12 +438,12 @@ impl Applier<'_> {
     async fn apply_kind<K, O>(
         &self,
         desired: &[K],
-        observed: &Store<O>,
+        observed: &Cache<O>,
         report: &mut ApplyReport,
     ) -> Result<()>
     where
         K: Child,
-        O: Resource<DynamicType = ()> + Serialize + Clone + Debug + Send + Sync + 'static,
+        O: Cached<DynamicType = ()>,
     {
         let mut results = Vec::with_capacity(desired.len());
         for some in desired.chunks(APPLIED_AT_ONCE) {
@@ -464,10 +461,10 @@ impl Applier<'_> {
         Ok(())
     }
 
-    async fn apply_one<K, O>(&self, object: &K, observed: &Store<O>) -> Result<OneApplied>
+    async fn apply_one<K, O>(&self, object: &K, observed: &Cache<O>) -> Result<OneApplied>
     where
         K: Child,
-        O: Resource<DynamicType = ()> + Serialize + Clone + Debug + Send + Sync + 'static,
+        O: Cached<DynamicType = ()>,
     {
         let mut one = OneApplied::default();
         let key = object_key(object);
@@ -562,7 +559,7 @@ impl Applier<'_> {
     ) -> Result<()>
     where
         K: Child,
-        O: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+        O: Cached<DynamicType = ()>,
     {
         let wanted: BTreeSet<(Option<String>, String)> = desired
             .iter()

@@ -14,7 +14,7 @@ use crate::encryption::{CLAIMS_POLICY, class_name};
 use crate::meta::object_key;
 
 /// The default StorageClass is marked by this annotation.
-pub(super) const DEFAULT_CLASS: &str = "storageclass.kubernetes.io/is-default-class";
+pub const DEFAULT_CLASS: &str = "storageclass.kubernetes.io/is-default-class";
 
 /// Whether a StorageClass turns encryption on, by the parameters of the common drivers:
 /// Longhorn, Ceph RBD and AWS EBS `encrypted`, GCE PD `disk-encryption-kms-key`, Azure Disk

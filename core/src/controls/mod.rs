@@ -16,7 +16,7 @@ mod shredding;
 mod view;
 
 pub use catalogue::{Catalogue, CatalogueError, Control, Rule, Severity};
-pub use encryption::encrypts;
+pub use encryption::{DEFAULT_CLASS, encrypts};
 pub use evaluate::{EVALUATORS, evaluate};
 pub use report::{Transition, compliant_condition, next_report, transitions};
 pub use view::{

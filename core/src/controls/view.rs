@@ -49,7 +49,8 @@ pub struct TenantView {
     pub role_bindings: Vec<Arc<RoleBinding>>,
     /// Every node of the cluster.
     pub nodes: Vec<Arc<Node>>,
-    /// Every StorageClass of the cluster.
+    /// The StorageClasses the controls look up: the tenant's own, those its claims name, and
+    /// the cluster's default one.
     pub storage_classes: Vec<Arc<StorageClass>>,
     /// The EnvironmentPolicies in the tenant's namespaces.
     pub environment_policies: Vec<Arc<EnvironmentPolicy>>,

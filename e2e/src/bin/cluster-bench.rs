@@ -25,17 +25,17 @@
 //!    timed from its creation until it is Ready and evaluated, through a watch; the ratio is
 //!    the time of all N over the direct-write time of step 3.
 //! 6. With every tenant: the operator's API writes over 60 idle seconds, its resident memory
-//!    and CPU time, the API server's resident memory, the dry-run pod creations again, and
-//!    `ft-default-deny` deleted in 20 tenants, one at a time, each return timed.
-//! 7. The operator stopped: the dry-run pod creations again, and the change of their p50 and
-//!    p99 from step 4, with the operator running and stopped.
+//!    and CPU time, the API server's resident memory, and `ft-default-deny` deleted in 20
+//!    tenants, one at a time, each return timed; with `--restarts N`, the restarts below.
+//! 7. The dry-run pod creations again, the operator running, then stopped, one right after the
+//!    other, and the change of their p50 and p99 from step 4.
 //! 8. What one object of each of the operator's caches costs: its objects listed as JSON with
 //!    the operator's label selector, then, counted by the global allocator, each deserialized
-//!    into the type the operator caches, trimmed as it trims it and put in an `Arc`.
+//!    into the type the operator caches, trimmed as it trims it, and filed in the operator's
+//!    own cache of that kind, in the form it keeps it in (`ft_operator::observe`).
 //!
 //! `--tenants N` is a scale run: N tenants only, one size, without steps 3, 4 and 7 (no
-//! direct-write comparison, no admission-cost sampling), and without the timed pod creations
-//! of step 6.
+//! direct-write comparison, no admission-cost sampling).
 //!
 //! `--restarts N` (with `FT_E2E_RESTART_APISERVER`, see the fault suite) also restarts the API
 //! server N times, 3 s down each, and times each return of a policy deleted the moment the
@@ -58,6 +58,7 @@ use ft_e2e::{
     Operator, TestNodes, cluster, ensure_namespace, example_tenant, install_crds, install_velero,
     unique, wait_for,
 };
+use ft_operator::observe::{Cache, CacheWriter, Cached, Form, cache_with, empty_stores};
 use ft_operator::watch::trim::{
     annotation_managers_only, managers_only, trim_meta, trim_node, trim_pod, trim_quota,
 };
@@ -74,12 +75,10 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{
-    ApiResource, DeleteParams, DynamicObject, ListParams, PartialObjectMeta, Patch, PatchParams,
-    PostParams,
+    ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
 };
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
-use serde::de::DeserializeOwned;
 use tokio::sync::Mutex;
 
 /// Counts the bytes the benchmark holds on the heap, to measure what the operator's cached
@@ -564,25 +563,27 @@ struct CacheSize {
 }
 
 /// What the operator's cache `name` holds: the objects at `path`, matching `selector`, listed
-/// whole or as metadata only, each deserialized as `K`, trimmed by `trim` and put in an `Arc`,
-/// as its watch stores them. They are listed a page at a time, as the watch lists them, as JSON
-/// first; then only the deserialization, trim and `Arc` of the page's objects, and the `Vec`
-/// that keeps them, are counted by the global allocator, while the page's JSON is still held:
-/// the JSON buffers count for nothing. The bytes are those asked of the allocator, without its
-/// own rounding and bookkeeping; the store's indexes (a key per object) are not counted.
-/// Other tasks of the benchmark are idle meanwhile; what they allocate would count too.
-async fn cache_size<K: DeserializeOwned>(
+/// whole or as metadata only, each deserialized as `K`, trimmed by `trim` and filed through
+/// `writer`, one of the operator's own cache writers (`ft_operator::observe::empty_stores`), in
+/// the form and with the indexes the operator keeps them in. They are listed a page at a time,
+/// as the watch lists them, as JSON first; then what the cache grows by while it files the
+/// page's objects is counted by the global allocator, while the page's JSON is still held: the
+/// JSON buffers count for nothing, and what filing allocates and frees again counts for nothing
+/// either. The bytes are those asked of the allocator, without its own rounding and
+/// bookkeeping. Other tasks of the benchmark are idle meanwhile; what they allocate would count
+/// too.
+async fn cache_size<K: Cached<DynamicType = ()>>(
     client: &Client,
-    name: &'static str,
+    (name, cache, mut writer): (&'static str, Cache<K>, CacheWriter<K>),
     path: String,
     selector: Option<&str>,
     metadata: bool,
     trim: impl Fn(&mut K),
 ) -> anyhow::Result<CacheSize> {
     let request = kube::core::Request::new(path);
-    let mut kept: Vec<Vec<Arc<K>>> = Vec::new();
-    let (mut objects, mut bytes) = (0, 0);
+    let mut bytes = 0;
     let mut token: Option<String> = None;
+    writer.apply_watcher_event(&watcher::Event::Init);
     loop {
         let mut params = ListParams::default().limit(PAGE);
         if let Some(selector) = selector {
@@ -612,13 +613,12 @@ async fn cache_size<K: DeserializeOwned>(
             .map(str::to_string);
 
         let before = ALLOCATOR.allocated();
-        let mut held = Vec::with_capacity(items.len());
         let mut failed = None;
         for item in &items {
             match K::deserialize(item) {
                 Ok(mut object) => {
                     trim(&mut object);
-                    held.push(Arc::new(object));
+                    writer.apply_watcher_event(&watcher::Event::InitApply(object));
                 }
                 Err(e) => {
                     failed = Some(e);
@@ -626,18 +626,19 @@ async fn cache_size<K: DeserializeOwned>(
                 }
             }
         }
+        if token.is_none() {
+            writer.apply_watcher_event(&watcher::Event::InitDone);
+        }
         let after = ALLOCATOR.allocated();
 
         if let Some(e) = failed {
             return Err(e).with_context(|| format!("reading an object of {name}"));
         }
         bytes += after.saturating_sub(before);
-        objects += held.len();
-        kept.push(held);
         if token.is_none() {
             return Ok(CacheSize {
                 name,
-                objects,
+                objects: cache.len(),
                 bytes,
             });
         }
@@ -653,127 +654,165 @@ fn path<K: Resource<DynamicType = ()>>(namespace: Option<&str>) -> String {
 async fn cache_sizes(client: &Client) -> anyhow::Result<Vec<CacheSize>> {
     let ours = Some(labels::MANAGED_SELECTOR);
     let everything = None;
+    // The operator's own caches, empty: each in the form the operator keeps it in.
+    let (o, w) = empty_stores();
     let mut caches = vec![
-        cache_size::<PartialObjectMeta<Namespace>>(
+        cache_size(
             client,
-            "namespaces (metadata)",
+            ("namespaces (metadata)", o.namespaces.clone(), w.namespaces),
             path::<Namespace>(None),
             everything,
             true,
             |o| managers_only(&mut o.metadata),
         )
         .await?,
-        cache_size::<NetworkPolicy>(
+        cache_size(
             client,
-            "networkpolicies",
+            (
+                "networkpolicies",
+                o.network_policies.clone(),
+                w.network_policies,
+            ),
             path::<NetworkPolicy>(None),
             everything,
             false,
             |o| managers_only(&mut o.metadata),
         )
         .await?,
-        cache_size::<ResourceQuota>(
+        cache_size(
             client,
-            "resourcequotas",
+            (
+                "resourcequotas",
+                o.resource_quotas.clone(),
+                w.resource_quotas,
+            ),
             path::<ResourceQuota>(None),
             ours,
             false,
             trim_quota,
         )
         .await?,
-        cache_size::<LimitRange>(
+        cache_size(
             client,
-            "limitranges",
+            ("limitranges", o.limit_ranges.clone(), w.limit_ranges),
             path::<LimitRange>(None),
             ours,
             false,
             |o| managers_only(&mut o.metadata),
         )
         .await?,
-        cache_size::<ComplianceReport>(
+        cache_size(
             client,
-            "compliancereports",
+            (
+                "compliancereports",
+                o.compliance_reports.clone(),
+                w.compliance_reports,
+            ),
             path::<ComplianceReport>(None),
             ours,
             false,
             |o| managers_only(&mut o.metadata),
         )
         .await?,
-        cache_size::<Pod>(
+        cache_size(
             client,
-            "pods",
+            ("pods", o.pods.clone(), w.pods),
             path::<Pod>(None),
             everything,
             false,
             trim_pod,
         )
         .await?,
-        cache_size::<PersistentVolumeClaim>(
+        cache_size(
             client,
-            "persistentvolumeclaims",
+            (
+                "persistentvolumeclaims",
+                o.persistent_volume_claims.clone(),
+                w.persistent_volume_claims,
+            ),
             path::<PersistentVolumeClaim>(None),
             everything,
             false,
             |o| trim_meta(&mut o.metadata),
         )
         .await?,
-        cache_size::<RoleBinding>(
+        cache_size(
             client,
-            "rolebindings",
+            ("rolebindings", o.role_bindings.clone(), w.role_bindings),
             path::<RoleBinding>(None),
             everything,
             false,
             |o| managers_only(&mut o.metadata),
         )
         .await?,
-        cache_size::<PersistentVolume>(
+        cache_size(
             client,
-            "persistentvolumes",
+            (
+                "persistentvolumes",
+                o.persistent_volumes.clone(),
+                w.persistent_volumes,
+            ),
             path::<PersistentVolume>(None),
             everything,
             false,
             |o| trim_meta(&mut o.metadata),
         )
         .await?,
-        cache_size::<Node>(
+        cache_size(
             client,
-            "nodes",
+            ("nodes", o.nodes.clone(), w.nodes),
             path::<Node>(None),
             everything,
             false,
             trim_node,
         )
         .await?,
-        cache_size::<StorageClass>(
+        cache_size(
             client,
-            "storageclasses",
+            (
+                "storageclasses",
+                o.storage_classes.clone(),
+                w.storage_classes,
+            ),
             path::<StorageClass>(None),
             everything,
             false,
             |o| managers_only(&mut o.metadata),
         )
         .await?,
-        cache_size::<EnvironmentPolicy>(
+        cache_size(
             client,
-            "environmentpolicies",
+            (
+                "environmentpolicies",
+                o.environment_policies.clone(),
+                w.environment_policies,
+            ),
             path::<EnvironmentPolicy>(None),
             ours,
             false,
             |o| managers_only(&mut o.metadata),
         )
         .await?,
-        cache_size::<ValidatingAdmissionPolicy>(
+        cache_size(
             client,
-            "validatingadmissionpolicies",
+            (
+                "validatingadmissionpolicies",
+                o.validating_admission_policies.clone(),
+                w.validating_admission_policies,
+            ),
             path::<ValidatingAdmissionPolicy>(None),
             everything,
             false,
             |o| managers_only(&mut o.metadata),
         )
         .await?,
-        cache_size::<ValidatingAdmissionPolicyBinding>(
+        cache_size(
             client,
-            "validatingadmissionpolicybindings",
+            (
+                "validatingadmissionpolicybindings",
+                o.validating_admission_policy_bindings.clone(),
+                w.validating_admission_policy_bindings,
+            ),
             path::<ValidatingAdmissionPolicyBinding>(None),
             everything,
             false,
@@ -784,9 +823,13 @@ async fn cache_sizes(client: &Client) -> anyhow::Result<Vec<CacheSize>> {
     // Watched only where the cluster serves them, as the operator discovers it.
     if discover_confinement(client).await == Confinement::Native {
         caches.push(
-            cache_size::<MutatingAdmissionPolicy>(
+            cache_size(
                 client,
-                "mutatingadmissionpolicies",
+                (
+                    "mutatingadmissionpolicies",
+                    o.mutating_admission_policies.clone(),
+                    w.mutating_admission_policies,
+                ),
                 path::<MutatingAdmissionPolicy>(None),
                 everything,
                 false,
@@ -795,9 +838,13 @@ async fn cache_sizes(client: &Client) -> anyhow::Result<Vec<CacheSize>> {
             .await?,
         );
         caches.push(
-            cache_size::<MutatingAdmissionPolicyBinding>(
+            cache_size(
                 client,
-                "mutatingadmissionpolicybindings",
+                (
+                    "mutatingadmissionpolicybindings",
+                    o.mutating_admission_policy_bindings.clone(),
+                    w.mutating_admission_policy_bindings,
+                ),
                 path::<MutatingAdmissionPolicyBinding>(None),
                 everything,
                 false,
@@ -806,11 +853,13 @@ async fn cache_sizes(client: &Client) -> anyhow::Result<Vec<CacheSize>> {
             .await?,
         );
     }
-    // The tenants, whole but for the field managers' sets, of which only annotations are kept.
+    // The tenants, whole but for the field managers' sets, of which only annotations are kept:
+    // the controller's own store, which holds them deserialized.
+    let tenants = cache_with::<FranceTravailTenant>(Form::Whole, None);
     caches.push(
-        cache_size::<FranceTravailTenant>(
+        cache_size(
             client,
-            "francetravailtenants",
+            ("francetravailtenants", tenants.0, tenants.1),
             path::<FranceTravailTenant>(None),
             everything,
             false,
@@ -823,9 +872,9 @@ async fn cache_sizes(client: &Client) -> anyhow::Result<Vec<CacheSize>> {
         let namespace = BuildSettings::default().velero_namespace;
         let ns = Some(namespace.as_str());
         caches.push(
-            cache_size::<Schedule>(
+            cache_size(
                 client,
-                "schedules.velero.io",
+                ("schedules.velero.io", o.schedules.clone(), w.schedules),
                 path::<Schedule>(ns),
                 ours,
                 false,
@@ -834,9 +883,9 @@ async fn cache_sizes(client: &Client) -> anyhow::Result<Vec<CacheSize>> {
             .await?,
         );
         caches.push(
-            cache_size::<Backup>(
+            cache_size(
                 client,
-                "backups.velero.io",
+                ("backups.velero.io", o.backups.clone(), w.backups),
                 path::<Backup>(ns),
                 ours,
                 false,
@@ -845,9 +894,9 @@ async fn cache_sizes(client: &Client) -> anyhow::Result<Vec<CacheSize>> {
             .await?,
         );
         caches.push(
-            cache_size::<Restore>(
+            cache_size(
                 client,
-                "restores.velero.io",
+                ("restores.velero.io", o.restores.clone(), w.restores),
                 path::<Restore>(ns),
                 everything,
                 false,
@@ -856,9 +905,13 @@ async fn cache_sizes(client: &Client) -> anyhow::Result<Vec<CacheSize>> {
             .await?,
         );
         caches.push(
-            cache_size::<BackupStorageLocation>(
+            cache_size(
                 client,
-                "backupstoragelocations.velero.io",
+                (
+                    "backupstoragelocations.velero.io",
+                    o.backup_storage_locations.clone(),
+                    w.backup_storage_locations,
+                ),
                 path::<BackupStorageLocation>(ns),
                 everything,
                 false,
@@ -990,14 +1043,6 @@ async fn main() -> anyhow::Result<()> {
     let idle_writes = operator.metric(writes).await? - before;
     let (rss, peak, cpu) = process_usage(pid)?;
     let api_server_with_tenants = api_server_rss();
-    let mut admission_after = None;
-    if compared {
-        eprintln!("bench: admission cost with every tenant");
-        admission_after = Some((
-            admission_cost(&client).await?,
-            admission_objects(&client).await?,
-        ));
-    }
     eprintln!("bench: drift repair");
     let drift = drift_repair(&client, &last.0, last.1).await?;
     let tenants: usize = sizes.iter().sum();
@@ -1009,8 +1054,17 @@ async fn main() -> anyhow::Result<()> {
         None => None,
     };
 
-    // The same, the operator stopped: what the policies cost, without the operator's load on a
-    // machine it shares with the API server.
+    // The admission cost with every tenant, the operator running then stopped, one right after
+    // the other on the same API server (restarted above, if it was): what the policies cost,
+    // and what the operator adds on a machine it shares with the API server.
+    let mut admission_after = None;
+    if compared {
+        eprintln!("bench: admission cost with every tenant");
+        admission_after = Some((
+            admission_cost(&client).await?,
+            admission_objects(&client).await?,
+        ));
+    }
     drop(operator);
     let mut admission_stopped = None;
     if compared {

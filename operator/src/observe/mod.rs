@@ -17,6 +17,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use k8s_openapi::api::storage::v1::StorageClass;
+use kube::ResourceExt;
 use kube::api::PartialObjectMeta;
 use kube::runtime::reflector::ObjectRef;
 
@@ -27,10 +28,10 @@ use ft_core::backup::velero::{Backup, BackupStorageLocation, Restore, Schedule};
 use ft_core::controls::TenantView;
 
 mod cache;
-pub use cache::{Cache, CacheInto, CacheWriter, KeyOf, cache, cache_by};
+pub use cache::{Cache, CacheInto, CacheWriter, Cached, Form, KeyOf, cache, cache_with};
 
 macro_rules! stores {
-    ($( $(#[$doc:meta])* $field:ident: $kind:ty $(, by $key_of:expr)?; )*) => {
+    ($( $(#[$doc:meta])* $field:ident: $kind:ty $(, by $key_of:expr)? $(, kept $form:ident)?; )*) => {
         #[derive(Clone)]
         pub struct Observed {
             $( $(#[$doc])* pub $field: Cache<$kind>, )*
@@ -49,7 +50,12 @@ macro_rules! stores {
         /// Empty stores and their writers.
         pub fn empty_stores() -> (Observed, ObservedWriters) {
             let changed = Arc::new(tokio::sync::Notify::new());
-            $( let $field = cache_by(None $(.or(Some($key_of as KeyOf<$kind>)))?); )*
+            $(
+                let $field = cache_with(
+                    None $(.or(Some(Form::$form)))?.unwrap_or(Form::Packed),
+                    None $(.or(Some($key_of as KeyOf<$kind>)))?,
+                );
+            )*
             (
                 Observed {
                     $( $field: $field.0, )*
@@ -90,6 +96,7 @@ macro_rules! stores {
 }
 
 stores! {
+    // Packed unless `kept Whole`: the cluster-wide objects every pass reads in full.
     /// Every namespace, metadata only: their labels are all the operator sets on them.
     namespaces: PartialObjectMeta<Namespace>;
     /// Every NetworkPolicy: one made by hand in a tenant namespace can open a flow.
@@ -101,21 +108,23 @@ stores! {
     /// What the cluster-wide admission policies enforce in each tenant namespace.
     environment_policies: EnvironmentPolicy;
     /// The cluster-wide admission objects (`admission/`), which the operator only reads.
-    validating_admission_policies: ValidatingAdmissionPolicy;
-    validating_admission_policy_bindings: ValidatingAdmissionPolicyBinding;
-    mutating_admission_policies: MutatingAdmissionPolicy;
-    mutating_admission_policy_bindings: MutatingAdmissionPolicyBinding;
+    validating_admission_policies: ValidatingAdmissionPolicy, kept Whole;
+    validating_admission_policy_bindings: ValidatingAdmissionPolicyBinding, kept Whole;
+    mutating_admission_policies: MutatingAdmissionPolicy, kept Whole;
+    mutating_admission_policy_bindings: MutatingAdmissionPolicyBinding, kept Whole;
     /// Pods, claims and bindings of every namespace, trimmed to what the controls read.
     pods: Pod, by node_of;
     persistent_volume_claims: PersistentVolumeClaim;
     role_bindings: RoleBinding;
     persistent_volumes: PersistentVolume;
-    nodes: Node;
-    storage_classes: StorageClass;
+    nodes: Node, kept Whole;
+    /// Filed under "default" when the cluster's default class.
+    storage_classes: StorageClass, by default_class;
     /// Velero's objects in its namespace: empty until the cluster serves Velero's API.
     schedules: Schedule;
     backups: Backup;
-    restores: Restore;
+    /// Read in full by every pass with backups: a restore names the namespaces it reads.
+    restores: Restore, kept Whole;
     backup_storage_locations: BackupStorageLocation;
 }
 
@@ -153,6 +162,15 @@ impl Echoes {
     }
 }
 
+/// The cluster's default StorageClass is filed under "default": the class of a claim that names
+/// none.
+fn default_class(class: &StorageClass) -> Option<&str> {
+    let annotations = class.metadata.annotations.as_ref()?;
+    (annotations.get(ft_core::controls::DEFAULT_CLASS)? == "true").then_some(DEFAULT)
+}
+
+const DEFAULT: &str = "default";
+
 /// The node a pod is bound to: pods are filed by it, for what runs on a production pool.
 fn node_of(pod: &Pod) -> Option<&str> {
     pod.spec.as_ref()?.node_name.as_deref()
@@ -185,7 +203,7 @@ impl Observed {
             name: &str,
         ) -> Option<Option<String>>
         where
-            K: kube::Resource<DynamicType = ()> + Clone + 'static,
+            K: Cached<DynamicType = ()>,
         {
             let key = ObjectRef::new(name);
             let key = match namespace {
@@ -255,7 +273,7 @@ impl Observed {
 
     /// What the cluster holds in and for the given namespaces of one tenant, and the
     /// cluster-wide admission objects.
-    pub fn view(&self, namespaces: &BTreeSet<String>) -> TenantView {
+    pub fn view(&self, tenant: &str, namespaces: &BTreeSet<String>) -> TenantView {
         let persistent_volume_claims = self.persistent_volume_claims.in_namespaces(namespaces);
         let persistent_volumes = persistent_volume_claims
             .iter()
@@ -264,6 +282,20 @@ impl Observed {
             .into_iter()
             .filter_map(|name| self.persistent_volumes.get(&ObjectRef::new(name)))
             .collect();
+        // The classes the controls look up: the tenant's own, those its claims name, and the
+        // default one, for a claim that names none.
+        let mut class_names: BTreeSet<String> = persistent_volume_claims
+            .iter()
+            .filter_map(|c| c.spec.as_ref()?.storage_class_name.clone())
+            .collect();
+        class_names.insert(ft_core::encryption::class_name(tenant));
+        let mut storage_classes = self.storage_classes.with_keys(&[DEFAULT.to_string()]);
+        storage_classes.retain(|c| !class_names.contains(&c.name_any()));
+        storage_classes.extend(
+            class_names
+                .iter()
+                .filter_map(|name| self.storage_classes.get(&ObjectRef::new(name))),
+        );
         TenantView {
             namespaces: namespaces
                 .iter()
@@ -278,7 +310,7 @@ impl Observed {
             persistent_volumes,
             role_bindings: self.role_bindings.in_namespaces(namespaces),
             nodes: self.nodes.state(),
-            storage_classes: self.storage_classes.state(),
+            storage_classes,
             environment_policies: self.environment_policies.in_namespaces(namespaces),
             validating_admission_policies: self.validating_admission_policies.state(),
             validating_admission_policy_bindings: self.validating_admission_policy_bindings.state(),
@@ -297,7 +329,6 @@ impl Observed {
         tenant: &ft_core::api::FranceTravailTenant,
         velero_namespace: &str,
     ) -> VeleroView {
-        use kube::ResourceExt;
         let name = tenant.name_any();
         let namespaces = ft_core::meta::tenant_namespaces(tenant);
         let ours = |meta: &kube::api::ObjectMeta| {

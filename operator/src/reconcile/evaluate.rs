@@ -42,7 +42,7 @@ pub(super) async fn evaluate(
     let previous = ctx.compliance.previous(&name, Some(&stored));
 
     let namespaces = tenant_namespaces(tenant);
-    let mut observed = ctx.observed.view(&namespaces);
+    let mut observed = ctx.observed.view(&name, &namespaces);
     observed.pool_pods = ctx.observed.pods_on_pools(
         &ft_core::placement::production_pools(tenant),
         &namespaces,

@@ -280,7 +280,7 @@ pub(crate) fn velero_events(
 /// A store whose kind the cluster does not serve: empty, and listed.
 pub(crate) fn mark_listed<K>(writer: &mut crate::observe::CacheWriter<K>)
 where
-    K: kube::Resource<DynamicType = ()> + Clone + 'static,
+    K: crate::observe::Cached<DynamicType = ()>,
 {
     writer.apply_watcher_event(&watcher::Event::Init);
     writer.apply_watcher_event(&watcher::Event::InitDone);

@@ -188,3 +188,82 @@ fn a_cached_tenant_keeps_who_set_its_annotations_and_no_other_field_set() {
         "field manager kubectl (Apply) at 2026-12-07T10:00:00Z"
     );
 }
+
+/// A policy as the operator makes many of: selectors and rules naming its tenant.
+fn rich_policy(namespace: &str, name: &str, tenant: &str, version: u32) -> NetworkPolicy {
+    serde_json::from_value(json!({
+        "metadata": {
+            "name": name, "namespace": namespace, "resourceVersion": version.to_string(),
+            "uid": format!("00000000-0000-0000-0000-{version:012}"),
+            "labels": {
+                "hosting.francetravail.fr/tenant": tenant,
+                "app.kubernetes.io/managed-by": "ft-operator",
+            },
+            "managedFields": [{"manager": "ft-operator", "operation": "Apply"}],
+        },
+        "spec": {
+            "podSelector": {},
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {
+                "kubernetes.io/metadata.name": format!("{tenant}-{name}"),
+            }}}], "ports": [{"port": 8000 + version % 100, "protocol": "TCP"}]}],
+        },
+    }))
+    .unwrap()
+}
+
+#[test]
+fn a_packed_cache_gives_back_exactly_what_was_filed_however_many_it_holds() {
+    let (policies, mut writer) = cache::<NetworkPolicy>();
+    writer.apply_watcher_event(&Event::Init);
+    writer.apply_watcher_event(&Event::InitDone);
+    // Enough objects that the first ones make the kind's dictionary and the others are
+    // compressed against it.
+    let mut filed = Vec::new();
+    for i in 0..200u32 {
+        let tenant = format!("tenant-{i}");
+        let object = rich_policy(&format!("{tenant}-prod"), "allow-web", &tenant, i);
+        writer.apply_watcher_event(&Event::Apply(object.clone()));
+        filed.push(object);
+    }
+    assert_eq!(policies.len(), 200);
+    for object in &filed {
+        let key = kube::runtime::reflector::ObjectRef::from_obj(object);
+        assert_eq!(policies.get(&key).as_deref(), Some(object));
+        let tenant = &object.metadata.labels.as_ref().unwrap()["hosting.francetravail.fr/tenant"];
+        assert_eq!(
+            policies
+                .of_tenant(tenant)
+                .iter()
+                .map(|o| (**o).clone())
+                .collect::<Vec<_>>(),
+            [object.clone()]
+        );
+    }
+    // A changed object is given back as it is now.
+    let changed = rich_policy("tenant-7-prod", "allow-web", "tenant-7", 9999);
+    writer.apply_watcher_event(&Event::Apply(changed.clone()));
+    assert_eq!(
+        policies.in_namespaces(&["tenant-7-prod".to_string()]),
+        [std::sync::Arc::new(changed)]
+    );
+}
+
+#[test]
+fn a_namespace_s_objects_are_its_own_and_not_those_of_a_namespace_it_prefixes() {
+    let (policies, mut writer) = cache::<NetworkPolicy>();
+    writer.apply_watcher_event(&Event::Init);
+    for ns in ["a", "a-b", "a.b", "a0", "ab", "b"] {
+        writer.apply_watcher_event(&Event::InitApply(policy(ns, "deny", "t", "1")));
+    }
+    writer.apply_watcher_event(&Event::InitApply(policy("a", "allow", "t", "1")));
+    writer.apply_watcher_event(&Event::InitDone);
+    assert_eq!(
+        names(policies.in_namespaces(&["a".to_string()])),
+        ["a/allow", "a/deny"]
+    );
+    assert_eq!(
+        names(policies.in_namespaces(&["a0".to_string(), "b".to_string()])),
+        ["a0/deny", "b/deny"]
+    );
+}

@@ -23,12 +23,12 @@ use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, Time};
+use kube::Client;
 use kube::api::PartialObjectMetaExt;
 use kube::client::Body;
 use kube::runtime::controller::Action;
 use kube::runtime::events::Reporter;
 use kube::runtime::watcher::Event;
-use kube::{Client, Resource};
 use serde_json::{Value, json};
 
 #[derive(Clone, Debug)]
@@ -395,7 +395,7 @@ fn node(name: &str, extra: &[(&str, &str)]) -> Node {
 /// One initial listing into a store: each object as made by the operator's field manager.
 fn list<K>(writer: &mut Writer<K>, objects: impl Iterator<Item = K>, tweak: impl Fn(&mut K))
 where
-    K: Resource<DynamicType = ()> + Clone,
+    K: ft_operator::observe::Cached<DynamicType = ()>,
 {
     writer.apply_watcher_event(&Event::Init);
     for mut object in objects {
