@@ -15,6 +15,9 @@ pub struct ApplyReport {
     /// What the caches must show before the controls judge the cluster: each child written
     /// (or not yet seen), at the version the API server answered, and each one deleted.
     pub awaited: Vec<Awaited>,
+    /// Children written whose answer carried no resourceVersion: no cache can be shown to
+    /// hold them, so the pass cannot judge at once.
+    pub unversioned: usize,
 }
 
 /// A child a pass wrote or deleted, as the API server left it.
@@ -78,6 +81,7 @@ impl ApplyReport {
             restored: not_binding(&self.restored),
             pruned: not_binding(&self.pruned),
             unseen: self.unseen,
+            unversioned: self.unversioned,
             awaited: self.awaited.clone(),
         }
     }

@@ -454,6 +454,7 @@ impl Applier<'_> {
         for result in results {
             let one = result?;
             report.unseen += usize::from(one.unseen);
+            report.unversioned += usize::from(one.unversioned);
             report.created.extend(one.created);
             report.restored.extend(one.restored);
             report.awaited.extend(one.awaited);
@@ -497,9 +498,10 @@ impl Applier<'_> {
         {
             if one.unseen {
                 // Read from the server: the pass waits for the cache to show it.
-                one.awaited = Some(Awaited {
+                one.unversioned = resource_version.is_none();
+                one.awaited = resource_version.clone().map(|version| Awaited {
                     key,
-                    version: resource_version.clone(),
+                    version: Some(version),
                 });
             }
             return Ok(one);
@@ -540,9 +542,11 @@ impl Applier<'_> {
         if changed && let Some(version) = &new_version {
             self.observed.echoes.expect(key.clone(), version.clone());
         }
-        one.awaited = Some(Awaited {
+        // An answer without a version gives nothing to wait for: `None` would mean deleted.
+        one.unversioned = new_version.is_none();
+        one.awaited = new_version.clone().map(|version| Awaited {
             key: key.clone(),
-            version: new_version.clone(),
+            version: Some(version),
         });
         self.memo.remember(key, hash, new_version);
         Ok(one)
@@ -603,6 +607,8 @@ const APPLIED_AT_ONCE: usize = 8;
 struct OneApplied {
     /// The cache did not show it.
     unseen: bool,
+    /// Written, or read from the server, without a resourceVersion in the answer.
+    unversioned: bool,
     created: Option<String>,
     restored: Option<String>,
     /// What the cache must show before the pass judges.

@@ -645,6 +645,17 @@ async fn cache_size<K: Cached<DynamicType = ()>>(
     }
 }
 
+/// The series of metric `name` in a scrape, by their labels.
+fn series(scrape: &str, name: &str) -> BTreeMap<String, f64> {
+    scrape
+        .lines()
+        .filter_map(|l| l.strip_prefix(name))
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter(|(labels, _)| labels.is_empty() || labels.starts_with('{'))
+        .filter_map(|(labels, v)| Some((labels.to_string(), v.parse().ok()?)))
+        .collect()
+}
+
 fn path<K: Resource<DynamicType = ()>>(namespace: Option<&str>) -> String {
     K::url_path(&(), namespace)
 }
@@ -1038,9 +1049,23 @@ async fn main() -> anyhow::Result<()> {
 
     eprintln!("bench: {IDLE:?} at rest with every tenant");
     let writes = "ft_api_writes_total";
-    let before = operator.metric(writes).await?;
+    let before = series(&operator.scrape().await?, writes);
     tokio::time::sleep(IDLE).await;
-    let idle_writes = operator.metric(writes).await? - before;
+    let after = series(&operator.scrape().await?, writes);
+    // Which kinds were written, if any: what to look at.
+    let written: Vec<String> = after
+        .iter()
+        .filter_map(|(labels, v)| {
+            let delta = v - before.get(labels).copied().unwrap_or(0.0);
+            (delta > 0.0).then(|| format!("{labels}: {delta}"))
+        })
+        .collect();
+    let idle_writes = after.values().sum::<f64>() - before.values().sum::<f64>();
+    let idle_writes = if written.is_empty() {
+        format!("{idle_writes}")
+    } else {
+        format!("{idle_writes} ({})", written.join(", "))
+    };
     let (rss, peak, cpu) = process_usage(pid)?;
     let api_server_with_tenants = api_server_rss();
     eprintln!("bench: drift repair");

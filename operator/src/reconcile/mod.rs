@@ -106,7 +106,7 @@ async fn apply(tenant: &FranceTravailTenant, ctx: &Context) -> Result<Action> {
     let (removals, removing) = removal::run(tenant, fetched.engine, ctx).await;
     // The controls judge what the caches show: once they show this pass's writes.
     let seen = match &applied {
-        Ok(report) if built.is_ok() && !report.is_quiet() => {
+        Ok(report) if built.is_ok() && !report.is_quiet() && report.unversioned == 0 => {
             ctx.observed.show(&report.awaited, ctx.show_writes).await
         }
         _ => false,

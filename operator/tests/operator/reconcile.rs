@@ -52,15 +52,19 @@ struct FakeApi {
     calls: Arc<Mutex<Vec<Call>>>,
     /// What the server holds for the tenant: answers to patches of the tenant and its status.
     tenant: Arc<Mutex<Value>>,
+    /// Answers without a resourceVersion.
+    unversioned: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl FakeApi {
     fn client(&self) -> Client {
         let calls = self.calls.clone();
         let tenant = self.tenant.clone();
+        let unversioned = self.unversioned.clone();
         let service = tower::service_fn(move |request: Request<Body>| {
             let calls = calls.clone();
             let tenant = tenant.lock().unwrap().clone();
+            let unversioned = unversioned.load(std::sync::atomic::Ordering::SeqCst);
             async move {
                 let (parts, body) = request.into_parts();
                 let bytes = body.collect_bytes().await.unwrap_or_default();
@@ -112,7 +116,14 @@ impl FakeApi {
                             answer["metadata"]["name"] = json!(name);
                             answer["spec"]["tenant"] = json!(name);
                         }
-                        if answer.get("metadata").is_some() || call.path.contains("/events") {
+                        if unversioned {
+                            if let Some(meta) =
+                                answer.get_mut("metadata").and_then(Value::as_object_mut)
+                            {
+                                meta.remove("resourceVersion");
+                            }
+                        } else if answer.get("metadata").is_some() || call.path.contains("/events")
+                        {
                             // Above every version the tests' caches hold, as a write's is.
                             answer["metadata"]["resourceVersion"] =
                                 json!(format!("{}", 1_000_000 + n));
@@ -148,6 +159,12 @@ struct Harness {
 }
 
 fn harness() -> Harness {
+    // Nothing feeds these caches but the tests: a pass's writes are never shown.
+    harness_waiting(std::time::Duration::from_millis(20))
+}
+
+/// A harness whose passes wait up to `show_writes` for the caches to show their writes.
+fn harness_waiting(show_writes: std::time::Duration) -> Harness {
     let api = FakeApi::default();
     let (observed, writers) = empty_stores();
     let mut ctx = Context::new(
@@ -162,8 +179,7 @@ fn harness() -> Harness {
         },
         Arc::new(MemoryKeyStore::default()),
     );
-    // Nothing feeds these caches but the tests: a pass's writes are never shown.
-    ctx.show_writes = std::time::Duration::from_millis(20);
+    ctx.show_writes = show_writes;
     let ctx = Arc::new(ctx);
     // Velero is installed and listed, unless a test says otherwise.
     ctx.compliance.set_backup_engine(Some(true));
@@ -705,6 +721,26 @@ async fn a_repair_the_cache_shows_is_judged_in_the_same_pass() {
     let calls = h.api.writes();
     assert_eq!(events(&calls), ["DriftReverted"]);
     assert!(report_status(&calls).is_none(), "the report is unchanged");
+}
+
+/// A write the API server answers without a resourceVersion is one no cache can be shown to
+/// hold: the pass does not wait for it, and the tenant is judged at the next look. On a paused
+/// clock, a pass that waited would have advanced it by its whole wait.
+#[tokio::test(start_paused = true)]
+async fn a_write_answered_without_a_version_is_not_waited_for() {
+    let hour = std::time::Duration::from_secs(3600);
+    let mut h = harness_waiting(hour);
+    let t = h.settle(stored_tenant()).await;
+    h.observe_extra_policy(opened_default_deny(&t));
+    h.api
+        .unversioned
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+
+    let start = tokio::time::Instant::now();
+    let action = h.reconcile(t).await.unwrap();
+    assert!(start.elapsed() < hour, "waited {:?}", start.elapsed());
+    assert_eq!(events(&h.api.writes()), ["DriftReverted"]);
+    assert_eq!(action, Action::requeue(ft_operator::reconcile::SETTLING));
 }
 
 #[tokio::test]
