@@ -479,8 +479,14 @@ impl Applier<'_> {
         let api = K::api(self.client.clone(), namespace.as_deref());
 
         let mut found = observed
-            .get(&object_ref::<O>(&name, namespace.as_deref()))
-            .map(|o| (serde_json::to_value(&*o).ok(), o.resource_version()));
+            .get_json(&object_ref::<O>(&name, namespace.as_deref()))
+            .map(|o| {
+                let version = o
+                    .pointer("/metadata/resourceVersion")
+                    .and_then(Value::as_str)
+                    .map(str::to_string);
+                (Some(o), version)
+            });
         // Applied before but gone from the cluster means deleted by hand, not new.
         let applied_before = self.memo.knows(&key);
         one.unseen = found.is_none();

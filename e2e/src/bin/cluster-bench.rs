@@ -24,7 +24,8 @@
 //! 5. For each N, N copies of `examples/tenant.yaml` under fresh names, 16 in flight, each
 //!    timed from its creation until it is Ready and evaluated, through a watch; the ratio is
 //!    the time of all N over the direct-write time of step 3.
-//! 6. With every tenant: the operator's API writes over 60 idle seconds, its resident memory
+//! 6. With every tenant: the API writes the operator counted while they converged (by kind
+//!    and verb, and per tenant), its API writes over 60 idle seconds, its resident memory
 //!    and CPU time, the API server's resident memory, and `ft-default-deny` deleted in 20
 //!    tenants, one at a time, each return timed; with `--restarts N`, the restarts below.
 //! 7. The dry-run pod creations again, the operator running, then stopped, one right after the
@@ -1047,8 +1048,11 @@ async fn main() -> anyhow::Result<()> {
         last = (prefix, n);
     }
 
-    eprintln!("bench: {IDLE:?} at rest with every tenant");
+    // The writes the operator counted while the tenants converged, by kind and verb.
     let writes = "ft_api_writes_total";
+    let converging = series(&operator.scrape().await?, writes);
+
+    eprintln!("bench: {IDLE:?} at rest with every tenant");
     let before = series(&operator.scrape().await?, writes);
     tokio::time::sleep(IDLE).await;
     let after = series(&operator.scrape().await?, writes);
@@ -1176,6 +1180,14 @@ async fn main() -> anyhow::Result<()> {
         "| API server resident memory, with every tenant (at rest) | {} |",
         mib(api_server_with_tenants)
     );
+    println!();
+    println!("| writes while the {tenants} tenants converged | total | per tenant |");
+    println!("|---|---|---|");
+    for (labels, total) in &converging {
+        println!("| {labels} | {total} | {:.2} |", total / tenants as f64);
+    }
+    let total: f64 = converging.values().sum();
+    println!("| all | {total} | {:.2} |", total / tenants as f64);
     println!();
     println!("| cache | objects | bytes per object | total MiB |");
     println!("|---|---|---|---|");

@@ -137,16 +137,33 @@ struct Shared<K> {
 }
 
 impl<K: Cached> Shared<K> {
-    fn open(&self, stored: &Stored<K>) -> Option<Arc<K>> {
-        let json = match stored {
-            Stored::Whole(object) => return Some(object.clone()),
-            Stored::Plain(json) => return serde_json::from_slice(json).ok().map(Arc::new),
+    /// The JSON of a packed or plain object.
+    fn unpack<'a>(&self, stored: &'a Stored<K>) -> Option<std::borrow::Cow<'a, [u8]>> {
+        match stored {
+            Stored::Whole(_) => None,
+            Stored::Plain(json) => Some(std::borrow::Cow::Borrowed(json)),
             Stored::Packed(packed) => {
                 lz4_flex::block::decompress_size_prepended_with_dict(packed, self.dictionary.get()?)
-                    .ok()?
+                    .ok()
+                    .map(std::borrow::Cow::Owned)
             }
-        };
-        serde_json::from_slice(&json).ok().map(Arc::new)
+        }
+    }
+
+    fn json(&self, stored: &Stored<K>) -> Option<serde_json::Value> {
+        match stored {
+            Stored::Whole(object) => serde_json::to_value(&**object).ok(),
+            _ => serde_json::from_slice(&self.unpack(stored)?).ok(),
+        }
+    }
+
+    fn open(&self, stored: &Stored<K>) -> Option<Arc<K>> {
+        match stored {
+            Stored::Whole(object) => Some(object.clone()),
+            _ => serde_json::from_slice(&self.unpack(stored)?)
+                .ok()
+                .map(Arc::new),
+        }
     }
 }
 
@@ -195,6 +212,15 @@ impl<K: Cached> Cache<K> {
         let objects = self.read();
         self.shared
             .open(&objects.by_name.get(name.as_str())?.stored)
+    }
+
+    /// The object `key` names as JSON, as `serde_json::to_value` gives it, without
+    /// deserializing a packed object first: what the applier compares.
+    pub fn get_json(&self, key: &ObjectRef<K>) -> Option<serde_json::Value> {
+        let name = name_of(key.namespace.as_deref(), &key.name);
+        let objects = self.read();
+        self.shared
+            .json(&objects.by_name.get(name.as_str())?.stored)
     }
 
     /// Every object the cache holds.

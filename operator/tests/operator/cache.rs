@@ -230,6 +230,7 @@ fn a_packed_cache_gives_back_exactly_what_was_filed_however_many_it_holds() {
     for object in &filed {
         let key = kube::runtime::reflector::ObjectRef::from_obj(object);
         assert_eq!(policies.get(&key).as_deref(), Some(object));
+        assert_eq!(policies.get_json(&key), Some(json!(object)));
         let tenant = &object.metadata.labels.as_ref().unwrap()["hosting.francetravail.fr/tenant"];
         assert_eq!(
             policies
@@ -237,7 +238,7 @@ fn a_packed_cache_gives_back_exactly_what_was_filed_however_many_it_holds() {
                 .iter()
                 .map(|o| (**o).clone())
                 .collect::<Vec<_>>(),
-            [object.clone()]
+            std::slice::from_ref(object)
         );
     }
     // A changed object is given back as it is now.
