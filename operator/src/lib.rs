@@ -2,7 +2,7 @@
 //! Kubernetes cluster, one `FranceTravailTenant` per hosted service. The rules themselves, and
 //! every decision, are in `ft-core`; this crate observes, applies and reports.
 //!
-//! A pass per tenant ([`reconcile`]): fetch (reflector stores, [`observe`]) → validate → build
+//! A pass per tenant ([`reconcile`]): fetch (the watched caches, [`observe`]) → validate → build
 //! (`ft_core::desired`) → [`apply`] (server-side apply, prune) → evaluate ([`compliance`]) →
 //! status. The deletion and backup executors are in [`reconcile`], the watches in [`watch`],
 //! leadership and start-up in [`run`].

@@ -1,7 +1,7 @@
-//! What the operator observes: reflector stores of its children and of the cluster facts the
-//! controls judge, filed by namespace and tenant (`cache`), and the operator's own writes whose
-//! events they are about to show (`Echoes`). `run` feeds them from watches; tests fill them by
-//! hand.
+//! What the operator observes: its own caches of its children and of the cluster facts the
+//! controls judge, filed by namespace and tenant and mostly packed (`cache`), and the
+//! operator's own writes whose events they are about to show (`Echoes`). `run` feeds them
+//! from watches; tests fill them by hand.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};

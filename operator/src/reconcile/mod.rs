@@ -1,4 +1,4 @@
-//! The reconcile pass, as named steps: fetch (the reflector stores) → validate → build
+//! The reconcile pass, as named steps: fetch (the watched caches) → validate → build
 //! (`ft_core::desired`) → apply → evaluate → status. Every decision is `ft_core`'s; this
 //! module and its executors ([`backup`], [`removal`], [`shred`]) carry them out.
 
