@@ -9,7 +9,6 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt::Debug;
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Mutex;
 
 use k8s_openapi::NamespaceResourceScope;
@@ -32,6 +31,7 @@ use ft_core::desired::Desired;
 use ft_core::meta::{key_of, object_key, owned_by};
 use ft_core::removal::{OwnedNamespace, held_namespaces};
 
+use crate::digest;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::observe::{Cache, Cached, Observed};
@@ -107,12 +107,6 @@ struct Applied {
     version: u64,
 }
 
-fn hash_of(text: &str) -> u64 {
-    let mut hasher = DefaultHasher::new();
-    text.hash(&mut hasher);
-    hasher.finish()
-}
-
 /// A child's key (`Kind/namespace/name` or `Kind/name`) as its namespace and a hash.
 fn memo_slot(key: &str) -> (&str, u64) {
     let mut parts = key.splitn(3, '/');
@@ -122,7 +116,7 @@ fn memo_slot(key: &str) -> (&str, u64) {
     } else {
         ""
     };
-    (namespace, hash_of(key))
+    (namespace, digest(key))
 }
 
 impl AppliedMemo {
@@ -130,7 +124,7 @@ impl AppliedMemo {
         let (namespace, slot) = memo_slot(key);
         let memo = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let known = memo.get(namespace).and_then(|m| m.get(&slot));
-        matches!((known, resource_version), (Some(a), Some(v)) if a.body == hash && a.version == hash_of(v))
+        matches!((known, resource_version), (Some(a), Some(v)) if a.body == hash && a.version == digest(v))
     }
 
     fn knows(&self, key: &str) -> bool {
@@ -151,7 +145,7 @@ impl AppliedMemo {
                     slot,
                     Applied {
                         body: hash,
-                        version: hash_of(&rv),
+                        version: digest(&rv),
                     },
                 );
             }
@@ -183,11 +177,11 @@ impl AppliedMemo {
         for ns in namespaces {
             memo.remove(ns);
             if let Some(cluster) = memo.get_mut("") {
-                cluster.remove(&hash_of(&key_of("Namespace", None, ns)));
+                cluster.remove(&digest(key_of("Namespace", None, ns)));
             }
         }
         if let Some(cluster) = memo.get_mut("") {
-            cluster.remove(&hash_of(&report));
+            cluster.remove(&digest(&report));
         }
     }
 }
@@ -473,7 +467,7 @@ impl Applier<'_> {
             object: key.clone(),
             source,
         })?;
-        let hash = hash_value(&body);
+        let hash = digest(body.to_string());
         let name = object.name_any();
         let namespace = object.namespace();
         let api = K::api(self.client.clone(), namespace.as_deref());
@@ -638,12 +632,6 @@ fn object_ref<O: Resource<DynamicType = ()>>(name: &str, namespace: Option<&str>
         Some(ns) => r.within(ns),
         None => r,
     }
-}
-
-fn hash_value(value: &Value) -> u64 {
-    let mut hasher = DefaultHasher::new();
-    value.to_string().hash(&mut hasher);
-    hasher.finish()
 }
 
 #[cfg(test)]

@@ -26,3 +26,10 @@ pub mod watch;
 pub mod webhook;
 
 pub use error::{Error, Result};
+
+/// A 64-bit digest of `value`, the same for equal values within a run: what the memo of applied
+/// children, the change filters of the watches and the node index compare.
+pub fn digest(value: impl std::hash::Hash) -> u64 {
+    use std::hash::BuildHasher;
+    std::hash::BuildHasherDefault::<std::hash::DefaultHasher>::default().hash_one(value)
+}

@@ -404,12 +404,7 @@ pub fn changes<K: Resource<DynamicType = ()> + Clone + Send + 'static>(
 ) -> impl futures::Stream<Item = watcher::Result<K>> + Send {
     // Keyed by a hash of the namespace and name: a cache may hold hundreds of thousands.
     let mut seen: std::collections::HashMap<u64, u64> = Default::default();
-    let key = |o: &K| {
-        use std::hash::{Hash, Hasher};
-        let mut hasher = std::hash::DefaultHasher::new();
-        (&o.meta().namespace, &o.meta().name).hash(&mut hasher);
-        hasher.finish()
-    };
+    let key = |o: &K| crate::digest((&o.meta().namespace, &o.meta().name));
     events
         .map_ok(move |event| match event {
             watcher::Event::Apply(o) | watcher::Event::InitApply(o) => {
@@ -427,19 +422,15 @@ pub fn changes<K: Resource<DynamicType = ()> + Clone + Send + 'static>(
 
 /// The whole report, status included: the operator's own record, which nobody else writes.
 fn with_status(report: &ComplianceReport) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::hash::DefaultHasher::new();
-    content(report).hash(&mut hasher);
-    serde_json::to_string(&report.status)
-        .unwrap_or_default()
-        .hash(&mut hasher);
-    hasher.finish()
+    crate::digest((
+        content(report),
+        serde_json::to_string(&report.status).unwrap_or_default(),
+    ))
 }
 
 /// What the operator reads of an object: all of it but its status and the metadata the API
 /// server keeps (versions, timestamps, field sets), bar who manages it.
 pub fn content<K: Resource + serde::Serialize>(object: &K) -> u64 {
-    use std::hash::{Hash, Hasher};
     let mut value = serde_json::to_value(object).unwrap_or_default();
     if let Some(fields) = value.as_object_mut() {
         fields.remove("status");
@@ -452,16 +443,13 @@ pub fn content<K: Resource + serde::Serialize>(object: &K) -> u64 {
         .flatten()
         .map(|m| (&m.manager, &m.subresource))
         .collect();
-    let mut hasher = std::hash::DefaultHasher::new();
-    value.to_string().hash(&mut hasher);
-    (
+    crate::digest((
+        value.to_string(),
         &meta.labels,
         &meta.annotations,
         meta.deletion_timestamp.is_some(),
         managers,
-    )
-        .hash(&mut hasher);
-    hasher.finish()
+    ))
 }
 
 /// The tenant a child belongs to: from its label, or from the namespace it lives in.

@@ -1,7 +1,5 @@
 //! What is kept of each watched object: only what the controls read.
 
-use std::hash::{DefaultHasher, Hash, Hasher};
-
 use k8s_openapi::api::core::v1::{Node, Pod, PodSpec, ResourceQuota};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
@@ -63,13 +61,12 @@ pub fn trim_node(node: &mut Node) {
 }
 
 pub fn node_placement(node: &Node) -> Option<u64> {
-    let mut hasher = DefaultHasher::new();
-    node.metadata.labels.hash(&mut hasher);
-    node.spec
-        .as_ref()
-        .map(|s| (&s.provider_id, s.unschedulable))
-        .hash(&mut hasher);
-    Some(hasher.finish())
+    Some(crate::digest((
+        &node.metadata.labels,
+        node.spec
+            .as_ref()
+            .map(|s| (&s.provider_id, s.unschedulable)),
+    )))
 }
 
 /// A quota as the controls see it: its limits, not the usage the quota controller counts.

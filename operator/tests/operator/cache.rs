@@ -75,9 +75,14 @@ fn objects_are_found_by_namespace_and_tenant_through_changes_and_relists() {
     writer.apply_watcher_event(&Event::Delete(policy("a-prod", "deny", "a", "5")));
     assert!(policies.of_tenant("a").is_empty());
 
-    // A relist that no longer holds b's policy: gone from the index too.
+    // A relist that no longer holds b's policy: gone from the index too, once complete; until
+    // then a pass still reads what the cache held.
     writer.apply_watcher_event(&Event::Init);
     writer.apply_watcher_event(&Event::InitApply(policy("a-dev", "deny", "b", "4")));
+    assert_eq!(
+        names(policies.of_tenant("b")),
+        ["a-dev/deny", "b-prod/deny"]
+    );
     writer.apply_watcher_event(&Event::InitDone);
     assert_eq!(names(policies.of_tenant("b")), ["a-dev/deny"]);
     assert!(policies.in_namespaces(&["b-prod".to_string()]).is_empty());
@@ -266,5 +271,62 @@ fn a_namespace_s_objects_are_its_own_and_not_those_of_a_namespace_it_prefixes() 
     assert_eq!(
         names(policies.in_namespaces(&["a0".to_string(), "b".to_string()])),
         ["a0/deny", "b/deny"]
+    );
+}
+
+#[test]
+fn a_tenant_s_view_holds_its_own_class_those_its_claims_name_and_the_default_one() {
+    use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+    use k8s_openapi::api::storage::v1::StorageClass;
+    use kube::ResourceExt;
+
+    let class = |name: &str, default: bool| -> StorageClass {
+        let annotations = if default {
+            json!({"storageclass.kubernetes.io/is-default-class": "true"})
+        } else {
+            json!({})
+        };
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "resourceVersion": "1", "annotations": annotations},
+            "provisioner": "example.org/disk",
+        }))
+        .expect("a StorageClass")
+    };
+    let claim = |name: &str, class: Option<&str>| -> PersistentVolumeClaim {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "t-prod", "resourceVersion": "1"},
+            "spec": {"storageClassName": class},
+        }))
+        .expect("a PersistentVolumeClaim")
+    };
+    let own = ft_core::encryption::class_name("t");
+    let (observed, mut w) = empty_stores();
+    w.storage_classes.apply_watcher_event(&Event::Init);
+    for c in [
+        class(&own, false),
+        class(&ft_core::encryption::class_name("u"), false),
+        class("fast", false),
+        class("slow", false),
+        class("standard", true),
+    ] {
+        w.storage_classes.apply_watcher_event(&Event::InitApply(c));
+    }
+    w.storage_classes.apply_watcher_event(&Event::InitDone);
+    w.persistent_volume_claims.apply_watcher_event(&Event::Init);
+    for c in [claim("data", Some("fast")), claim("logs", None)] {
+        w.persistent_volume_claims
+            .apply_watcher_event(&Event::InitApply(c));
+    }
+    w.persistent_volume_claims
+        .apply_watcher_event(&Event::InitDone);
+
+    let view = observed.view("t", &["t-prod".to_string()].into());
+    let mut names: Vec<String> = view.storage_classes.iter().map(|c| c.name_any()).collect();
+    names.sort();
+    let mut expected = vec![own, "fast".to_string(), "standard".to_string()];
+    expected.sort();
+    assert_eq!(
+        names, expected,
+        "another tenant's class and an unnamed one stay out"
     );
 }
