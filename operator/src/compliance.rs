@@ -24,14 +24,19 @@ pub struct Compliance {
     pub provider: Option<String>,
     backup_engine: Mutex<Option<bool>>,
     /// The last report status written per tenant, with the resourceVersion it got: the
-    /// reflector may not have seen that write yet when the tenant is next evaluated.
-    written: Mutex<HashMap<String, (String, ReportStatus)>>,
+    /// reflector may not have seen that write yet when the tenant is next evaluated. Kept as
+    /// compressed JSON: an idle tenant's entry stays until its next evaluation, and a
+    /// deserialized status takes a few kilobytes.
+    written: Mutex<HashMap<String, Written>>,
     /// Whether control results are also written as OpenReports `Report`s.
     openreports: AtomicBool,
     /// The tenants whose Reports this process has written: each is written once after a start,
     /// then only when a result changes.
     openreports_written: Mutex<HashSet<String>>,
 }
+
+/// A report status as written: the resourceVersion it got, and its JSON, LZ4-compressed.
+type Written = (String, Box<[u8]>);
 
 /// Whether the cluster serves OpenReports' `Report`s, by discovery.
 pub async fn serves_openreports(client: &kube::Client) -> bool {
@@ -156,10 +161,14 @@ impl Compliance {
             (Some(Ok(seen)), Ok(ours)) => seen < ours,
             _ => false,
         };
-        if stale {
-            Some(written_status.clone())
+        let unpacked = || {
+            let json = lz4_flex::block::decompress_size_prepended(written_status).ok()?;
+            serde_json::from_slice(&json).ok()
+        };
+        if stale && let Some(status) = unpacked() {
+            Some(status)
         } else {
-            // The cache has caught up: it holds the report from now on.
+            // The cache has caught up (or the write cannot be read back): it holds the report.
             written.remove(tenant);
             stored_status
         }
@@ -172,10 +181,63 @@ impl Compliance {
     }
 
     /// Remembers the report status just written and the resourceVersion it got.
-    pub fn remember(&self, tenant: &str, version: String, status: ReportStatus) {
-        self.written
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(tenant.to_string(), (version, status));
+    pub fn remember(&self, tenant: &str, version: String, status: &ReportStatus) {
+        let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        match serde_json::to_vec(status) {
+            Ok(json) => {
+                let packed = lz4_flex::block::compress_prepend_size(&json).into();
+                written.insert(tenant.to_string(), (version, packed));
+            }
+            // Not kept: the next evaluation reads the cache's copy, perhaps an older one.
+            Err(_) => {
+                written.remove(tenant);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn report(version: &str, passed: &str) -> ComplianceReport {
+        serde_json::from_value(json!({
+            "apiVersion": "hosting.francetravail.fr/v1alpha1",
+            "kind": "ComplianceReport",
+            "metadata": {"name": "t", "resourceVersion": version},
+            "spec": {"tenant": "t"},
+            "status": {"passed": passed},
+        }))
+        .unwrap()
+    }
+
+    fn passed(status: Option<ReportStatus>) -> Option<String> {
+        status.map(|s| s.passed)
+    }
+
+    #[test]
+    fn the_last_status_written_is_read_back_until_the_cache_shows_it() {
+        let compliance = Compliance::embedded(None).unwrap();
+        let written = ReportStatus {
+            passed: "12/13".into(),
+            ..report("7", "12/13").status.unwrap()
+        };
+        compliance.remember("t", "7".into(), &written);
+        // The cache still holds version 6: the write of version 7 is what the report holds.
+        assert_eq!(
+            passed(compliance.previous("t", Some(&report("6", "10/13")))),
+            Some("12/13".into())
+        );
+        // The cache shows version 8 (another write since): the cache's copy, from now on.
+        assert_eq!(
+            passed(compliance.previous("t", Some(&report("8", "11/13")))),
+            Some("11/13".into())
+        );
+        assert_eq!(
+            passed(compliance.previous("t", Some(&report("6", "10/13")))),
+            Some("10/13".into()),
+            "forgotten once the cache caught up"
+        );
     }
 }

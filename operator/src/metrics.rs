@@ -2,10 +2,15 @@
 
 use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, RwLock};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -16,12 +21,6 @@ use jiff::Timestamp;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TenantLabels {
     pub tenant: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ControlLabels {
-    pub tenant: String,
-    pub control: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -52,7 +51,7 @@ pub struct Metrics {
     pub leader: Gauge,
     /// 1 for a control that passes, 0 for one that fails (CLD-61): `== 0` is the alert. A
     /// control that does not apply or cannot be evaluated has no series.
-    pub control_result: Family<ControlLabels, Gauge>,
+    pub control_result: Arc<ControlResults>,
     /// Unix time of the tenant's latest evaluation: its report is only rewritten on change.
     pub last_evaluation: Family<TenantLabels, Gauge>,
     /// Unix time of the latest reconcile pass that succeeded, whatever the tenant.
@@ -80,7 +79,7 @@ impl Default for Metrics {
         let writes = Family::<WriteLabels, Counter>::default();
         let drift_repairs = Family::<TenantLabels, Counter>::default();
         let leader = Gauge::default();
-        let control_result = Family::<ControlLabels, Gauge>::default();
+        let control_result = Arc::new(ControlResults::default());
         let last_evaluation = Family::<TenantLabels, Gauge>::default();
         let last_success = Gauge::default();
         let watch_restarts = Family::<ResourceLabels, Counter>::default();
@@ -118,11 +117,8 @@ impl Default for Metrics {
             "Whether this replica holds the leader Lease",
             leader.clone(),
         );
-        registry.register(
-            "control_result",
-            "Result of a control for a tenant: 1 pass, 0 fail",
-            control_result.clone(),
-        );
+        registry.register_collector(Box::new(control_result.clone()));
+        registry.register_collector(Box::new(Allocator));
         registry.register(
             "compliance_last_evaluation_timestamp_seconds",
             "When the tenant's controls were last evaluated",
@@ -223,30 +219,17 @@ impl Metrics {
 
     /// Publishes a control's result: 1 pass, 0 fail, no series otherwise.
     pub fn control(&self, tenant: &str, control: &str, passed: Option<bool>) {
-        let labels = ControlLabels {
-            tenant: tenant.into(),
-            control: control.into(),
-        };
-        match passed {
-            Some(passed) => {
-                self.control_result
-                    .get_or_create(&labels)
-                    .set(i64::from(passed));
-            }
-            None => {
-                self.control_result.remove(&labels);
-            }
-        }
+        self.control_result.set(tenant, control, passed);
     }
 
     /// Drops every series of a deleted tenant.
-    pub fn forget_tenant(&self, tenant: &str, controls: impl IntoIterator<Item = String>) {
-        for control in controls {
-            self.control(tenant, &control, None);
-        }
+    pub fn forget_tenant(&self, tenant: &str) {
+        self.control_result.forget(tenant);
         let labels = TenantLabels {
             tenant: tenant.into(),
         };
+        self.reconciliations.remove(&labels);
+        self.drift_repairs.remove(&labels);
         self.last_evaluation.remove(&labels);
         self.grant_earliest_expiry.remove(&labels);
         self.grants_expiring.remove(&labels);
@@ -283,6 +266,119 @@ impl Metrics {
         // Encoding into a String cannot fail: fmt::Write for String is infallible.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+/// `ft_control_result`: every tenant's control results, a few bytes each. As a family of
+/// gauges, each would hold its own copy of the tenant's and the control's names, a hash slot
+/// and an atomic: a tenant has a dozen controls, and a cluster thousands of tenants.
+#[derive(Debug, Default)]
+pub struct ControlResults(RwLock<Results>);
+
+#[derive(Debug, Default)]
+struct Results {
+    /// Per tenant, its controls that pass or fail, sorted by control.
+    tenants: BTreeMap<String, Vec<(Arc<str>, bool)>>,
+    /// Each control's name, held once.
+    controls: BTreeSet<Arc<str>>,
+}
+
+impl ControlResults {
+    fn set(&self, tenant: &str, control: &str, passed: Option<bool>) {
+        let mut results = self.0.write().unwrap_or_else(|e| e.into_inner());
+        let Results { tenants, controls } = &mut *results;
+        match passed {
+            Some(passed) => {
+                let id = match controls.get(control) {
+                    Some(id) => id.clone(),
+                    None => {
+                        let id: Arc<str> = control.into();
+                        controls.insert(id.clone());
+                        id
+                    }
+                };
+                let own = match tenants.get_mut(tenant) {
+                    Some(own) => own,
+                    None => tenants.entry(tenant.to_string()).or_default(),
+                };
+                match own.binary_search_by(|(c, _)| (**c).cmp(control)) {
+                    Ok(at) => own[at].1 = passed,
+                    Err(at) => own.insert(at, (id, passed)),
+                }
+            }
+            None => {
+                if let Some(own) = tenants.get_mut(tenant) {
+                    own.retain(|(c, _)| &**c != control);
+                    if own.is_empty() {
+                        tenants.remove(tenant);
+                    }
+                }
+            }
+        }
+    }
+
+    fn forget(&self, tenant: &str) {
+        self.0
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .tenants
+            .remove(tenant);
+    }
+}
+
+impl Collector for ControlResults {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let results = self.0.read().unwrap_or_else(|e| e.into_inner());
+        // Declared even without a sample, for the alert rules to find.
+        let mut family = encoder.encode_descriptor(
+            "control_result",
+            "Result of a control for a tenant: 1 pass, 0 fail",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (tenant, controls) in &results.tenants {
+            for (control, passed) in controls {
+                let labels = [("tenant", tenant.as_str()), ("control", &**control)];
+                ConstGauge::new(i64::from(*passed)).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `ft_memory_allocated_bytes` and `ft_memory_resident_bytes`, read from jemalloc at each
+/// scrape: what the operator's objects take, and the memory the allocator holds for them,
+/// whose difference is its fragmentation. Nothing while jemalloc is not the allocator.
+#[derive(Debug)]
+struct Allocator;
+
+impl Collector for Allocator {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use tikv_jemalloc_ctl::{epoch, stats};
+        // The statistics are a snapshot, taken again at each new epoch.
+        if epoch::advance().is_err() {
+            return Ok(());
+        }
+        let (Ok(allocated), Ok(resident)) = (stats::allocated::read(), stats::resident::read())
+        else {
+            return Ok(());
+        };
+        for (name, help, value) in [
+            (
+                "memory_allocated_bytes",
+                "Bytes the operator's objects take, as its allocator counts them",
+                allocated,
+            ),
+            (
+                "memory_resident_bytes",
+                "Bytes of physical memory the allocator holds, fragmentation included",
+                resident,
+            ),
+        ] {
+            let gauge = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
+            gauge.encode(encoder.encode_descriptor(name, help, None, MetricType::Gauge)?)?;
+        }
+        Ok(())
     }
 }
 
@@ -339,10 +435,59 @@ mod tests {
     }
 
     #[test]
-    fn a_forgotten_tenant_loses_its_grant_series() {
+    fn control_results_are_one_gauge_per_tenant_and_control_until_forgotten() {
+        let metrics = Metrics::default();
+        metrics.control("b", "NET-1", Some(true));
+        metrics.control("a", "NET-1", Some(false));
+        metrics.control("a", "CLD-74", Some(true));
+        metrics.control("a", "ENC-1", Some(true));
+        // A control that no longer applies has no series; a result that changes, one.
+        metrics.control("a", "ENC-1", None);
+        metrics.control("b", "NET-1", Some(false));
+        let lines = |metrics: &Metrics| -> Vec<String> {
+            metrics
+                .encode()
+                .lines()
+                .filter(|l| l.starts_with("ft_control_result{"))
+                .map(str::to_string)
+                .collect()
+        };
+        assert_eq!(
+            lines(&metrics),
+            [
+                r#"ft_control_result{tenant="a",control="CLD-74"} 1"#,
+                r#"ft_control_result{tenant="a",control="NET-1"} 0"#,
+                r#"ft_control_result{tenant="b",control="NET-1"} 0"#,
+            ]
+        );
+        assert!(metrics.encode().contains("# TYPE ft_control_result gauge"));
+        metrics.forget_tenant("a");
+        assert_eq!(
+            lines(&metrics),
+            [r#"ft_control_result{tenant="b",control="NET-1"} 0"#]
+        );
+        metrics.forget_tenant("b");
+        assert!(lines(&metrics).is_empty());
+    }
+
+    #[test]
+    fn a_forgotten_tenant_loses_its_series() {
         let metrics = Metrics::default();
         metrics.grants(&tenant(), "2027-03-15T00:00:00Z".parse().unwrap());
-        metrics.forget_tenant("offres-emploi", Vec::new());
+        metrics.reconciled("offres-emploi", Duration::from_millis(10));
+        metrics
+            .drift_repairs
+            .get_or_create(&TenantLabels {
+                tenant: "offres-emploi".into(),
+            })
+            .inc();
+        assert!(metrics.encode().contains("tenant=\"offres-emploi\""));
+        metrics.forget_tenant("offres-emploi");
         assert_eq!(gauges(&metrics), (None, None));
+        assert!(
+            !metrics.encode().contains("offres-emploi"),
+            "{}",
+            metrics.encode()
+        );
     }
 }

@@ -59,7 +59,7 @@ use ft_e2e::{
     Operator, TestNodes, cluster, ensure_namespace, example_tenant, install_crds, install_velero,
     unique, wait_for,
 };
-use ft_operator::observe::{Cache, CacheWriter, Cached, Form, cache_with, empty_stores};
+use ft_operator::observe::{Cache, CacheWriter, Cached, empty_stores};
 use ft_operator::watch::trim::{
     annotation_managers_only, managers_only, trim_meta, trim_node, trim_pod, trim_quota,
 };
@@ -538,6 +538,19 @@ fn api_server_pid() -> Option<u32> {
     }
 }
 
+/// The CPU time the local API server has used, if it can be told.
+fn api_server_cpu() -> Option<Duration> {
+    process_usage(api_server_pid()?).ok().map(|(_, _, cpu)| cpu)
+}
+
+/// The CPU time used between two readings, as seconds.
+fn cpu_used(before: Option<Duration>, after: Option<Duration>) -> String {
+    match (before, after) {
+        (Some(before), Some(after)) => format!("{:.1} s", (after - before).as_secs_f64()),
+        _ => "not measured".into(),
+    }
+}
+
 /// The local API server's resident memory, in MiB, if it can be told.
 fn api_server_rss() -> Option<f64> {
     process_usage(api_server_pid()?).ok().map(|(rss, _, _)| rss)
@@ -865,13 +878,11 @@ async fn cache_sizes(client: &Client) -> anyhow::Result<Vec<CacheSize>> {
             .await?,
         );
     }
-    // The tenants, whole but for the field managers' sets, of which only annotations are kept:
-    // the controller's own store, which holds them deserialized.
-    let tenants = cache_with::<FranceTravailTenant>(Form::Whole, None);
+    // The tenants, packed; the controller keeps only their metadata.
     caches.push(
         cache_size(
             client,
-            ("francetravailtenants", tenants.0, tenants.1),
+            ("francetravailtenants", o.tenants.clone(), w.tenants),
             path::<FranceTravailTenant>(None),
             everything,
             false,
@@ -989,11 +1000,19 @@ async fn main() -> anyhow::Result<()> {
     // The direct-write limit of each size, on a clean API server, before the operator starts.
     let mut direct = Vec::new();
     let mut api_server_cleaned = None;
+    // Where the time of each size goes: the API server's CPU, and the operator's.
+    let mut cpu_rows = Vec::new();
     if compared {
         for &n in &sizes {
             let prefix = format!("{run}-d{n}");
             eprintln!("bench: {n} tenant(s) written directly, on a clean API server");
+            let cpu_before = api_server_cpu();
             let (time, objects) = direct_writes(&client, &prefix, n).await?;
+            cpu_rows.push(format!(
+                "| {n}, written directly | {} | {} | — |",
+                ms(time),
+                cpu_used(cpu_before, api_server_cpu())
+            ));
             eprintln!(
                 "bench: deleting the {} objects written directly",
                 objects.len()
@@ -1030,7 +1049,14 @@ async fn main() -> anyhow::Result<()> {
     for (k, &n) in sizes.iter().enumerate() {
         let prefix = format!("{run}-{n}");
         eprintln!("bench: {n} tenant(s) through the operator");
+        let cpu_before = (api_server_cpu(), process_usage(pid).ok().map(|u| u.2));
         let (times, total) = converge(&client, &prefix, n).await?;
+        cpu_rows.push(format!(
+            "| {n}, through the operator | {} | {} | {} |",
+            ms(total),
+            cpu_used(cpu_before.0, api_server_cpu()),
+            cpu_used(cpu_before.1, process_usage(pid).ok().map(|u| u.2))
+        ));
         let mut row = format!(
             "| {n} | {} | {} | {} |",
             ms(percentile(&times, 50.0)),
@@ -1071,6 +1097,13 @@ async fn main() -> anyhow::Result<()> {
         format!("{idle_writes} ({})", written.join(", "))
     };
     let (rss, peak, cpu) = process_usage(pid)?;
+    // What jemalloc counts of it: the objects, and the pages it holds for them.
+    let memory = operator.scrape().await?;
+    let allocator = |name| series(&memory, name).get("").map(|b| b / (1024.0 * 1024.0));
+    let (allocated, resident) = (
+        allocator("ft_memory_allocated_bytes"),
+        allocator("ft_memory_resident_bytes"),
+    );
     let api_server_with_tenants = api_server_rss();
     eprintln!("bench: drift repair");
     let drift = drift_repair(&client, &last.0, last.1).await?;
@@ -1111,6 +1144,12 @@ async fn main() -> anyhow::Result<()> {
         println!("|---|---|---|---|");
     }
     for row in rows {
+        println!("{row}");
+    }
+    println!();
+    println!("| tenants | wall time | API server CPU | operator CPU |");
+    println!("|---|---|---|---|");
+    for row in cpu_rows {
         println!("{row}");
     }
     println!();
@@ -1162,6 +1201,11 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     println!("| operator resident memory, steady / peak | {rss:.1} MiB / {peak:.1} MiB |");
+    println!(
+        "| operator's allocator: allocated / resident, steady | {} / {} |",
+        mib(allocated),
+        mib(resident)
+    );
     println!(
         "| operator CPU time, whole run | {:.1} s |",
         cpu.as_secs_f64()

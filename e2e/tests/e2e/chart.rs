@@ -1085,15 +1085,22 @@ fn alert_rules(rule: &Value) -> Vec<Value> {
 }
 
 /// The families the operator's registry declares, as `/metrics` names them: read from the
-/// registry itself, since the text encoding leaves out a family that holds no sample yet.
+/// registry itself, since the text encoding leaves out a family that holds no sample yet, and
+/// from the encoding for the families its collectors write at each scrape.
 fn declared_families(metrics: &Metrics) -> BTreeSet<String> {
     let registry = format!("{:?}", metrics.registry);
-    registry
+    let registered = registry
         .split("Descriptor { name: \"")
         .skip(1)
         .filter_map(|rest| rest.split('"').next())
-        .map(|name| format!("ft_{name}"))
-        .collect()
+        .map(|name| format!("ft_{name}"));
+    let encoded = metrics.encode();
+    let collected = encoded
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_string);
+    registered.chain(collected).collect()
 }
 
 /// The sample names the operator's `/metrics` can carry: every family the registry declares,

@@ -18,10 +18,11 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::ResourceExt;
-use kube::api::PartialObjectMeta;
+use kube::api::{ObjectMeta, PartialObjectMeta};
+use kube::core::PartialObjectMetaExt;
 use kube::runtime::reflector::ObjectRef;
 
-use ft_core::api::{ComplianceReport, EnvironmentPolicy};
+use ft_core::api::{ComplianceReport, EnvironmentPolicy, FranceTravailTenant};
 use ft_core::applied::Awaited;
 use ft_core::backup::VeleroView;
 use ft_core::backup::velero::{Backup, BackupStorageLocation, Restore, Schedule};
@@ -97,6 +98,8 @@ macro_rules! stores {
 
 stores! {
     // Packed unless `kept Whole`: the cluster-wide objects every pass reads in full.
+    /// The tenants themselves: the controller keeps only their metadata (`TenantMeta`).
+    tenants: FranceTravailTenant;
     /// Every namespace, metadata only: their labels are all the operator sets on them.
     namespaces: PartialObjectMeta<Namespace>;
     /// Every NetworkPolicy: one made by hand in a tenant namespace can open a flow.
@@ -126,6 +129,27 @@ stores! {
     /// Read in full by every pass with backups: a restore names the namespaces it reads.
     restores: Restore, kept Whole;
     backup_storage_locations: BackupStorageLocation;
+}
+
+/// What the controller keeps of a tenant, to schedule its passes: who it is and at which
+/// version. A pass reads the tenant itself from `Observed::tenants`, where it is packed.
+pub type TenantMeta = PartialObjectMeta<FranceTravailTenant>;
+
+/// A tenant, as the controller and the watches that wake it name it.
+pub type TenantRef = ObjectRef<TenantMeta>;
+
+/// The metadata the controller keeps of a tenant.
+pub fn tenant_meta(tenant: &FranceTravailTenant) -> TenantMeta {
+    let meta = &tenant.metadata;
+    ObjectMeta {
+        name: meta.name.clone(),
+        uid: meta.uid.clone(),
+        resource_version: meta.resource_version.clone(),
+        generation: meta.generation,
+        deletion_timestamp: meta.deletion_timestamp.clone(),
+        ..Default::default()
+    }
+    .into_request_partial()
 }
 
 /// The writes of the operator's passes, at the versions the API server answered: their watch
@@ -191,6 +215,23 @@ impl Observed {
             if tokio::time::timeout_at(deadline, changed).await.is_err() {
                 return false;
             }
+        }
+    }
+
+    /// The tenant named `name`, once its cache holds it: at once, but for a tenant first seen
+    /// in a relist, which its cache files when the relist completes. `None` after `within`:
+    /// the tenant is gone.
+    pub async fn tenant(&self, name: &str, within: Duration) -> Option<Arc<FranceTravailTenant>> {
+        let deadline = tokio::time::Instant::now() + within;
+        let key = ObjectRef::new(name);
+        loop {
+            let changed = self.changed.notified();
+            let mut changed = std::pin::pin!(changed);
+            changed.as_mut().enable();
+            if let Some(tenant) = self.tenants.get(&key) {
+                return Some(tenant);
+            }
+            tokio::time::timeout_at(deadline, changed).await.ok()?;
         }
     }
 

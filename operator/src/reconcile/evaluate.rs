@@ -116,7 +116,7 @@ pub(super) async fn evaluate(
         ctx.observed
             .echoes
             .expect(report_key.clone(), version.clone());
-        ctx.compliance.remember(&name, version, next.clone());
+        ctx.compliance.remember(&name, version, &next);
     }
 
     let changes = transitions(previous.as_ref(), &next);

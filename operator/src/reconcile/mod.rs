@@ -35,12 +35,27 @@ use ft_core::validate::{InvalidTenant, validate_for_cluster};
 
 use crate::context::Context;
 use crate::error::{Error, Result};
+use crate::observe::TenantMeta;
 
 pub use ft_core::pass::{RESYNC, SETTLING};
 
 /// The longest a pass may run. Every step resumes from what the cluster holds, so a pass cut
 /// short loses nothing; one the API server never answers must not hold a slot for ever.
 pub const PASS_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long a pass waits for its tenant to reach the cache: it is there already unless the
+/// tenants are being listed again.
+const TENANT_WAIT: Duration = Duration::from_secs(30);
+
+/// The controller's pass: it schedules tenants by their metadata, and the pass reads the
+/// tenant itself from the cache, where it is packed.
+pub async fn reconcile_named(tenant: Arc<TenantMeta>, ctx: Arc<Context>) -> Result<Action> {
+    match ctx.observed.tenant(&tenant.name_any(), TENANT_WAIT).await {
+        Some(tenant) => reconcile(tenant, ctx).await,
+        // Gone: nothing is left to enforce, and its deletion was its last pass.
+        None => Ok(Action::await_change()),
+    }
+}
 
 #[instrument(skip_all, fields(tenant = %tenant.name_any()))]
 pub async fn reconcile(tenant: Arc<FranceTravailTenant>, ctx: Arc<Context>) -> Result<Action> {
@@ -83,7 +98,7 @@ pub async fn reconcile(tenant: Arc<FranceTravailTenant>, ctx: Arc<Context>) -> R
     result
 }
 
-pub fn error_policy(tenant: Arc<FranceTravailTenant>, error: &Error, ctx: Arc<Context>) -> Action {
+pub fn error_policy(tenant: Arc<TenantMeta>, error: &Error, ctx: Arc<Context>) -> Action {
     if error.is_waiting() {
         debug!(tenant = %tenant.name_any(), %error, "waiting");
         return Action::requeue(Duration::from_secs(2));

@@ -73,14 +73,7 @@ pub(super) async fn cleanup(tenant: &FranceTravailTenant, ctx: &Context) -> Resu
     }
     ctx.memo.forget_tenant(&name, &forgotten);
     ctx.compliance.forget(&name);
-    ctx.metrics.forget_tenant(
-        &name,
-        ctx.compliance
-            .catalogue
-            .controls
-            .iter()
-            .map(|c| c.id.clone()),
-    );
+    ctx.metrics.forget_tenant(&name);
     Ok(Action::await_change())
 }
 

@@ -44,8 +44,8 @@ use crate::context::{Context, NamespaceIndex};
 use crate::health::Liveness;
 use crate::keystore::SecretKeyStore;
 use crate::metrics::Metrics;
-use crate::observe::{CacheInto, Echoes, empty_stores};
-use crate::reconcile::{error_policy, reconcile};
+use crate::observe::{CacheInto, Echoes, TenantMeta, TenantRef, empty_stores, tenant_meta};
+use crate::reconcile::{error_policy, reconcile_named};
 use backoff::Watch;
 use tenant::{report_unreadable, tenant_watch};
 use trim::{
@@ -212,7 +212,9 @@ pub async fn run(
     };
     let (wake, woken) = futures::channel::mpsc::unbounded();
 
-    let (tenants, tenant_writer) = reflector::store();
+    // The controller keeps the tenants' metadata; the tenants themselves are packed in
+    // `ctx.observed.tenants`, filed before the controller hears of them.
+    let (tenants, tenant_writer) = reflector::store::<TenantMeta>();
     let (unreadable_tx, unreadable) = futures::channel::mpsc::unbounded();
     let tenant_stream = tenant_watch(
         watch("francetravailtenants")
@@ -224,7 +226,7 @@ pub async fn run(
                 everything(),
             )
             .modify(|o| annotation_managers_only(&mut o.metadata)),
-        tenants.clone(),
+        ctx.observed.tenants.clone(),
         unreadable_tx,
     )
     .inspect({
@@ -239,6 +241,14 @@ pub async fn run(
                 }
             }
         }
+    })
+    .cache_into(writers.tenants)
+    .map_ok(|event| match event {
+        watcher::Event::Init => watcher::Event::Init,
+        watcher::Event::InitApply(t) => watcher::Event::InitApply(tenant_meta(&t)),
+        watcher::Event::InitDone => watcher::Event::InitDone,
+        watcher::Event::Apply(t) => watcher::Event::Apply(tenant_meta(&t)),
+        watcher::Event::Delete(t) => watcher::Event::Delete(tenant_meta(&t)),
     })
     .reflect(tenant_writer)
     .applied_objects();
@@ -356,7 +366,7 @@ pub async fn run(
         )
         .reconcile_on(woken)
         .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
+        .run(reconcile_named, error_policy, ctx)
         .for_each(|result| async move {
             if let Err(e) = result {
                 debug!(error = %e, "controller event");
@@ -453,10 +463,7 @@ pub fn content<K: Resource + serde::Serialize>(object: &K) -> u64 {
 }
 
 /// The tenant a child belongs to: from its label, or from the namespace it lives in.
-pub(crate) fn tenant_of(
-    meta: &ObjectMeta,
-    index: &NamespaceIndex,
-) -> Option<ObjectRef<FranceTravailTenant>> {
+pub(crate) fn tenant_of(meta: &ObjectMeta, index: &NamespaceIndex) -> Option<TenantRef> {
     let from_label = meta
         .labels
         .as_ref()
@@ -477,7 +484,7 @@ pub(crate) fn tenant_of(
 /// Maps a child to its tenant, for `watches_stream`.
 pub(crate) fn by_owner<K: Resource>(
     index: &NamespaceIndex,
-) -> impl Fn(K) -> Option<ObjectRef<FranceTravailTenant>> + Send + Sync + 'static {
+) -> impl Fn(K) -> Option<TenantRef> + Send + Sync + 'static {
     let index = index.clone();
     move |o| tenant_of(o.meta(), &index)
 }
@@ -485,7 +492,7 @@ pub(crate) fn by_owner<K: Resource>(
 /// Maps an object of a tenant namespace (pod, claim, binding) to the tenant.
 pub(crate) fn by_namespace<K: Resource>(
     index: &NamespaceIndex,
-) -> impl Fn(K) -> Option<ObjectRef<FranceTravailTenant>> + Send + Sync + 'static {
+) -> impl Fn(K) -> Option<TenantRef> + Send + Sync + 'static {
     let index = index.clone();
     move |o| {
         let ns = o.meta().namespace.as_deref()?;
@@ -516,8 +523,8 @@ pub(crate) const RECOVERY_PROBE: Duration = Duration::from_millis(250);
 pub(crate) async fn wake_on_recovery(
     client: Client,
     liveness: Liveness,
-    tenants: reflector::Store<FranceTravailTenant>,
-    wake: futures::channel::mpsc::UnboundedSender<ObjectRef<FranceTravailTenant>>,
+    tenants: reflector::Store<TenantMeta>,
+    wake: futures::channel::mpsc::UnboundedSender<TenantRef>,
 ) {
     let mut outage = false;
     loop {

@@ -9,7 +9,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{ApiResource, DynamicObject};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::events::EventType;
-use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
@@ -19,13 +19,14 @@ use ft_core::api::FranceTravailTenant;
 use ft_core::status::{self};
 
 use crate::context::Context;
+use crate::observe::Cache;
 
 /// The tenants as the controller sees them. A tenant the API server holds but these types
 /// cannot read (a value another version's schema let in) is reported on its own status and
 /// kept as last read, if it ever was: every other tenant goes on being reconciled.
 pub(crate) fn tenant_watch(
     events: impl futures::Stream<Item = watcher::Result<watcher::Event<DynamicObject>>> + Send,
-    known: reflector::Store<FranceTravailTenant>,
+    known: Cache<FranceTravailTenant>,
     unreadable: futures::channel::mpsc::UnboundedSender<Unreadable>,
 ) -> impl futures::Stream<Item = watcher::Result<watcher::Event<FranceTravailTenant>>> + Send {
     events.filter_map(move |event| {
@@ -39,7 +40,7 @@ pub(crate) fn tenant_watch(
         let last_read = |object: &DynamicObject| {
             known
                 .get(&ObjectRef::new(&object.name_any()))
-                .map(|t| (*t).clone())
+                .map(Arc::unwrap_or_clone)
         };
         futures::future::ready(match event {
             Err(e) => Some(Err(e)),

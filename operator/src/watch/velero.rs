@@ -23,7 +23,7 @@ use crate::context::Context;
 use crate::context::NamespaceIndex;
 use crate::error::Result;
 use crate::health::Liveness;
-use crate::observe::{CacheInto, Echoes};
+use crate::observe::{Cache, CacheInto, Echoes, TenantMeta, TenantRef};
 use crate::reconcile::RESYNC;
 
 /// The resources of Velero's watches, as the liveness names them.
@@ -73,8 +73,8 @@ pub(crate) async fn follow_velero(
     client: Client,
     ctx: Arc<Context>,
     writers: VeleroWriters,
-    tenants: reflector::Store<FranceTravailTenant>,
-    wake: futures::channel::mpsc::UnboundedSender<ObjectRef<FranceTravailTenant>>,
+    tenants: reflector::Store<TenantMeta>,
+    wake: futures::channel::mpsc::UnboundedSender<TenantRef>,
 ) {
     const KINDS: usize = 4;
     let namespace = ctx.settings.velero_namespace.clone();
@@ -121,7 +121,7 @@ pub(crate) async fn follow_velero(
                 writers,
                 &ctx.index,
                 &ctx.observed.echoes,
-                &tenants,
+                &ctx.observed.tenants,
             );
             let (ctx, listed, wake, wake_all) =
                 (ctx.clone(), listed.clone(), wake.clone(), wake_all.clone());
@@ -156,7 +156,7 @@ pub(crate) fn velero_events(
     writers: VeleroWriters,
     index: &NamespaceIndex,
     echoes: &Arc<Echoes>,
-    tenants: &reflector::Store<FranceTravailTenant>,
+    tenants: &Cache<FranceTravailTenant>,
 ) -> futures::stream::BoxStream<'static, VeleroEvent> {
     fn events<K>(
         stream: impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,

@@ -330,3 +330,47 @@ fn a_tenant_s_view_holds_its_own_class_those_its_claims_name_and_the_default_one
         "another tenant's class and an unnamed one stay out"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_pass_reads_a_tenant_first_listed_in_a_relist_once_the_relist_completes() {
+    let yaml = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/tenant.yaml"
+    ))
+    .unwrap();
+    let tenant = ft_core::plan::parse_tenants(&yaml).unwrap().remove(0);
+    let name = tenant.metadata.name.clone().unwrap();
+    let (observed, mut writers) = empty_stores();
+    writers.mark_all_listed();
+
+    // The tenants are listed again, and the controller hears of this one before the relist
+    // is complete: its pass waits until the cache files it.
+    writers.tenants.apply_watcher_event(&Event::Init);
+    writers
+        .tenants
+        .apply_watcher_event(&Event::InitApply(tenant.clone()));
+    let pass = tokio::spawn({
+        let (observed, name) = (observed.clone(), name.clone());
+        async move { observed.tenant(&name, Duration::from_secs(30)).await }
+    });
+    tokio::task::yield_now().await;
+    assert!(!pass.is_finished(), "read before the relist completed");
+    writers.tenants.apply_watcher_event(&Event::InitDone);
+    let read = pass
+        .await
+        .unwrap()
+        .expect("filed once the relist completed");
+    assert_eq!(
+        serde_json::to_value(&*read).unwrap(),
+        serde_json::to_value(&tenant).unwrap(),
+        "the tenant as listed, unpacked"
+    );
+
+    // A tenant the cache never files: none, once the wait is over.
+    assert!(
+        observed
+            .tenant("gone", Duration::from_secs(30))
+            .await
+            .is_none()
+    );
+}

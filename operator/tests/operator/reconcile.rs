@@ -207,6 +207,8 @@ impl Harness {
     /// `desired`, two nodes in France (one of the production pool), nothing else.
     fn observe(&mut self, desired: &Desired, tweak: impl Fn(&mut NetworkPolicy)) {
         let w = &mut self.writers;
+        // The passes here are given their tenant: the controller's own cache of them is listed.
+        list(&mut w.tenants, std::iter::empty(), |_| {});
         let namespaces = desired
             .namespaces
             .iter()
