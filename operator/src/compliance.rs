@@ -38,6 +38,17 @@ pub struct Compliance {
 /// A report status as written: the resourceVersion it got, and its JSON, LZ4-compressed.
 type Written = (String, Box<[u8]>);
 
+/// Whether the cache's version of a report is older than the operator's write of it.
+/// resourceVersions are etcd revisions in practice; when they do not parse, the cache is
+/// trusted.
+fn older(seen: Option<&str>, ours: &str) -> bool {
+    match (seen.map(str::parse::<u64>), ours.parse::<u64>()) {
+        (None, _) => true,
+        (Some(Ok(seen)), Ok(ours)) => seen < ours,
+        _ => false,
+    }
+}
+
 /// Whether the cluster serves OpenReports' `Report`s, by discovery.
 pub async fn serves_openreports(client: &kube::Client) -> bool {
     use ft_core::openreports::{GROUP, PLURAL, VERSION};
@@ -150,17 +161,10 @@ impl Compliance {
         let Some((written_version, written_status)) = written.get(tenant) else {
             return stored_status;
         };
-        let stored_version = stored.and_then(|r| r.resource_version());
-        // resourceVersions are etcd revisions in practice; when they do not parse, trust the
-        // reflector.
-        let stale = match (
-            stored_version.as_deref().map(str::parse::<u64>),
-            written_version.parse::<u64>(),
-        ) {
-            (None, _) => true,
-            (Some(Ok(seen)), Ok(ours)) => seen < ours,
-            _ => false,
-        };
+        let stale = older(
+            stored.and_then(|r| r.resource_version()).as_deref(),
+            written_version,
+        );
         let unpacked = || {
             let json = lz4_flex::block::decompress_size_prepended(written_status).ok()?;
             serde_json::from_slice(&json).ok()
@@ -171,6 +175,17 @@ impl Compliance {
             // The cache has caught up (or the write cannot be read back): it holds the report.
             written.remove(tenant);
             stored_status
+        }
+    }
+
+    /// The cache shows the report at `version`: a status written before it is forgotten, so
+    /// that an idle tenant keeps nothing here.
+    pub fn seen(&self, tenant: &str, version: Option<&str>) {
+        let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((ours, _)) = written.get(tenant)
+            && !older(version, ours)
+        {
+            written.remove(tenant);
         }
     }
 
@@ -238,6 +253,25 @@ mod tests {
             passed(compliance.previous("t", Some(&report("6", "10/13")))),
             Some("10/13".into()),
             "forgotten once the cache caught up"
+        );
+    }
+
+    #[test]
+    fn a_status_written_is_forgotten_once_the_cache_shows_it() {
+        let compliance = Compliance::embedded(None).unwrap();
+        let written = report("7", "12/13").status.unwrap();
+        compliance.remember("t", "7".into(), &written);
+        // An older version seen: still needed.
+        compliance.seen("t", Some("6"));
+        assert_eq!(
+            passed(compliance.previous("t", Some(&report("6", "10/13")))),
+            Some("12/13".into())
+        );
+        // The version written seen: the cache holds it, nothing is kept any more.
+        compliance.seen("t", Some("7"));
+        assert_eq!(
+            passed(compliance.previous("t", Some(&report("6", "10/13")))),
+            Some("10/13".into())
         );
     }
 }

@@ -30,6 +30,7 @@ use ft_core::backup::{RestoreTest, VeleroView};
 use ft_core::desired::{Desired, Facts, desired};
 use ft_core::meta::tenant_namespaces;
 use ft_core::pass::{self, Applied, Judge};
+use ft_core::placement::admission::Confinement;
 use ft_core::status::{Outcome, after_pass};
 use ft_core::validate::{InvalidTenant, validate_for_cluster};
 
@@ -235,7 +236,10 @@ fn build(
     };
     let built = validate_for_cluster(tenant, &ctx.settings)
         .map(|valid| desired(valid, &facts, fetched.now));
-    if let Ok(desired) = &built {
+    // Read by the placement webhook only, where it serves.
+    if let Ok(desired) = &built
+        && ctx.settings.confinement == Confinement::Webhook
+    {
         ctx.placements
             .extend(&tenant.name_any(), &desired.placements);
     }

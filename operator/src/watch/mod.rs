@@ -133,7 +133,18 @@ pub async fn run(
     let compliance_reports = watch("compliancereports")
         .all::<ComplianceReport>(ours())
         .modify(|o| managers_only(o.meta_mut()))
-        .cache_into(writers.compliance_reports);
+        .cache_into(writers.compliance_reports)
+        .inspect_ok({
+            // Once the cache shows a report status the operator wrote, it need not keep it. Not
+            // from a relist, which the cache shows only once complete.
+            let ctx = ctx.clone();
+            move |event| {
+                if let watcher::Event::Apply(r) = event {
+                    ctx.compliance
+                        .seen(&r.name_any(), r.resource_version().as_deref());
+                }
+            }
+        });
     // What the controls judge, trimmed before it is stored: a cluster may hold many pods.
     let pods = watch("pods")
         .all::<Pod>(everything())
@@ -358,7 +369,7 @@ pub async fn run(
         // A tenant's own class concerns that tenant only; any other class (a new default, a
         // class changed by hand) may concern every tenant's claims.
         .watches_stream(
-            changes(storage_classes, content),
+            news_of(storage_classes, echoes.clone()),
             move |class: StorageClass| match class.labels().get(labels::TENANT) {
                 Some(tenant) => vec![ObjectRef::new(tenant)],
                 None => all_tenants(),

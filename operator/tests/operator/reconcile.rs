@@ -165,13 +165,17 @@ fn harness() -> Harness {
 
 /// A harness whose passes wait up to `show_writes` for the caches to show their writes.
 fn harness_waiting(show_writes: std::time::Duration) -> Harness {
+    harness_with(show_writes, BuildSettings::default())
+}
+
+fn harness_with(show_writes: std::time::Duration, settings: BuildSettings) -> Harness {
     let api = FakeApi::default();
     let (observed, writers) = empty_stores();
     let mut ctx = Context::new(
         api.client(),
         observed,
         Arc::new(Metrics::default()),
-        BuildSettings::default(),
+        settings,
         Compliance::embedded(None).unwrap(),
         Reporter {
             controller: "ft-operator".into(),
@@ -1805,4 +1809,22 @@ async fn bindings_made_by_hand_are_deleted_only_when_the_tenant_says_so() {
         ]
     );
     assert_eq!(events(&calls), ["UndeclaredAccessRemoved"]);
+}
+
+#[tokio::test]
+async fn the_webhook_s_placements_are_kept_only_where_the_webhook_confines_pods() {
+    use ft_core::placement::admission::Confinement;
+    for (confinement, kept) in [(Confinement::Native, false), (Confinement::Webhook, true)] {
+        let settings = BuildSettings {
+            confinement,
+            ..BuildSettings::default()
+        };
+        let mut h = harness_with(std::time::Duration::from_millis(20), settings);
+        h.settle(stored_tenant()).await;
+        assert_eq!(
+            h.ctx.placements.get("offres-emploi-prod").is_some(),
+            kept,
+            "{confinement:?}"
+        );
+    }
 }
