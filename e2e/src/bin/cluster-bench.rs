@@ -1111,7 +1111,21 @@ async fn main() -> anyhow::Result<()> {
     let restarted = match &restarts {
         Some((n, command)) => {
             eprintln!("bench: {n} API-server restarts");
-            Some(after_restarts(command, &format!("{}-0-prod", last.0), *n).await?)
+            let times = after_restarts(command, &format!("{}-0-prod", last.0), *n).await?;
+            // Back, the operator lists everything again and looks at every tenant: the
+            // admission samples below wait until it has made a pass per tenant since.
+            let passes = || async {
+                let scrape = operator.scrape().await?;
+                Ok::<f64, anyhow::Error>(series(&scrape, "ft_reconciliations_total").values().sum())
+            };
+            let since = passes().await?;
+            wait_for(
+                "the operator to look at every tenant after the restarts",
+                Duration::from_secs(300),
+                || async { Ok((passes().await? >= since + tenants as f64).then_some(())) },
+            )
+            .await?;
+            Some(times)
         }
         None => None,
     };
