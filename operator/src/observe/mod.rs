@@ -1,5 +1,5 @@
-//! What the operator observes: its own caches of its children and of the cluster facts the
-//! controls judge, filed by namespace and tenant and mostly packed (`cache`), and the
+//! What the operator observes: its own caches of the tenants, their children and the cluster
+//! facts the controls judge, filed by namespace and tenant and mostly packed (`cache`), and the
 //! operator's own writes whose events they are about to show (`Echoes`). `run` feeds them
 //! from watches; tests fill them by hand.
 
