@@ -25,8 +25,8 @@ pub struct Compliance {
     backup_engine: Mutex<Option<bool>>,
     /// The last report status written per tenant, with the resourceVersion it got: the
     /// reflector may not have seen that write yet when the tenant is next evaluated. Kept as
-    /// compressed JSON: an idle tenant's entry stays until its next evaluation, and a
-    /// deserialized status takes a few kilobytes.
+    /// compressed JSON (a deserialized status takes a few kilobytes), and only until the
+    /// cache shows it (`seen`).
     written: Mutex<HashMap<String, Written>>,
     /// Whether control results are also written as OpenReports `Report`s.
     openreports: AtomicBool,
