@@ -471,6 +471,20 @@ mod tests {
     }
 
     #[test]
+    fn the_allocator_s_figures_are_published() {
+        let text = Metrics::default().encode();
+        for name in ["ft_memory_allocated_bytes", "ft_memory_resident_bytes"] {
+            let value: f64 = text
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{name} ")))
+                .unwrap_or_else(|| panic!("{name} missing:\n{text}"))
+                .parse()
+                .unwrap();
+            assert!(value > 0.0, "{name} {value}");
+        }
+    }
+
+    #[test]
     fn a_forgotten_tenant_loses_its_series() {
         let metrics = Metrics::default();
         metrics.grants(&tenant(), "2027-03-15T00:00:00Z".parse().unwrap());

@@ -204,32 +204,32 @@ impl Observed {
     /// Waits until every cache shows what a pass left (`awaited`), for at most `within`.
     /// Returns whether they all do.
     pub async fn show(&self, awaited: &[Awaited], within: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            let changed = self.changed.notified();
-            let mut changed = std::pin::pin!(changed);
-            changed.as_mut().enable();
-            if awaited.iter().all(|a| self.shows(a)) {
-                return true;
-            }
-            if tokio::time::timeout_at(deadline, changed).await.is_err() {
-                return false;
-            }
-        }
+        self.once(within, || {
+            awaited.iter().all(|a| self.shows(a)).then_some(())
+        })
+        .await
+        .is_some()
     }
 
     /// The tenant named `name`, once its cache holds it: at once, but for a tenant first seen
     /// in a relist, which its cache files when the relist completes. `None` after `within`:
     /// the tenant is gone.
     pub async fn tenant(&self, name: &str, within: Duration) -> Option<Arc<FranceTravailTenant>> {
-        let deadline = tokio::time::Instant::now() + within;
         let key = ObjectRef::new(name);
+        self.once(within, || self.tenants.get(&key)).await
+    }
+
+    /// What `found` finds in the caches, looked for again at each change of theirs, for at
+    /// most `within`.
+    async fn once<T>(&self, within: Duration, found: impl Fn() -> Option<T>) -> Option<T> {
+        let deadline = tokio::time::Instant::now() + within;
         loop {
+            // Registered before looking: a change between the look and the wait is not missed.
             let changed = self.changed.notified();
             let mut changed = std::pin::pin!(changed);
             changed.as_mut().enable();
-            if let Some(tenant) = self.tenants.get(&key) {
-                return Some(tenant);
+            if let Some(value) = found() {
+                return Some(value);
             }
             tokio::time::timeout_at(deadline, changed).await.ok()?;
         }
