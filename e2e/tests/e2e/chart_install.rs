@@ -157,6 +157,9 @@ async fn helm_installs_upgrades_and_uninstalls_the_operator_leaving_tenants_unto
     for binding in &fixed.mutating_admission_policy_bindings {
         adopt::<MutatingAdmissionPolicyBinding>(&client, &binding.name_any(), &namespace).await?;
     }
+    // The release's own policy on the operator, left behind when an earlier run stopped midway.
+    adopt::<ValidatingAdmissionPolicy>(&client, "ft-operator-limits", &namespace).await?;
+    adopt::<ValidatingAdmissionPolicyBinding>(&client, "ft-operator-limits", &namespace).await?;
 
     // The webhook path, which clusters before 1.36 take: Service, certificate, registration.
     let values = json!({"velero": {"namespace": velero}, "confinement": "webhook"});
