@@ -508,7 +508,12 @@ impl Applier<'_> {
         }
 
         let params = PatchParams::apply(FIELD_MANAGER).force();
-        let applied = match api.patch(&name, &params, &Patch::Apply(&body)).await {
+        // The whole object is applied; only its metadata comes back, for its version: the
+        // server encodes, and the operator decodes, no spec it already has.
+        let applied = match api
+            .patch_metadata(&name, &params, &Patch::Apply(&body))
+            .await
+        {
             Err(kube::Error::Api(s))
                 if s.code == 422 && K::REPLACE_WHEN_IMMUTABLE && found.is_some() =>
             {
@@ -516,7 +521,8 @@ impl Applier<'_> {
                     .await
                     .map_err(|e| Error::kube("replace", &key, e))?;
                 self.metrics.write(K::kind(&()).as_ref(), "delete");
-                api.patch(&name, &params, &Patch::Apply(&body)).await
+                api.patch_metadata(&name, &params, &Patch::Apply(&body))
+                    .await
             }
             other => other,
         }

@@ -15,7 +15,10 @@
 //! 3. The direct-write limit, for each N, on a clean API server, before the operator starts:
 //!    the objects `plan` renders for N tenants, with every `hosting.francetravail.fr/` label
 //!    taken off (no watch of the operator would care about them), written with server-side
-//!    apply, 16 in flight, namespaces first; timed; then deleted, the benchmark waiting until
+//!    apply, 16 in flight, namespaces first; timed, with the CPU time of the API server and of
+//!    every process of the machine (`/proc/stat`); for the largest N, the dry-run pod
+//!    creations of step 4 while they are in place (what holding that many objects costs a
+//!    pod creation, with no tenant nor operator); then deleted, the benchmark waiting until
 //!    every one of them, and every namespace of that size, is gone before the next size. Then
 //!    the API server's resident memory again.
 //! 4. The operator starts. 1,000 dry-run pod creations in `default` (a namespace no tenant
@@ -23,7 +26,8 @@
 //!    tenants.
 //! 5. For each N, N copies of `examples/tenant.yaml` under fresh names, 16 in flight, each
 //!    timed from its creation until it is Ready and evaluated, through a watch; the ratio is
-//!    the time of all N over the direct-write time of step 3.
+//!    the time of all N over the direct-write time of step 3; with the CPU time of the API
+//!    server, of the operator and of every process of the machine.
 //! 6. With every tenant: the API writes the operator counted while they converged (by kind
 //!    and verb, and per tenant), its API writes over 60 idle seconds, its resident memory
 //!    and CPU time, the API server's resident memory, and `ft-default-deny` deleted in 20
@@ -551,6 +555,42 @@ fn cpu_used(before: Option<Duration>, after: Option<Duration>) -> String {
     }
 }
 
+/// The CPU time every process of the machine has used (every field of `/proc/stat`'s first
+/// line but idle and iowait), and the machine's capacity over the same time: what is left of
+/// the cores shows whether a phase waits on CPU or on something else.
+fn machine_cpu() -> Option<(Duration, Duration)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().ok())
+        .collect::<Option<_>>()?;
+    // user nice system idle iowait irq softirq steal; guest time is counted in user already.
+    let total: u64 = ticks.iter().take(8).sum();
+    let idle = ticks.get(3)? + ticks.get(4)?;
+    Some((
+        Duration::from_millis((total - idle) * 10),
+        Duration::from_millis(total * 10),
+    ))
+}
+
+/// The machine's CPU time used between two readings, and its share of what the cores offered.
+fn machine_used(
+    before: Option<(Duration, Duration)>,
+    after: Option<(Duration, Duration)>,
+) -> String {
+    match (before, after) {
+        (Some((busy0, all0)), Some((busy1, all1))) if all1 > all0 => format!(
+            "{:.1} s ({:.0} %)",
+            (busy1 - busy0).as_secs_f64(),
+            100.0 * (busy1 - busy0).as_secs_f64() / (all1 - all0).as_secs_f64()
+        ),
+        _ => "not measured".into(),
+    }
+}
+
 /// The local API server's resident memory, in MiB, if it can be told.
 fn api_server_rss() -> Option<f64> {
     process_usage(api_server_pid()?).ok().map(|(rss, _, _)| rss)
@@ -1000,19 +1040,27 @@ async fn main() -> anyhow::Result<()> {
     // The direct-write limit of each size, on a clean API server, before the operator starts.
     let mut direct = Vec::new();
     let mut api_server_cleaned = None;
+    let mut admission_direct = None;
     // Where the time of each size goes: the API server's CPU, and the operator's.
     let mut cpu_rows = Vec::new();
     if compared {
         for &n in &sizes {
             let prefix = format!("{run}-d{n}");
             eprintln!("bench: {n} tenant(s) written directly, on a clean API server");
-            let cpu_before = api_server_cpu();
+            let cpu_before = (api_server_cpu(), machine_cpu());
             let (time, objects) = direct_writes(&client, &prefix, n).await?;
             cpu_rows.push(format!(
-                "| {n}, written directly | {} | {} | — |",
+                "| {n}, written directly | {} | {} | — | {} |",
                 ms(time),
-                cpu_used(cpu_before, api_server_cpu())
+                cpu_used(cpu_before.0, api_server_cpu()),
+                machine_used(cpu_before.1, machine_cpu())
             ));
+            if Some(&n) == sizes.last() {
+                // The same objects, held by an API server with no tenant and no operator: what
+                // holding them costs a pod creation, apart from anything the tenants add.
+                eprintln!("bench: admission cost with the objects written directly");
+                admission_direct = Some(admission_cost(&client).await?);
+            }
             eprintln!(
                 "bench: deleting the {} objects written directly",
                 objects.len()
@@ -1049,13 +1097,18 @@ async fn main() -> anyhow::Result<()> {
     for (k, &n) in sizes.iter().enumerate() {
         let prefix = format!("{run}-{n}");
         eprintln!("bench: {n} tenant(s) through the operator");
-        let cpu_before = (api_server_cpu(), process_usage(pid).ok().map(|u| u.2));
+        let cpu_before = (
+            api_server_cpu(),
+            process_usage(pid).ok().map(|u| u.2),
+            machine_cpu(),
+        );
         let (times, total) = converge(&client, &prefix, n).await?;
         cpu_rows.push(format!(
-            "| {n}, through the operator | {} | {} | {} |",
+            "| {n}, through the operator | {} | {} | {} | {} |",
             ms(total),
             cpu_used(cpu_before.0, api_server_cpu()),
-            cpu_used(cpu_before.1, process_usage(pid).ok().map(|u| u.2))
+            cpu_used(cpu_before.1, process_usage(pid).ok().map(|u| u.2)),
+            machine_used(cpu_before.2, machine_cpu())
         ));
         let mut row = format!(
             "| {n} | {} | {} | {} |",
@@ -1161,8 +1214,10 @@ async fn main() -> anyhow::Result<()> {
         println!("{row}");
     }
     println!();
-    println!("| tenants | wall time | API server CPU | operator CPU |");
-    println!("|---|---|---|---|");
+    println!(
+        "| tenants | wall time | API server CPU | operator CPU | every process's CPU (share of the cores) |"
+    );
+    println!("|---|---|---|---|---|");
     for row in cpu_rows {
         println!("{row}");
     }
@@ -1203,6 +1258,15 @@ async fn main() -> anyhow::Result<()> {
             ms_fine(p(stopped, 50.0)),
             ms_fine(p(stopped, 99.0))
         );
+        if let (Some(direct), Some(last_size)) = (&admission_direct, sizes.last()) {
+            println!(
+                "| the same with the objects of {last_size} tenants written directly instead (no tenant, no operator) | {} / {} ({} / {}) |",
+                ms_fine(p(direct, 50.0)),
+                ms_fine(p(direct, 99.0)),
+                change(p(before, 50.0), p(direct, 50.0)),
+                change(p(before, 99.0), p(direct, 99.0))
+            );
+        }
         println!(
             "| change with them vs before the tenants, p50 / p99: operator running — stopped | {} / {} — {} / {} |",
             change(p(before, 50.0), p(after, 50.0)),
