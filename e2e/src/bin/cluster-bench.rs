@@ -555,9 +555,10 @@ fn cpu_used(before: Option<Duration>, after: Option<Duration>) -> String {
     }
 }
 
-/// The CPU time every process of the machine has used (every field of `/proc/stat`'s first
-/// line but idle and iowait), and the machine's capacity over the same time: what is left of
-/// the cores shows whether a phase waits on CPU or on something else.
+/// The CPU time every process of the machine has used (user, nice, system, irq and softirq
+/// of `/proc/stat`'s first line), and the time the cores were there to be used (those and
+/// idle and iowait; not steal, time the host gave elsewhere): what is left of the cores shows
+/// whether a phase waits on CPU or on something else.
 fn machine_cpu() -> Option<(Duration, Duration)> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
     let ticks: Vec<u64> = stat
@@ -567,12 +568,14 @@ fn machine_cpu() -> Option<(Duration, Duration)> {
         .skip(1)
         .map(|v| v.parse().ok())
         .collect::<Option<_>>()?;
-    // user nice system idle iowait irq softirq steal; guest time is counted in user already.
-    let total: u64 = ticks.iter().take(8).sum();
-    let idle = ticks.get(3)? + ticks.get(4)?;
+    // user nice system idle iowait irq softirq; guest time is counted in user already.
+    let field = |i: usize| ticks.get(i).copied();
+    let used = field(0)? + field(1)? + field(2)? + field(5)? + field(6)?;
+    let idle = field(3)? + field(4)?;
+    // The kernel's USER_HZ is 100 on Linux.
     Some((
-        Duration::from_millis((total - idle) * 10),
-        Duration::from_millis(total * 10),
+        Duration::from_millis(used * 10),
+        Duration::from_millis((used + idle) * 10),
     ))
 }
 
