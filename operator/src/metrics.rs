@@ -348,7 +348,8 @@ impl Collector for ControlResults {
 
 /// `ft_memory_allocated_bytes` and `ft_memory_resident_bytes`, read from jemalloc at each
 /// scrape: what the operator's objects take, and the memory the allocator holds for them,
-/// whose difference is its fragmentation. Nothing while jemalloc is not the allocator.
+/// whose difference is its fragmentation. Where jemalloc is not the process's allocator (in
+/// tests), they count only what jemalloc itself took.
 #[derive(Debug)]
 struct Allocator;
 
